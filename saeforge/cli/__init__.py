@@ -1,0 +1,23 @@
+"""The `saeforge` command: a thin skin over the Python API. One module per command."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="saeforge",
+    help="Train, judge, read and use sparse autoencoders on your own language models, offline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Each command module adds itself to `app`; importing them is all registration takes.
+    from saeforge.cli import commands  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()

@@ -1,0 +1,129 @@
+"""The contract every SAE architecture shares.
+
+An SAE maps activations x [..., d_in] to latents z [..., d_sae] and back:
+
+    pre   = (x - b_dec) @ W_enc + b_enc          (b_dec subtracted when apply_b_dec_to_input)
+    z     = sigma(pre)                            (the architecture's activation function)
+    x_hat = z @ W_dec + b_dec
+
+Weights follow SAELens' names and shapes: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
+b_dec [d_in]. An *inference* SAE (what `load_sae` returns and what is saved) takes raw activations: any
+scaling used in training is folded into the weights at export (see `fold_activation_scale`).
+
+A *training* SAE adds `training_forward`, which returns the loss as named terms, plus hooks the trainer
+calls around the optimiser step. Training-only state (thresholds being estimated, dead-latent masks) lives
+in buffers so that checkpoints capture it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+class SAEConfig(BaseModel):
+    """What `cfg.json` holds (SAELens layout). Unknown keys in a file are kept in `extra` on load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: str
+    d_in: int = Field(gt=0)
+    d_sae: int = Field(gt=0)
+    dtype: str = "float32"
+    device: str = "cpu"
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    k: int | None = Field(default=None, gt=0, description="active latents per token (topk)")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SAE(nn.Module):
+    """Inference SAE. Subclasses implement `encode`; decode is shared."""
+
+    architecture: ClassVar[str]
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """[..., d_in] -> [..., d_sae] encoder pre-activations."""
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """[..., d_in] -> [..., d_sae] latent activations."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor:
+        """[..., d_sae] -> [..., d_in]."""
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def weights_for_saving(self) -> dict[str, Tensor]:
+        """Tensors written to `sae_weights.safetensors` (SAELens names)."""
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+
+@dataclass
+class TrainStepInput:
+    """What the trainer hands a training SAE each step.
+
+    x: [B, d_in] activations, already scaled by the trainer's normalisation factor.
+    dead_mask: [d_sae] bool, latents that have not fired in `dead_tokens` tokens (for AuxK-style losses).
+    sparsity_coefficient: the penalty weight after warm-up (penalty architectures); None to use the SAE's own.
+    all_reduce: sums a tensor across data-parallel ranks (identity on one process). Architectures whose
+        forward needs batch-wide statistics (BatchTopK's top k*B) use it so the global batch decides.
+    """
+
+    x: Tensor
+    step: int = 0
+    dead_mask: Tensor | None = None
+    sparsity_coefficient: float | None = None
+    all_reduce: Any = None
+
+
+@dataclass
+class TrainStepOutput:
+    """What a training SAE returns: the loss as named terms and what the trainer needs for metrics.
+
+    x_hat: [B, d_in] reconstruction (in the scaled space of `x`).
+    loss: scalar, the sum of `losses`.
+    losses: named scalar terms, e.g. {"mse": ..., "auxk": ...}.
+    fired: [d_sae] number of tokens of the batch on which each latent was active (no grad).
+    l0: scalar, mean active latents per token (no grad).
+    """
+
+    x_hat: Tensor
+    loss: Tensor
+    losses: dict[str, Tensor]
+    fired: Tensor
+    l0: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
