@@ -92,22 +92,41 @@ class SAE(nn.Module):
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
 
 
+class Collectives:
+    """Data-parallel collectives an architecture may need for batch-wide statistics.
+
+    The single-process default is the identity; the trainer passes a torch.distributed-backed one under torchrun.
+    """
+
+    world_size: int = 1
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum of `t` over ranks (returns a tensor; does not modify `t` in the single-process case)."""
+        return t
+
+    def all_gather_cat(self, t: Tensor) -> Tensor:
+        """Concatenation of every rank's `t` along dim 0, in rank order."""
+        return t
+
+
 @dataclass
 class TrainStepInput:
     """What the trainer hands a training SAE each step.
 
-    x: [B, d_in] activations, already scaled by the trainer's normalisation factor.
-    dead_mask: [d_sae] bool, latents that have not fired in `dead_tokens` tokens (for AuxK-style losses).
-    sparsity_coefficient: the penalty weight after warm-up (penalty architectures); None to use the SAE's own.
-    all_reduce: sums a tensor across data-parallel ranks (identity on one process). Architectures whose
-        forward needs batch-wide statistics (BatchTopK's top k*B) use it so the global batch decides.
+    x: [B, d_in] activations (this rank's slice of the global batch), already scaled by the trainer's
+        normalisation factor.
+    step: optimiser steps taken so far.
+    dead_mask: [d_sae] bool, latents that have not fired in the last `dead_tokens` tokens (for AuxK), or None.
+    sparsity_warmup: fraction in [0, 1] of the final sparsity-penalty weight to apply (linear warm-up, set by the
+        trainer); architectures without a penalty ignore it.
+    collectives: batch-wide reductions across data-parallel ranks (BatchTopK's top k*B over the global batch).
     """
 
     x: Tensor
     step: int = 0
     dead_mask: Tensor | None = None
-    sparsity_coefficient: float | None = None
-    all_reduce: Any = None
+    sparsity_warmup: float = 1.0
+    collectives: Collectives = field(default_factory=Collectives)
 
 
 @dataclass
