@@ -175,10 +175,11 @@ class TrainConfig(_Strict):
             raise ConfigError(format_validation_error(e, source)) from None
 
 
-def format_validation_error(e: ValidationError, source: str) -> str:
+def format_validation_error(e: ValidationError, source: str, prefix: str = "") -> str:
+    """One line per error, each naming its field as `prefix.loc` (e.g. `saes.0.k`)."""
     lines = [f"invalid {source}:"]
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"])) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)

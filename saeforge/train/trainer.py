@@ -159,7 +159,7 @@ def _training_sae_config(spec: SAESpec, i: int, d_in: int, d_sae: int) -> Any:
     try:
         return sae_api.TrainingSAEConfig(architecture=spec.architecture, d_in=d_in, d_sae=d_sae, **fields)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"saes[{i}] ({spec.name})")) from None
+        raise ConfigError(format_validation_error(e, f"SAE '{spec.name}'", prefix=f"saes[{i}]")) from None
 
 
 def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[Any, int, OptimSettings]]:
