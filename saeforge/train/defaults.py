@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from saeforge.train.config import LrSchedule, SAESpec
 
-TOPK_FAMILY = frozenset({"topk", "batchtopk", "matryoshka", "matryoshka_batchtopk"})
+TOPK_FAMILY = frozenset({"topk", "batchtopk", "matryoshka"})
 
 
 class OptimSettings(BaseModel):
@@ -101,9 +101,9 @@ def architecture_defaults(architecture: str, d_sae: int, total_steps: int) -> di
     )
 
 
-def resolve_optim(spec: SAESpec, d_sae: int, total_steps: int) -> OptimSettings:
-    """The spec's settings, each unset field filled from the architecture's defaults."""
-    values = architecture_defaults(spec.architecture, d_sae, total_steps)
+def resolve_optim(spec: SAESpec, architecture: str, d_sae: int, total_steps: int) -> OptimSettings:
+    """The spec's settings, each unset field filled from the defaults of `architecture` (its canonical name)."""
+    values = architecture_defaults(architecture, d_sae, total_steps)
     for key in OptimSettings.model_fields:
         given = getattr(spec, key)
         if given is not None:

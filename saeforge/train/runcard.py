@@ -16,13 +16,13 @@ SPARSITY_MECHANISMS = {
     "topk": "top-k latents per token, AuxK loss on dead latents",
     "batchtopk": "top k*B latents over the batch; a threshold estimated in training is used at inference",
     "matryoshka": "batch top-k with nested prefix reconstruction losses",
-    "matryoshka_batchtopk": "batch top-k with nested prefix reconstruction losses",
     "jumprelu": "JumpReLU thresholds with an L0 penalty (straight-through estimator)",
     "gated": "gated encoder with an L1 penalty on the gate",
     "standard": "ReLU with an L1 penalty weighted by decoder row norms",
 }
 SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth", "group_sizes")
 # Manifest fields that describe how activations were collected, not where the shards are.
+_NOT_SPARSITY = {"architecture", "d_in", "d_sae", "seed"}
 _NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}
 
 
@@ -38,8 +38,7 @@ def run_card(
     cfg: TrainConfig,
     spec: SAESpec,
     *,
-    d_in: int,
-    d_sae: int,
+    sae_config: dict[str, Any],
     optim: OptimSettings,
     data: dict[str, Any],
     activation_scale: float,
@@ -47,20 +46,20 @@ def run_card(
     steps: int,
     device: str,
 ) -> dict[str, Any]:
-    sparsity = {f: getattr(spec, f) for f in SPARSITY_FIELDS if getattr(spec, f) is not None}
-    sparsity.update(spec.options)
+    architecture = sae_config["architecture"]
+    sparsity = {k: v for k, v in sae_config.items() if k not in _NOT_SPARSITY and v is not None}
     model = data.get("model") or {}
     return {
         "saeforge_version": saeforge.__version__,
         "name": spec.name,
-        "architecture": spec.architecture,
+        "architecture": architecture,
         "model": model.get("path"),
         "model_fingerprint": model.get("fingerprint"),
         "hook_name": data.get("hook"),
-        "d_in": d_in,
-        "d_sae": d_sae,
+        "d_in": sae_config["d_in"],
+        "d_sae": sae_config["d_sae"],
         "sparsity": {
-            "mechanism": SPARSITY_MECHANISMS.get(spec.architecture, spec.architecture),
+            "mechanism": SPARSITY_MECHANISMS.get(architecture, architecture),
             **sparsity,
         },
         "training": {

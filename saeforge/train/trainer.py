@@ -105,6 +105,7 @@ class _Member:
     """One SAE of the sweep and its training state."""
 
     spec: SAESpec
+    sae_cfg: Any  # the TrainingSAEConfig it was built from
     d_sae: int
     optim: OptimSettings
     model: torch.nn.Module
@@ -157,7 +158,9 @@ def _training_sae_config(spec: SAESpec, i: int, d_in: int, d_sae: int) -> Any:
     fields = {f: getattr(spec, f) for f in SPARSITY_FIELDS if getattr(spec, f) is not None}
     fields.update(spec.options)
     try:
-        return sae_api.TrainingSAEConfig(architecture=spec.architecture, d_in=d_in, d_sae=d_sae, **fields)
+        return sae_api.TrainingSAEConfig(
+            architecture=spec.architecture, d_in=d_in, d_sae=d_sae, seed=spec.seed, **fields
+        )
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, f"SAE '{spec.name}'", prefix=f"saes[{i}]")) from None
 
@@ -181,7 +184,8 @@ def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[
         if spec.k is not None and spec.k > d_sae:
             raise ConfigError(f"{where}.k: k={spec.k} exceeds d_sae={d_sae}; lower k or raise d_sae")
         sae_cfg = _training_sae_config(spec, i, d_in, d_sae)
-        resolved.append((sae_cfg, d_sae, resolve_optim(spec, d_sae, cfg.total_steps)))
+        optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
+        resolved.append((sae_cfg, d_sae, optim))
     return resolved
 
 
@@ -204,9 +208,23 @@ def _open_data(cfg: TrainConfig, source: Iterable[Tensor] | None, ctx: DistConte
     return store, source
 
 
-def _last_source(source: Any) -> str:
+def _describe_batch(source: Any, store: Any) -> str:
+    """Where the last batch came from: the shards and rows holding NaN/inf when the store can tell, else the
+    source's own `last_source()`."""
     fn = getattr(source, "last_source", None)
-    return str(fn()) if callable(fn) else "the in-memory batch source"
+    if not callable(fn):
+        return "the in-memory batch source"
+    where = fn()
+    if store is None or not isinstance(where, list):
+        return str(where)
+    index = {str(store.shard_path(i)): i for i in range(store.num_shards)}
+    bad = []
+    for path, rows in where:
+        acts = store.shard(index[str(path)])["activations"][rows]
+        bad_rows = [r for r, ok in zip(rows, torch.isfinite(acts).all(-1).tolist(), strict=True) if not ok]
+        if bad_rows:
+            bad.append(f"shard {path} rows {bad_rows[:10]}")
+    return "; ".join(bad) or "shards " + ", ".join(str(p) for p, _ in where)
 
 
 class _Run:
@@ -259,7 +277,7 @@ class _Run:
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps)
             since = torch.zeros(d_sae, dtype=torch.long, device=self.device)
-            self.members.append(_Member(spec, d_sae, optim, model, opt, params, since))
+            self.members.append(_Member(spec, sae_cfg, d_sae, optim, model, opt, params, since))
         self._reset_acc()
 
     def _reset_acc(self) -> None:
@@ -442,8 +460,9 @@ class _Run:
         return results
 
     def _raise_non_finite(self, step: int, bad: Tensor, local_input_bad: bool) -> None:
-        shards = self.ctx.gather_objects(_last_source(self.source) if local_input_bad else None)
-        where = ", ".join(s for s in shards if s) or _last_source(self.source)
+        described = _describe_batch(self.source, self.store) if local_input_bad else None
+        shards = self.ctx.gather_objects(described)
+        where = "; ".join(s for s in shards if s) or _describe_batch(self.source, self.store)
         kept = latest_checkpoint(self.ckpt_root)
         keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written"
         if bad[0] > 0:
@@ -583,8 +602,7 @@ class _Run:
             card = run_card(
                 self.cfg,
                 m.spec,
-                d_in=self.d_in,
-                d_sae=m.d_sae,
+                sae_config=m.sae_cfg.model_dump(mode="json"),
                 optim=m.optim,
                 data=self.data,
                 activation_scale=self.scale,

@@ -1,7 +1,6 @@
-"""Test support for the trainer: a synthetic batch source, a small TopK/BatchTopK training SAE (used while the
-`sae` stage's architectures are not merged), and a worker entry point for subprocess tests.
+"""Test support for the trainer: a synthetic batch source and a worker entry point for subprocess tests.
 
-    python tests/train/_support.py SPEC.json     runs `train` as SPEC describes (see `main`)
+python tests/train/_support.py SPEC.json     runs `train` as SPEC describes (see `main`)
 """
 
 from __future__ import annotations
@@ -12,18 +11,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-from saeforge.sae.base import SAE, SAEConfig, TrainStepInput, TrainStepOutput  # noqa: E402
 
 
 class SyntheticSource:
@@ -79,128 +73,9 @@ class SyntheticSource:
         return f"synthetic batch {self.position - 1}"
 
 
-class TinyTrainingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    architecture: str
-    d_in: int
-    d_sae: int
-    k: int | None = None
-    k_aux: int | None = None
-
-    @model_validator(mode="after")
-    def _k(self) -> TinyTrainingConfig:
-        if self.k is None:
-            raise ValueError(f"k is required for {self.architecture}")
-        return self
-
-
-class TinyTopKSAE(SAE):
-    architecture = "topk"
-
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
-        vals, idx = pre.topk(self.cfg.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-
-
-class TinyTrainingTopK(nn.Module):
-    """TopK (or BatchTopK) with unit-norm decoder rows; BatchTopK's threshold is global over ranks."""
-
-    def __init__(self, cfg: TinyTrainingConfig):
-        super().__init__()
-        self.cfg = cfg
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in)
-        W_dec /= W_dec.norm(dim=-1, keepdim=True)
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-
-    def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
-        if self.cfg.architecture == "batchtopk":
-            local = pre.detach().relu().flatten().topk(self.cfg.k * x.shape[0]).values
-            everyone = inp.collectives.all_gather_cat(local)
-            thr = everyone.topk(self.cfg.k * x.shape[0] * inp.collectives.world_size).values[-1]
-            z = pre.relu() * (pre.detach() >= thr)
-        else:
-            vals, idx = pre.topk(self.cfg.k, dim=-1)
-            z = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        x_hat = z @ self.W_dec + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        losses = {"mse": mse}
-        if inp.dead_mask is not None and bool(inp.dead_mask.any()):
-            dead_pre = pre.masked_fill(~inp.dead_mask, float("-inf"))
-            vals, idx = dead_pre.topk(min(self.cfg.k_aux or 8, int(inp.dead_mask.sum())), dim=-1)
-            e_hat = torch.zeros_like(pre).scatter(-1, idx, vals.relu()) @ self.W_dec
-            losses["auxk"] = (e_hat - (x - x_hat).detach()).pow(2).sum(-1).mean() / 32
-        active = z.detach() > 0
-        return TrainStepOutput(
-            x_hat=x_hat,
-            loss=sum(losses.values()),
-            losses=losses,
-            fired=active.sum(0),
-            l0=active.sum(-1).float().mean(),
-        )
-
-    def init_from_data(self, x_sample: Tensor) -> None:
-        with torch.no_grad():
-            self.b_dec.copy_(x_sample.mean(0))
-
-    def before_optimizer_step(self) -> None:
-        if self.W_dec.grad is not None:
-            parallel = (self.W_dec.grad * self.W_dec).sum(-1, keepdim=True) * self.W_dec
-            self.W_dec.grad -= parallel
-
-    def after_optimizer_step(self) -> None:
-        with torch.no_grad():
-            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True)
-
-    def export(self, activation_scale: float) -> SAE:
-        cfg = SAEConfig(architecture="topk", d_in=self.cfg.d_in, d_sae=self.cfg.d_sae, k=self.cfg.k)
-        sae = TinyTopKSAE(cfg)
-        s = activation_scale
-        with torch.no_grad():
-            sae.W_enc.copy_(self.W_enc * s)
-            sae.b_enc.copy_(self.b_enc)
-            sae.W_dec.copy_(self.W_dec / s)
-            sae.b_dec.copy_(self.b_dec / s)
-        return sae
-
-
-def tiny_save_sae(sae: SAE, path: Path, metadata: dict[str, Any] | None = None) -> None:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = sae.cfg.model_copy(update={"metadata": metadata or {}})
-    (path / "cfg.json").write_text(cfg.model_dump_json(indent=1))
-    save_file(sae.weights_for_saving(), str(path / "sae_weights.safetensors"))
-
-
-def tiny_load_sae(path: Path) -> SAE:
-    cfg = SAEConfig.model_validate_json((Path(path) / "cfg.json").read_text())
-    sae = TinyTopKSAE(cfg)
-    sae.load_state_dict(load_file(str(Path(path) / "sae_weights.safetensors")))
-    return sae
-
-
-def install_tiny_sae() -> None:
-    """Provides the `sae` stage's API on saeforge.sae when that stage is not merged yet."""
-    import saeforge.sae as api
-
-    if hasattr(api, "create_training_sae"):
-        return
-    api.TrainingSAEConfig = TinyTrainingConfig
-    api.TRAINING_ARCHITECTURES = {"topk": TinyTrainingTopK, "batchtopk": TinyTrainingTopK}
-    api.create_training_sae = TinyTrainingTopK
-    api.save_sae = tiny_save_sae
-    api.load_sae = tiny_load_sae
-
-
 def main(spec_path: str) -> None:
     """Runs `train` on a SyntheticSource. SPEC: {"config": TrainConfig dict, "source": SyntheticSource kwargs,
     "action_at": step, "action": "sigterm" | "block"}. Under torchrun each rank reads its slice."""
-    install_tiny_sae()
     from saeforge.train import TrainConfig, TrainingInterrupted, train
 
     spec = json.loads(Path(spec_path).read_text())

@@ -66,7 +66,10 @@ def test_bad_config_names_the_field(tmp_path, change, field):
         ),
         (dict(name="a", architecture="topk", k=40, d_sae=32), r"saes\[0\] \(a\)\.k: k=40 exceeds d_sae=32"),
         (dict(name="a", architecture="topk", k=4, d_in=12), r"d_in=12 .* d_in=16"),
-        (dict(name="a", architecture="topk"), r"SAE 'a':\n  saes\[0\]: k is required"),
+        (
+            dict(name="a", architecture="topk", k=4, target_l0=3),
+            r"SAE 'a':\n  saes\[0\]: topk sets its sparsity with k",
+        ),
     ],
 )
 def test_data_dependent_errors_before_any_work(tmp_path, sae, message):
@@ -89,18 +92,25 @@ def test_missing_logger_package_fails_before_work(tmp_path, monkeypatch):
 
 
 def test_architecture_defaults_follow_papers():
-    topk = resolve_optim(SAESpec(name="a", architecture="topk", k=4), d_sae=2**14, total_steps=10_000)
+    topk = resolve_optim(SAESpec(name="a", architecture="topk", k=4), "topk", d_sae=2**14, total_steps=10_000)
     assert topk.lr == pytest.approx(2e-4) and topk.eps == 6.25e-10
-    wide = resolve_optim(SAESpec(name="a", architecture="topk", k=4), d_sae=2**16, total_steps=10_000)
+    wide = resolve_optim(SAESpec(name="a", architecture="topk", k=4), "topk", d_sae=2**16, total_steps=10_000)
     assert wide.lr == pytest.approx(1e-4)  # 2e-4 / sqrt(4)
-    jr = resolve_optim(SAESpec(name="b", architecture="jumprelu"), d_sae=1024, total_steps=1_000_000)
+    jr = resolve_optim(
+        SAESpec(name="b", architecture="jumprelu"), "jumprelu", d_sae=1024, total_steps=1_000_000
+    )
     assert (jr.lr, jr.betas, jr.sparsity_warmup_steps) == (7e-5, (0.0, 0.999), 10_000)
-    short = resolve_optim(SAESpec(name="b", architecture="jumprelu"), d_sae=1024, total_steps=2_000)
+    short = resolve_optim(
+        SAESpec(name="b", architecture="jumprelu"), "jumprelu", d_sae=1024, total_steps=2_000
+    )
     assert short.sparsity_warmup_steps == 200  # capped at 10% of a short run
-    std = resolve_optim(SAESpec(name="c", architecture="standard"), d_sae=1024, total_steps=1000)
+    std = resolve_optim(SAESpec(name="c", architecture="relu"), "standard", d_sae=1024, total_steps=1000)
     assert (std.lr_schedule, std.lr_decay_steps, std.sparsity_warmup_steps) == ("linear", 200, 50)
     mine = resolve_optim(
-        SAESpec(name="d", architecture="jumprelu", lr=1e-3, betas=(0.5, 0.9), lr_schedule="cosine"), 1024, 100
+        SAESpec(name="d", architecture="jumprelu", lr=1e-3, betas=(0.5, 0.9), lr_schedule="cosine"),
+        "jumprelu",
+        1024,
+        100,
     )
     assert (mine.lr, mine.betas, mine.lr_schedule, mine.eps) == (1e-3, (0.5, 0.9), "cosine", 1e-8)
 
@@ -131,7 +141,7 @@ def test_lr_schedules_against_reference(kind):
         lr_end_fraction=0.1,
         lr_decay_steps=D,
     )
-    o = resolve_optim(spec, 64, T)
+    o = resolve_optim(spec, "topk", 64, T)
     got = [lr_at(s, T, o) for s in range(T)]
     want = [_reference_lr(s, T, 1e-3, W, kind, 0.1, D) for s in range(T)]
     assert got == pytest.approx(want, rel=1e-12)

@@ -10,13 +10,15 @@ import signal
 
 import pytest
 import torch
-from _support import SyntheticSource, TinyTopKSAE
+from _support import SyntheticSource
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file
 from torch import nn
 
 import saeforge.sae as sae_api
-from saeforge.sae.base import SAEConfig, TrainStepOutput
+from saeforge.sae import SAEConfig, TrainStepOutput
+from saeforge.sae.jumprelu import JumpReLUSAE
+from saeforge.sae.topk import TopKSAE
 from saeforge.train import ConfigError, NonFiniteError, TrainConfig, TrainingInterrupted, train
 from saeforge.train.checkpoint import LATEST, latest_checkpoint, list_checkpoints, save_checkpoint
 
@@ -68,7 +70,7 @@ def test_sweep_trains_every_sae_on_each_batch_once(tmp_path):
         assert set(r.metrics) >= {"loss", "loss_mse", "l0", "fvu", "dead_fraction", "lr"}
         assert r.metrics["l0"] == pytest.approx(4.0, abs=1e-6)
         assert 0 < r.metrics["fvu"] < r.history[0]["fvu"]
-        assert isinstance(r.sae, TinyTopKSAE)
+        assert isinstance(r.sae, TopKSAE if r.name == "topk" else JumpReLUSAE)
         card = json.loads((run / r.name / "cfg.json").read_text())["metadata"]
         assert card["d_sae"] == r.sae.d_sae and card["d_in"] == D_IN and card["sparsity"]["k"] == 4
         assert card["training"]["batch_size"] == B and card["evaluation_datasets"] == ["heldout.jsonl"]
@@ -120,7 +122,7 @@ class _Cfg(BaseModel):
     architecture: str
     d_in: int
     d_sae: int
-    k: int | None = None
+    seed: int = 0
 
 
 class ScriptedFiring(nn.Module):
@@ -150,7 +152,7 @@ class ScriptedFiring(nn.Module):
         pass
 
     def export(self, activation_scale):
-        return TinyTopKSAE(SAEConfig(architecture="topk", d_in=self.cfg.d_in, d_sae=self.cfg.d_sae, k=1))
+        return TopKSAE(SAEConfig(architecture="topk", d_in=self.cfg.d_in, d_sae=self.cfg.d_sae, k=1))
 
 
 @pytest.fixture
