@@ -3,5 +3,6 @@
 from saeforge.cli import (
     capture,  # noqa: F401
     plan,  # noqa: F401
+    train,  # noqa: F401
     verify,  # noqa: F401
 )
