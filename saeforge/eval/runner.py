@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
@@ -91,20 +92,25 @@ def add_stability(results: list[dict[str, Any]], saes: Sequence[SAE], hungarian_
 
 
 def _store_contexts(cfg: EvalConfig, store: Any, tokenizer: Any, context_size: int) -> Any:
-    from safetensors.torch import load_file
+    """The first `cfg.contexts` token contexts the store keeps, else contexts packed from its corpus source."""
+    from saeforge.text import special_token_mask
 
-    path = cfg.activations / "contexts.safetensors"
-    if path.exists():
-        tokens = load_file(str(path))["tokens"][: cfg.contexts].long()
-        from saeforge.text import special_token_mask
-
+    rows, have = [], 0
+    for i in range(store.num_shards):
+        ctx = store.shard(i).get("contexts")
+        if ctx is None or have >= cfg.contexts:
+            break
+        rows.append(ctx[: cfg.contexts - have].long())
+        have += rows[-1].shape[0]
+    if have:
+        tokens = torch.cat(rows)
         return tokens, special_token_mask(tokens, tokenizer).bool()
-    source = store.manifest.get("data")
-    if source:
-        return contexts_from_source(str(source), tokenizer, context_size, cfg.contexts)
+    sources = [c.source for c in store.manifest.corpus]
+    if sources:
+        return contexts_from_source(sources[0], tokenizer, context_size, cfg.contexts)
     raise ValueError(
-        f"the activation store {cfg.activations} holds no contexts.safetensors and its manifest names no data "
-        "source: give --data SOURCE for the downstream metrics"
+        f"the activation store {cfg.activations} keeps no token contexts and its manifest names no corpus: "
+        "give --data SOURCE for the downstream metrics"
     )
 
 
@@ -114,12 +120,12 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     Checks every SAE against the store (d_in, hook) before any long work. Writes nothing: see
     `saeforge.eval.write_eval_outputs`. `progress` receives one line per stage.
     """
-    from saeforge.activations import ActivationStore
+    from saeforge.activations.store import ActivationStore
     from saeforge.sae import load_sae
 
     say = progress or (lambda _msg: None)
     store = ActivationStore.open(cfg.activations)
-    saes = [load_sae(p).to(cfg.device).eval() for p in cfg.saes]
+    saes = [load_sae(p, device=cfg.device).eval() for p in cfg.saes]
     for path, sae in zip(cfg.saes, saes, strict=True):
         if sae.d_in != store.d_in:
             raise ValueError(
@@ -139,7 +145,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
 
         say(f"loading model {cfg.model}")
         loaded = load_model(str(cfg.model), device=cfg.device)
-        context_size = cfg.context_size or int(store.manifest.get("context_size") or 128)
+        context_size = cfg.context_size or store.manifest.context_size or 128
         if cfg.data:
             contexts = contexts_from_source(cfg.data, loaded.tokenizer, context_size, cfg.contexts)
         else:

@@ -80,3 +80,37 @@ def acts():
         return (torch.randn(n, d_in, generator=g) * torch.linspace(0.5, 2.0, d_in) + 0.7).float()
 
     return make
+
+
+def write_store(path, x: torch.Tensor, hook: str = "layers.0.resid_post", rows_per_shard: int = 256):
+    """A minimal activation store as another tool would write it: manifest + shards holding `activations` only."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for i, chunk in enumerate(x.split(rows_per_shard)):
+        name = f"shard_{i:05d}.safetensors"
+        save_file({"activations": chunk.contiguous().float()}, str(path / name))
+        shards.append({"path": name, "rows": chunk.shape[0], "sha256": None})
+    manifest = {"d_in": x.shape[1], "dtype": "float32", "hook": hook, "shards": shards}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def save_as_standard(sae: ReluSAE, path, seed: int | None = None):
+    """Saves a ReluSAE as a SAELens-layout `standard` SAE (same encode: relu of the pre-activations)."""
+    from saeforge.sae import save_sae
+    from saeforge.sae.standard import StandardSAE
+
+    cfg = sae.cfg.model_copy(update={"architecture": "standard"})
+    std = StandardSAE(cfg)
+    std.load_state_dict(sae.state_dict())
+    return save_sae(std, path, metadata={} if seed is None else {"seed": seed})
+
+
+@pytest.fixture
+def store_tools():
+    """write_store(path, x, hook) and save_as_standard(sae, path, seed)."""
+    return SimpleNamespace(write_store=write_store, save_sae=save_as_standard)
