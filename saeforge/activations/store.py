@@ -29,6 +29,21 @@ def find_stores(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())
 
 
+def verify_shards(path: Path, manifest: Manifest) -> list[str]:
+    """Checks each shard of `manifest` under `path` (header against the manifest, then sha256 when recorded);
+    returns one line per bad shard ("path: reason"), in manifest order."""
+    bad = []
+    for i, entry in enumerate(manifest.shards):
+        try:
+            ActivationStore._check_header(path, manifest, i)
+        except ShardError as e:
+            bad.append(str(e))
+            continue
+        if entry.sha256 is not None and sha256_file(path / entry.path) != entry.sha256:
+            bad.append(f"{path / entry.path}: sha256 mismatch (corrupted)")
+    return bad
+
+
 class ActivationStore:
     """An opened activation store.
 
@@ -133,17 +148,7 @@ class ActivationStore:
 
     def verify(self) -> list[str]:
         """Checks every shard's header and sha256; returns one line per bad shard ("path: reason")."""
-        bad = []
-        for i, entry in enumerate(self.manifest.shards):
-            file = self.path / entry.path
-            try:
-                self._check_header(self.path, self.manifest, i)
-            except ShardError as e:
-                bad.append(str(e))
-                continue
-            if entry.sha256 is not None and sha256_file(file) != entry.sha256:
-                bad.append(f"{file}: sha256 mismatch (corrupted)")
-        return bad
+        return verify_shards(self.path, self.manifest)
 
     def iter_batches(self, batch_size: int, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
         """Yields all rows once, in store order, as [<=batch_size, d_in] tensors (for evaluation)."""
