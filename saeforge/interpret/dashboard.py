@@ -1,7 +1,8 @@
 """A static HTML dashboard: `index.html` (searchable list of latents), `latents/<id>.html` (one page per
 latent), `attribution.html` (when attributions were run). No network: CSS and JS are inline, the histogram is
 inline SVG. Token backgrounds are shaded by activation / the latent's max activation; hovering a token shows
-its activation.
+its activation. The list filters as one types (every word must appear in the latent's id, explanation, top
+or promoted tokens); `index.html#q=WORDS` opens it filtered.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ function apply() {
   }
   count.textContent = n + ' of ' + rows.length + ' latents';
 }
-q.addEventListener('input', apply);
+q.addEventListener('input', () => { history.replaceState(null, '', '#q=' + encodeURIComponent(q.value)); apply(); });
+if (location.hash.startsWith('#q=')) q.value = decodeURIComponent(location.hash.slice(3));
 apply();
 """
 
@@ -121,6 +123,7 @@ def histogram_svg(rec: LatentRecord, width: int = 520, height: int = 120) -> str
     hi = rec.hist_hi * (last + 1) / len(rec.hist_counts)
     axis = (
         f"<text x='0' y='{height - 4}' font-size='11' fill='#656d76'>0</text>"
+        f"<text x='{width / 2}' y='{height - 4}' font-size='11' fill='#656d76' text-anchor='middle'>{hi / 2:.3g}</text>"
         f"<text x='{width}' y='{height - 4}' font-size='11' fill='#656d76' text-anchor='end'>{hi:.3g}</text>"
     )
     return f"<svg width='{width}' height='{height}' role='img' aria-label='activation histogram'>{bars}{axis}</svg>"
@@ -179,7 +182,7 @@ def index_page(interp: Interpretation, sub: str) -> str:
     for r in interp.latents:
         toks = " ".join(escape(repr(t.strip()) if t.strip() else repr(t)) for t in r.top_tokens(5))
         promoted = " ".join(escape(t.token.strip() or repr(t.token)) for t in r.promoted[:5])
-        expl = escape(r.explanation) if r.explanation else ("<i>unclear</i>" if r.unclear else "")
+        expl = "<i class='unclear'>unclear</i>" if r.unclear else escape(r.explanation or "")
         search = " ".join(
             [str(r.latent), r.explanation or "", *(t.strip() for t in r.top_tokens(10))]
             + [t.token.strip() for t in r.promoted[:10]]
