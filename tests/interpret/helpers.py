@@ -15,12 +15,15 @@ class ReluSAE(SAE):
         return torch.relu(self.pre_acts(x))
 
 
-def relu_sae(d_in: int, d_sae: int, seed: int = 0, hook: str = "layers.1.resid_post") -> ReluSAE:
+def relu_sae(
+    d_in: int, d_sae: int, seed: int = 0, hook: str = "layers.1.resid_post", b_enc: bool = True
+) -> ReluSAE:
+    """Random ReLU SAE; with b_enc=False the encoder has no bias, so about half the latents fire on any x."""
     g = torch.Generator().manual_seed(seed)
     sae = ReluSAE(SAEConfig(architecture="relu_test", d_in=d_in, d_sae=d_sae, metadata={"hook_name": hook}))
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
-        sae.b_enc.copy_(-0.3 * torch.rand(d_sae, generator=g))
+        sae.b_enc.copy_(-0.3 * torch.rand(d_sae, generator=g) if b_enc else torch.zeros(d_sae))
         w = torch.randn(d_sae, d_in, generator=g)
         sae.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
     return sae
