@@ -1,0 +1,189 @@
+"""`saeforge interpret` (top contexts, dashboard, judge, feature index) and `saeforge attribute`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from saeforge.cli import app
+
+
+def parse_ids(text: str | None, option: str) -> list[int] | None:
+    """'1,2,5' (or with spaces) -> [1, 2, 5]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _model_dir(explicit: Path | None, manifest) -> Path | None:
+    if explicit is not None:
+        return explicit
+    card = getattr(manifest, "model", None)
+    if card is not None and Path(card.path).is_dir():
+        return Path(card.path)
+    return None
+
+
+@app.command()
+def interpret(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory (cfg.json + sae_weights.safetensors)."),
+    activations: Path = typer.Option(
+        ...,
+        "--activations",
+        help="Activation store captured at the SAE's hook (with token ids and positions).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output directory: latents.json, index.html + latents/*.html, features.sqlite."
+    ),
+    latents: int = typer.Option(None, "--latents", help="Describe N latents drawn at random (see --seed)."),
+    latent_ids: str = typer.Option(None, "--latent-ids", help="Describe these latents: comma-separated ids."),
+    top_k: int = typer.Option(20, "--top-k", help="Top activating contexts kept per latent."),
+    before: int = typer.Option(12, "--before", help="Context tokens shown before the activating token."),
+    after: int = typer.Option(4, "--after", help="Context tokens shown after the activating token."),
+    bands: int = typer.Option(5, "--bands", help="Activation-quantile bands sampled per latent."),
+    per_band: int = typer.Option(4, "--per-band", help="Contexts sampled per quantile band."),
+    negatives: int = typer.Option(10, "--negatives", help="Non-activating contexts kept per latent."),
+    batch_rows: int = typer.Option(8192, "--batch-rows", help="Rows read from the store per step."),
+    model: Path = typer.Option(
+        None,
+        "--model",
+        help="Local causal LM for promoted/suppressed tokens and token strings (default: the store's model).",
+    ),
+    no_logits: bool = typer.Option(False, "--no-logits", help="Skip the promoted/suppressed tokens."),
+    through_norm: bool = typer.Option(
+        True,
+        "--through-norm/--no-through-norm",
+        help="Read decoder directions through the final norm before the unembedding (docs/interpretation.md).",
+    ),
+    judge_url: str = typer.Option(
+        None, "--judge-url", help="OpenAI-compatible endpoint for explanations (e.g. http://host:8000/v1)."
+    ),
+    judge_model: str = typer.Option(None, "--judge-model", help="Model name the judge endpoint serves."),
+    judge_concurrency: int = typer.Option(8, "--judge-concurrency", help="Parallel judge requests."),
+    judge_timeout: float = typer.Option(60.0, "--judge-timeout", help="Seconds per judge request."),
+    judge_retries: int = typer.Option(
+        4, "--judge-retries", help="Retries per judge request (backoff doubles)."
+    ),
+    judge_examples: int = typer.Option(10, "--judge-examples", help="Top contexts shown to the explainer."),
+    device: str = typer.Option("cpu", "--device", help="Device for the SAE and the model (cpu, cuda, ...)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the latent sample and the reservoirs."),
+) -> None:
+    """Top activating contexts, quantile samples, density and histogram per latent in one streaming pass;
+    writes latents.json, a static dashboard and a searchable feature index. With --judge-url, an LLM judge
+    explains each latent and is scored by detection (balanced accuracy, F1). The key comes from
+    OPENAI_API_KEY."""
+    from saeforge.activations.store import ActivationStore
+    from saeforge.interpret.contexts import tokenizer_decode
+    from saeforge.interpret.dashboard import write_dashboard
+    from saeforge.interpret.index import build_index
+    from saeforge.interpret.judge import JudgeClient, JudgeError
+    from saeforge.interpret.pipeline import choose_latents
+    from saeforge.interpret.pipeline import interpret as run_interpret
+    from saeforge.interpret.records import save_interpretation
+    from saeforge.interpret.source import store_batches
+    from saeforge.sae import load_sae
+
+    ids = parse_ids(latent_ids, "--latent-ids")
+    if (latents is None) == (ids is None):
+        _fail("give exactly one of --latents N or --latent-ids I,J,...")
+    if (judge_url is None) != (judge_model is None):
+        _fail("--judge-url and --judge-model go together")
+    for name, v in [
+        ("--top-k", top_k),
+        ("--bands", bands),
+        ("--per-band", per_band),
+        ("--batch-rows", batch_rows),
+    ]:
+        if v <= 0:
+            _fail(f"{name} must be positive, got {v}")
+    try:
+        sae_obj = load_sae(sae, device=device)
+        store = ActivationStore.open(activations)
+        batches = store_batches(store, batch_rows)
+        chosen = choose_latents(sae_obj.d_sae, latents, ids, seed)
+        judge = None
+        if judge_url:
+            judge = JudgeClient(
+                judge_url,
+                judge_model,
+                api_key=os.environ.get("OPENAI_API_KEY"),
+                timeout=judge_timeout,
+                retries=judge_retries,
+                concurrency=judge_concurrency,
+            )
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if store.d_in != sae_obj.d_in:
+        _fail(
+            f"the store has d_in={store.d_in} but the SAE has d_in={sae_obj.d_in}: use the store of its hook"
+        )
+    sae_hook = sae_obj.cfg.metadata.get("hook_name")
+    if sae_hook and store.hook and sae_hook != store.hook:
+        _fail(f"the SAE was trained at hook {sae_hook!r} but the store holds {store.hook!r}")
+    model_dir = _model_dir(model, store.manifest)
+    lm, decode = None, None
+    if model_dir is not None:
+        from saeforge.models import load_model
+
+        loaded = load_model(model_dir, device=device)
+        decode = tokenizer_decode(loaded.tokenizer)
+        if loaded.kind == "causal" and not no_logits:
+            lm = loaded.model
+    typer.echo(f"interpreting {len(chosen)} latents of {sae} over {store.num_rows:,} rows of {activations}")
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("judge requests", total=None) if judge else None
+        try:
+            result = run_interpret(
+                sae_obj,
+                batches,
+                chosen,
+                k=top_k,
+                before=before,
+                after=after,
+                n_bands=bands,
+                per_band=per_band,
+                n_negatives=negatives,
+                tokens_of=store.context,
+                decode=decode,
+                model=lm,
+                through_norm=through_norm,
+                judge=judge,
+                judge_examples=judge_examples,
+                progress=(lambda n: bar.advance(task, n)) if judge else None,
+                seed=seed,
+            )
+        except JudgeError as e:
+            _fail(str(e))
+    result.meta.update(
+        sae=str(sae), activations=str(activations), model=str(model_dir) if model_dir else None
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_interpretation(result, out / "latents.json")
+    index = write_dashboard(result, out)
+    db = build_index(result.latents, out)
+    alive = sum(r.n_active > 0 for r in result.latents)
+    typer.echo(f"{alive}/{len(result.latents)} chosen latents fire on these rows")
+    j = result.meta.get("judge")
+    if j:
+
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.3f}"
+
+        typer.echo(
+            f"judge: unclear {j['unclear_share']:.0%}, mean detection balanced accuracy "
+            f"{fmt(j['mean_balanced_accuracy'])}, F1 {fmt(j['mean_f1'])}, "
+            f"unparseable answers {j['n_unparseable']}/{j['n_answers']}"
+        )
+    typer.echo(f"wrote {out / 'latents.json'}, {index}, {db}")

@@ -1,0 +1,235 @@
+"""Token windows around chosen rows, with every window token's latent activation.
+
+`top_contexts` is the entry point: one streaming pass for the statistics (`collect.collect_stats`), then a
+second pass that reads back only the rows that fall inside the chosen windows (`fill_windows`), encoding only
+those rows. Tokens missing from the stream (a store that skipped BOS, say) come from `tokens_of(seq)` when
+given (a store's contexts), and have activation None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from saeforge.interpret.collect import Batch, LatentStats, RowHit, collect_stats, iter_chunks, latent_acts
+from saeforge.interpret.records import LatentRecord, TokenContext
+from saeforge.sae.base import SAE
+
+_POS_BITS = 24
+
+TokensOf = Callable[[int], "Tensor | None"]
+Decode = Callable[[list[int]], list[str]]
+
+
+def default_decode(ids: list[int]) -> list[str]:
+    return [f"<{i}>" for i in ids]
+
+
+def tokenizer_decode(tokenizer) -> Decode:
+    """Per-token strings from a Hugging Face tokenizer (each id decoded alone, so byte-level BPE reads well)."""
+
+    def decode(ids: list[int]) -> list[str]:
+        return [tokenizer.decode([i]) if i >= 0 else "?" for i in ids]
+
+    return decode
+
+
+def _key(seq: Tensor, pos: Tensor) -> Tensor:
+    return (seq << _POS_BITS) | pos
+
+
+def dedupe_windows(hits: Sequence[RowHit], k: int, before: int, after: int) -> list[RowHit]:
+    """Keeps hits in order, skipping any whose window overlaps a kept one of the same sequence; at most k."""
+    kept: list[RowHit] = []
+    for h in hits:
+        if all(h.seq != o.seq or abs(h.pos - o.pos) > before + after for o in kept):
+            kept.append(h)
+            if len(kept) == k:
+                break
+    return kept
+
+
+def quantile_bands(
+    sample: Sequence[RowHit], n_bands: int, per_band: int
+) -> tuple[list[RowHit], list[int], list]:
+    """Sample sorted by activation -> (per_band evenly spaced hits per equal-count band, their bands, edges).
+
+    edges[b] is the lowest sampled activation of band b; edges[-1] the highest sampled activation.
+    """
+    n = len(sample)
+    hits: list[RowHit] = []
+    bands: list[int] = []
+    edges: list[float] = []
+    if n == 0:
+        return hits, bands, edges
+    for b in range(n_bands):
+        lo, hi = b * n // n_bands, (b + 1) * n // n_bands
+        if hi <= lo:
+            continue
+        edges.append(sample[lo].activation)
+        m = min(per_band, hi - lo)
+        for t in range(m):
+            hits.append(sample[lo + (t * (hi - lo)) // m])
+            bands.append(b)
+    edges.append(sample[-1].activation)
+    return hits, bands, edges
+
+
+@torch.no_grad()
+def fill_windows(
+    sae: SAE,
+    batches: Iterable[Batch],
+    latent_ids: list[int],
+    requests: list[tuple[int, RowHit]],
+    *,
+    before: int,
+    after: int,
+    tokens_of: TokensOf | None = None,
+    max_rows: int = 8192,
+) -> list[tuple[int, list[int], list[float | None]]]:
+    """Second pass: for each request (latent index j into latent_ids, centre row) -> (start, token_ids, acts).
+
+    Only rows inside some window are encoded. Window positions with no row and no `tokens_of` entry are
+    trimmed at the ends and get token id -1 inside.
+    """
+    need: dict[int, list[int]] = {}
+    windows = []
+    for r, (_, h) in enumerate(requests):
+        start = max(0, h.pos - before)
+        end = h.pos + after + 1
+        if tokens_of is not None:
+            ctx = tokens_of(h.seq)
+            if ctx is not None:
+                end = min(end, int(ctx.shape[0]))
+        windows.append((start, end))
+        for p in range(start, end):
+            need.setdefault((h.seq << _POS_BITS) | p, []).append(r)
+    tok = [[-1] * (e - s) for s, e in windows]
+    acts: list[list[float | None]] = [[None] * (e - s) for s, e in windows]
+    if need:
+        keys = torch.tensor(sorted(need), dtype=torch.long)
+        ids = torch.tensor(latent_ids, dtype=torch.long)
+        for chunk in iter_chunks(batches, sae.d_in, max_rows):
+            row_keys = _key(chunk.positions[:, 0], chunk.positions[:, 1])
+            m = torch.isin(row_keys, keys)
+            if not m.any():
+                continue
+            z = latent_acts(sae, chunk.activations[m], ids)
+            for key, t, zrow in zip(
+                row_keys[m].tolist(), chunk.token_ids[m].tolist(), z.tolist(), strict=True
+            ):
+                pos = key & ((1 << _POS_BITS) - 1)
+                for r in need.get(key, ()):
+                    off = pos - windows[r][0]
+                    tok[r][off] = t
+                    acts[r][off] = zrow[requests[r][0]]
+    out = []
+    for r, (_, h) in enumerate(requests):
+        start, _ = windows[r]
+        t, a = tok[r], acts[r]
+        if tokens_of is not None:
+            ctx = tokens_of(h.seq)
+            if ctx is not None:
+                t = [int(ctx[start + i]) if v < 0 else v for i, v in enumerate(t)]
+        lo, hi = 0, len(t)
+        while lo < h.pos - start and t[lo] < 0:
+            lo += 1
+        while hi > h.pos - start + 1 and t[hi - 1] < 0:
+            hi -= 1
+        out.append((start + lo, t[lo:hi], a[lo:hi]))
+    return out
+
+
+def _is_reiterable(batches: object) -> bool:
+    return iter(batches) is not batches  # type: ignore[call-overload]
+
+
+def top_contexts(
+    sae: SAE,
+    batches: Iterable[Batch],
+    latent_ids: list[int],
+    k: int = 20,
+    *,
+    before: int = 12,
+    after: int = 4,
+    n_bands: int = 5,
+    per_band: int = 4,
+    n_negatives: int = 10,
+    hist_bins: int = 64,
+    sample_size: int = 100,
+    tokens_of: TokensOf | None = None,
+    decode: Decode | None = None,
+    seed: int = 0,
+) -> list[LatentRecord]:
+    """Top activating contexts, quantile samples, negatives, density and histogram for each latent.
+
+    sae: inference SAE. batches: a re-iterable source of `Batch(activations [rows, d_in], token_ids [rows],
+    positions [rows, 2])` (a list, an `ActivationStore` via `store_batches`); it is read twice (statistics, then
+    only the window rows). latent_ids: latents to describe. k: top contexts per latent. before / after: window
+    tokens on each side of the centre row. tokens_of: seq -> token ids [context_size] (a store's contexts), used
+    for tokens the stream lacks. decode: token ids -> display strings.
+    """
+    if not _is_reiterable(batches):
+        raise TypeError(
+            "top_contexts reads the activations twice: pass a list of batches or a re-iterable source "
+            "(e.g. saeforge.interpret.store_batches(store)), not a one-shot iterator"
+        )
+    decode = decode or default_decode
+    stats = collect_stats(
+        sae,
+        batches,
+        latent_ids,
+        k,
+        sample_size=max(sample_size, n_bands * per_band),
+        inactive_size=3 * n_negatives,
+        hist_bins=hist_bins,
+        seed=seed,
+    )
+    plans = []
+    requests: list[tuple[int, RowHit]] = []
+    for j, s in enumerate(stats):
+        top = dedupe_windows(s.top, k, before, after)
+        q_hits, q_bands, q_edges = quantile_bands(s.active_sample, n_bands, per_band)
+        plans.append((top, q_hits, q_bands, q_edges, s.inactive_sample))
+        requests += [(j, h) for h in (*top, *q_hits, *s.inactive_sample)]
+    filled = iter(
+        fill_windows(sae, batches, latent_ids, requests, before=before, after=after, tokens_of=tokens_of)
+    )
+
+    def ctx(h: RowHit, band: int | None = None) -> TokenContext:
+        start, tok, acts = next(filled)
+        return TokenContext(h.seq, h.pos, h.activation, start, tok, decode(tok), acts, band)
+
+    records = []
+    for s, (top, q_hits, q_bands, q_edges, inactive) in zip(stats, plans, strict=True):
+        top_ctx = [ctx(h) for h in top]
+        q_ctx = [ctx(h, b) for h, b in zip(q_hits, q_bands, strict=True)]
+        neg_ctx = [ctx(h) for h in inactive]
+        negatives = [c for c in neg_ctx if all(a is None or a <= 0 for a in c.acts)][:n_negatives]
+        records.append(_record(s, top_ctx, q_ctx, negatives, q_edges))
+    return records
+
+
+def _record(
+    s: LatentStats,
+    top: list[TokenContext],
+    quantiles: list[TokenContext],
+    negatives: list[TokenContext],
+    edges: list[float],
+) -> LatentRecord:
+    return LatentRecord(
+        latent=s.latent,
+        density=s.density,
+        n_active=s.n_active,
+        n_rows=s.n_rows,
+        max_activation=s.max_activation,
+        mean_activation=s.mean_active,
+        hist_hi=s.histogram.hi,
+        hist_counts=s.histogram.counts,
+        quantile_edges=edges,
+        top=top,
+        quantiles=quantiles,
+        negatives=negatives,
+    )

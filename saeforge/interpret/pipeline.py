@@ -1,0 +1,96 @@
+"""`interpret`: statistics, contexts, logit effects and (optionally) judge explanations for chosen latents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from saeforge.interpret.collect import Batch
+from saeforge.interpret.contexts import Decode, TokensOf, default_decode, top_contexts
+from saeforge.interpret.judge import JudgeClient, judge_latents
+from saeforge.interpret.records import Interpretation
+from saeforge.interpret.unembed import direction_logits, top_token_scores
+from saeforge.sae.base import SAE
+
+
+def choose_latents(
+    d_sae: int, n: int | None = None, ids: list[int] | None = None, seed: int = 0
+) -> list[int]:
+    """Explicit `ids` (checked against d_sae), else n latents drawn uniformly without replacement, sorted."""
+    if ids:
+        bad = [i for i in ids if not 0 <= i < d_sae]
+        if bad:
+            raise ValueError(
+                f"--latent-ids {bad[:5]} out of range: the SAE has d_sae={d_sae} (ids 0..{d_sae - 1})"
+            )
+        return sorted(dict.fromkeys(ids))
+    if n is None or n <= 0:
+        raise ValueError("choose the latents: --latents N (a random sample) or --latent-ids I,J,...")
+    if n >= d_sae:
+        return list(range(d_sae))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(d_sae, generator=g)[:n].tolist())
+
+
+def interpret(
+    sae: SAE,
+    batches: Iterable[Batch],
+    latent_ids: list[int],
+    *,
+    k: int = 20,
+    before: int = 12,
+    after: int = 4,
+    n_bands: int = 5,
+    per_band: int = 4,
+    n_negatives: int = 10,
+    tokens_of: TokensOf | None = None,
+    decode: Decode | None = None,
+    model: nn.Module | None = None,
+    n_logit_tokens: int = 10,
+    through_norm: bool = True,
+    judge: JudgeClient | None = None,
+    judge_examples: int = 10,
+    progress: Callable[[int], None] | None = None,
+    seed: int = 0,
+) -> Interpretation:
+    """Describes `latent_ids` of `sae` from a re-iterable activation source (see `top_contexts`).
+
+    model: a causal LM (HF) for promoted/suppressed tokens through its unembedding (skipped when None).
+    judge: an OpenAI-compatible client; when given, latents get an explanation and detection scores.
+    """
+    decode = decode or default_decode
+    records = top_contexts(
+        sae,
+        batches,
+        latent_ids,
+        k,
+        before=before,
+        after=after,
+        n_bands=n_bands,
+        per_band=per_band,
+        n_negatives=n_negatives,
+        tokens_of=tokens_of,
+        decode=decode,
+        seed=seed,
+    )
+    if model is not None:
+        ids = torch.tensor(latent_ids)
+        logits = direction_logits(model, sae.W_dec.detach()[ids], through_norm=through_norm)
+        for rec, row in zip(records, logits, strict=True):
+            rec.promoted, rec.suppressed = top_token_scores(row, decode, n_logit_tokens)
+    meta = {
+        "n_rows": records[0].n_rows if records else 0,
+        "k": k,
+        "window": [before, after],
+        "hook": sae.cfg.metadata.get("hook_name"),
+        "logits_through_norm": through_norm if model is not None else None,
+    }
+    if judge is not None:
+        summary = judge_latents(
+            judge, records, n_examples=judge_examples, n_detect=per_band * n_bands, progress=progress
+        )
+        meta["judge"] = {**asdict(summary), "unclear_share": summary.unclear_share, "model": judge.model}
+    return Interpretation(latents=records, meta=meta)
