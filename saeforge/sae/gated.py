@@ -1,0 +1,108 @@
+"""Gated SAE. Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated Sparse Autoencoders",
+arXiv 2404.16014.
+
+A gate decides which latents fire, a magnitude path how much; both share W_enc, tied through r_mag:
+
+    pi_gate = (x - b_dec) @ W_enc + b_gate
+    pi_mag  = (x - b_dec) @ (W_enc * exp(r_mag)) + b_mag
+    z       = 1[pi_gate > 0] * ReLU(pi_mag)
+    loss    = mean_b ||x - x_hat||^2
+            + lambda * mean_b sum_i ReLU(pi_gate)_i ||W_dec[i]||                 (L1 on the gate)
+            + mean_b ||x - (ReLU(pi_gate) @ sg(W_dec) + sg(b_dec))||^2           (aux, stop-gradient decoder)
+
+The gate's step function passes no gradient; the L1 and auxiliary terms train the gate path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.config import TrainingSAEConfig
+from saeforge.sae.training import PenaltySAE
+
+
+class GatedSAE(SAE):
+    """Inference gated SAE (SAELens `gated`: weights W_enc, b_gate, b_mag, r_mag, W_dec, b_dec; no b_enc)."""
+
+    architecture = "gated"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.b_enc = None
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    def encode(self, x: Tensor) -> Tensor:
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        gate = (x @ self.W_enc + self.b_gate) > 0
+        return gate * (x @ (self.W_enc * self.r_mag.exp()) + self.b_mag).relu()
+
+
+class GatedTrainingSAE(PenaltySAE):
+    architecture = "gated"
+    inference_architecture = "gated"
+
+    def __init__(self, cfg: TrainingSAEConfig):
+        super().__init__(cfg)
+        self.b_enc = None
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    @staticmethod
+    def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
+        return 0.1 * math.sqrt(cfg.d_in / cfg.target_l0)
+
+    @property
+    def aux_coefficient(self) -> float:
+        return 1.0 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
+
+    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        xc = x - self.b_dec
+        return xc @ self.W_enc + self.b_gate, xc @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+
+    def encode(self, x: Tensor) -> Tensor:
+        pi_gate, pi_mag = self._paths(x)
+        return (pi_gate > 0) * pi_mag.relu()
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """The magnitude path's pre-activations [..., d_sae]."""
+        return self._paths(x)[1]
+
+    @torch.no_grad()
+    def _inference_state(self, s: float) -> dict[str, Tensor]:
+        W_enc, W_dec, b_dec = self.W_enc.double(), self.W_dec.double(), self.b_dec.double()
+        shift = b_dec @ W_enc
+        r_mag = self.r_mag.double()
+        return {
+            "W_enc": s * W_enc,
+            "b_gate": self.b_gate.double() - shift,
+            "b_mag": self.b_mag.double() - shift * r_mag.exp(),
+            "r_mag": r_mag,
+            "W_dec": W_dec / s,
+            "b_dec": b_dec / s,
+        }
+
+    def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
+        x = inp.x
+        pi_gate, pi_mag = self._paths(x)
+        gate_acts = pi_gate.relu()
+        z = (pi_gate > 0) * pi_mag.relu()
+        x_hat = self.decode(z)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l1 = (gate_acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+        x_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
+        aux = (x_gate - x).pow(2).sum(-1).mean()
+        losses = {"mse": mse, "l1": self._lambda(inp) * l1, "aux": self.aux_coefficient * aux}
+        with torch.no_grad():
+            active = z > 0
+            l0 = active.sum(-1).float().mean()
+            fired = active.sum(0).to(x.dtype)
+        self._adapt(inp, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0)

@@ -1,0 +1,249 @@
+"""Saving and loading inference SAEs in the SAELens layout: `cfg.json` + `sae_weights.safetensors`.
+
+`save_sae` writes the SAELens v6 layout (top-level architecture fields, `metadata` object). `load_sae` reads that
+layout, SAELens v6 directories, and the flat pre-6 SAELens cfg (hook_point/hook_name at top level,
+`activation_fn_str: "topk"` with `activation_fn_kwargs.k`, boolean normalize_activations). Keys saeforge does not
+use are kept in `cfg.metadata`; a key that looks like a misspelling of a known key is an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+import saeforge
+from saeforge.sae.base import DTYPES, SAE, SAEConfig
+from saeforge.sae.registry import inference_class
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+
+CORE_KEYS = {
+    "architecture",
+    "d_in",
+    "d_sae",
+    "dtype",
+    "device",
+    "apply_b_dec_to_input",
+    "normalize_activations",
+    "k",
+    "metadata",
+    "reshape_activations",
+    "rescale_acts_by_decoder_norm",
+}
+# Keys SAELens writes (v6 metadata fields and pre-6 flat training-config fields) that saeforge keeps as metadata.
+SAELENS_METADATA_KEYS = {
+    "model_name", "hook_name", "hook_layer", "hook_head_index", "model_class_name", "model_from_pretrained_kwargs",
+    "prepend_bos", "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
+    "sae_lens_version", "sae_lens_training_version", "hook_name_out", "hook_head_index_out", "hf_hook_name",
+    "hf_hook_name_out", "dataset_trust_remote_code", "activation_fn", "activation_fn_str", "activation_fn_kwargs",
+    "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index",
+}  # fmt: skip
+WEIGHT_NAMES = {
+    "standard": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
+    "gated": ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"),
+}
+SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Writes `sae` to directory `path` (created if needed) in the SAELens v6 layout; returns the directory.
+
+    `metadata` (e.g. {"hook_name": "layers.3.resid_post", "model_name": ...}) is merged into cfg.metadata.
+    Each file is written to a temporary name and renamed into place, weights first.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = sae.cfg
+    meta = {**cfg.metadata, **(metadata or {})}
+    reshape = meta.pop("reshape_activations", "none")
+    version = str(meta.get("sae_lens_version", ""))
+    if not version[:1].isdigit() or int(version.split(".")[0]) < 6:
+        # The layout version SAELens reads this file as (its pre-6 configs are converted on load).
+        meta["sae_lens_version"] = "6.0.0"
+    meta["saeforge_version"] = saeforge.__version__
+    cfg_dict: dict[str, Any] = {
+        "architecture": cfg.architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": cfg.normalize_activations,
+        "reshape_activations": reshape,
+        "metadata": meta,
+    }
+    if cfg.architecture == "topk":
+        cfg_dict["k"] = cfg.k
+        cfg_dict["rescale_acts_by_decoder_norm"] = False
+    dtype = DTYPES[cfg.dtype]
+    weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in sae.weights_for_saving().items()}
+    _atomic_write(out / WEIGHTS_FILENAME, lambda p: save_file(weights, p))
+    text = json.dumps(cfg_dict, indent=2, sort_keys=False)
+    _atomic_write(out / CFG_FILENAME, lambda p: Path(p).write_text(text + "\n"))
+    return out
+
+
+def _check_typos(keys, known: set[str], where: str) -> None:
+    for key in keys:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
+        if close:
+            raise ValueError(
+                f"{where}: unknown key {key!r} looks like a misspelling of {close[0]!r}; fix the key"
+            )
+
+
+def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SAELens cfg.json (v6 or pre-6) -> (core fields for SAEConfig, extra fields for loading weights)."""
+    raw = dict(raw)
+    _check_typos(raw, CORE_KEYS | SAELENS_METADATA_KEYS, where)
+    meta = dict(raw.pop("metadata", None) or {})
+    _check_typos(meta, SAELENS_METADATA_KEYS, f"{where} metadata")
+    for key in list(raw):
+        if key not in CORE_KEYS:
+            meta[key] = raw.pop(key)
+    if "hook_point" in meta and "hook_name" not in meta:
+        meta["hook_name"] = meta.pop("hook_point")
+    act_fn = meta.get("activation_fn", meta.get("activation_fn_str"))
+    architecture = raw.get("architecture", "standard")
+    if act_fn == "topk" and architecture == "standard":
+        architecture = "topk"
+        raw.setdefault("k", (meta.get("activation_fn_kwargs") or {}).get("k"))
+    norm = raw.get("normalize_activations", "none")
+    if isinstance(norm, bool) or norm is None:
+        norm = "expected_average_only_in" if norm else "none"
+    if norm not in SUPPORTED_NORMALIZATION:
+        raise ValueError(
+            f"{where}: normalize_activations={norm!r} is not supported (saeforge SAEs take raw activations; "
+            f"supported: {', '.join(SUPPORTED_NORMALIZATION)}); fold the normalisation into the weights first"
+        )
+    reshape = raw.get("reshape_activations", "none")
+    if reshape != "none":
+        meta["reshape_activations"] = reshape
+    for key in ("d_in", "d_sae"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    dtype = raw.get("dtype", "float32")
+    dtype = dtype.removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise ValueError(f"{where}: dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    core = {
+        "architecture": architecture,
+        "d_in": raw["d_in"],
+        "d_sae": raw["d_sae"],
+        "dtype": dtype,
+        "device": raw.get("device", "cpu"),
+        "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", True),
+        "normalize_activations": norm,
+        "k": raw.get("k") if architecture == "topk" else None,
+        "metadata": meta,
+    }
+    extra = {"rescale_acts_by_decoder_norm": bool(raw.get("rescale_acts_by_decoder_norm", False))}
+    return core, extra
+
+
+@torch.no_grad()
+def _fold_weights(weights: dict[str, Tensor], cfg: SAEConfig, extra: dict[str, Any], where: str) -> None:
+    """Folds SAELens options saeforge's SAEs do not have into the weights (exact up to rounding)."""
+    if "log_threshold" in weights and "threshold" not in weights:
+        weights["threshold"] = weights.pop("log_threshold").exp()
+    if "scaling_factor" in weights:
+        factor = weights.pop("scaling_factor")
+        if not torch.allclose(factor, torch.ones_like(factor)):
+            if not cfg.metadata.get("finetuning_scaling_factor"):
+                raise ValueError(f"{where}: scaling_factor present but finetuning_scaling_factor is not set")
+            weights["W_dec"] = weights["W_dec"] * factor[:, None]
+    if extra["rescale_acts_by_decoder_norm"]:
+        norm = weights["W_dec"].norm(dim=1)
+        weights["W_enc"] = weights["W_enc"] * norm
+        weights["b_enc"] = weights["b_enc"] * norm
+        weights["W_dec"] = weights["W_dec"] / norm[:, None]
+
+
+def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None) -> SAE:
+    """Loads an inference SAE from a saeforge or SAELens directory (`cfg.json` + `sae_weights.safetensors`).
+
+    dtype: override of cfg.json's dtype ("float32", "bfloat16", ...). Shapes are checked against d_in/d_sae.
+    """
+    root = Path(path)
+    cfg_path, weights_path = root / CFG_FILENAME, root / WEIGHTS_FILENAME
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} not found: an SAE directory holds {CFG_FILENAME} and {WEIGHTS_FILENAME}"
+            )
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+    core, extra = _normalise_cfg(raw, str(cfg_path))
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+        core["dtype"] = dtype
+    cls = inference_class(core["architecture"])
+    core["architecture"] = cls.architecture
+    if cls.architecture == "topk" and not core["k"]:
+        raise ValueError(f"{cfg_path}: a topk SAE needs k in cfg.json")
+    cfg = SAEConfig(**{**core, "device": device})
+    if cfg.k is not None and cfg.k > cfg.d_sae:
+        raise ValueError(f"{cfg_path}: k={cfg.k} is larger than d_sae={cfg.d_sae}")
+
+    with safe_open(weights_path, framework="pt", device="cpu") as f:
+        weights = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    for name, t in weights.items():
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{weights_path}: tensor {name!r} has dtype {t.dtype}; SAE weights are floating point"
+            )
+    expected = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+        **{n: (cfg.d_sae,) for n in ("b_enc", "threshold", "b_gate", "b_mag", "r_mag", "scaling_factor")},
+    }
+    for name, t in weights.items():
+        want = expected.get(name.replace("log_threshold", "threshold"))
+        if want is not None and tuple(t.shape) != want:
+            raise ValueError(
+                f"{weights_path}: {name} has shape {list(t.shape)} but cfg.json (d_in={cfg.d_in}, "
+                f"d_sae={cfg.d_sae}) implies {list(want)}"
+            )
+    _fold_weights(weights, cfg, extra, str(weights_path))
+    names = WEIGHT_NAMES[cls.architecture]
+    missing = [n for n in names if n not in weights]
+    unexpected = [n for n in weights if n not in names]
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_path}: a {cls.architecture} SAE needs tensors {', '.join(names)}"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; unexpected: {', '.join(unexpected)}" if unexpected else "")
+        )
+    sae = cls(cfg)
+    target = DTYPES[cfg.dtype]
+    sae.load_state_dict({n: weights[n].to(target) for n in names})
+    return sae.to(device=device, dtype=target)

@@ -1,0 +1,119 @@
+"""JumpReLU SAE. Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU
+Sparse Autoencoders", arXiv 2407.14435 (the Gemma Scope recipe).
+
+    z     = JumpReLU_theta(pre) = pre * H(pre - theta)        (per-latent threshold theta)
+    loss  = mean_b ||x - x_hat||^2 + lambda * mean_b sum_i H(pre_i - theta_i)      (L0 penalty, lambda warmed up)
+
+H has no useful gradient, so both terms use the paper's straight-through estimators with a rectangle kernel
+K(u) = 1[|u| < 1/2] of bandwidth epsilon, for the threshold only (pre gets the plain ReLU-like gradient):
+
+    d JumpReLU / d theta = -(theta / epsilon) K((pre - theta) / epsilon)
+    d H(pre - theta) / d theta = -(1 / epsilon) K((pre - theta) / epsilon)
+
+Threshold parametrisation: theta is a raw parameter, clamped at 0 after each optimiser step. theta lives in
+pre-activation units, exactly like b_enc, and Adam moves every parameter by about lr per step whatever its
+gradient's size, so theta moves as fast as the bias it competes with. A log-parametrised theta moves by about
+lr * theta per step, which for a small initial theta is nearly nothing (SAELens issue #494).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.config import TrainingSAEConfig
+from saeforge.sae.training import PenaltySAE
+
+
+def rectangle(u: Tensor) -> Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """pre [..., d_sae], threshold [d_sae] -> pre * H(pre - threshold), with the threshold STE."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad * (pre > threshold)
+        grad_threshold = -(threshold / eps) * rectangle((pre - threshold) / eps) * grad
+        return grad_pre, grad_threshold.reshape(-1, pre.shape[-1]).sum(0), None
+
+
+class StepFunction(torch.autograd.Function):
+    """pre [..., d_sae], threshold [d_sae] -> H(pre - threshold), with the threshold STE (no gradient to pre)."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold = -(1.0 / eps) * rectangle((pre - threshold) / eps) * grad
+        return None, grad_threshold.reshape(-1, pre.shape[-1]).sum(0), None
+
+
+class JumpReLUSAE(SAE):
+    """Inference JumpReLU SAE (SAELens `jumprelu`: ReLU(pre) where pre > threshold)."""
+
+    architecture = "jumprelu"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        return pre.relu() * (pre > self.threshold)
+
+
+class JumpReLUTrainingSAE(PenaltySAE):
+    architecture = "jumprelu"
+    inference_architecture = "jumprelu"
+
+    def __init__(self, cfg: TrainingSAEConfig):
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.initial_threshold))
+
+    @staticmethod
+    def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
+        # A latent carrying ~E||x||^2 / L0 = d_in / L0 of MSE is worth its L0 cost lambda; start at a tenth.
+        return 0.1 * cfg.d_in / cfg.target_l0
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        return pre.relu() * (pre > self.threshold)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.threshold.clamp_(min=0.0)
+
+    def _inference_state(self, s: float) -> dict[str, Tensor]:
+        return {**self._folded(s), "threshold": self.threshold.detach().double()}
+
+    def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
+        x = inp.x
+        pre = self.pre_acts(x)
+        z = JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
+        x_hat = self.decode(z)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l0_term = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        losses = {"mse": mse, "l0": self._lambda(inp) * l0_term}
+        with torch.no_grad():
+            active = z > 0
+            l0 = active.sum(-1).float().mean()
+            fired = active.sum(0).to(x.dtype)
+        self._adapt(inp, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0)

@@ -1,0 +1,58 @@
+"""Standard SAE: ReLU + L1 weighted by decoder row norms.
+
+Anthropic, "Circuits Updates - April 2024" (transformer-circuits.pub/2024/april-update, "Training SAEs"):
+decoder rows free in norm (initialised at norm 0.1 with W_enc = W_dec.T), and the sparsity penalty is the L1 norm
+of the latents weighted by their decoder row norms, so shrinking W_dec cannot buy a smaller penalty:
+
+    z     = ReLU((x - b_dec) @ W_enc + b_enc)
+    x_hat = z @ W_dec + b_dec
+    loss  = mean_b ||x - x_hat||^2 + lambda * mean_b sum_i z_i ||W_dec[i]||
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.config import TrainingSAEConfig
+from saeforge.sae.training import PenaltySAE
+
+
+class StandardSAE(SAE):
+    """Inference ReLU SAE (SAELens `standard`)."""
+
+    architecture = "standard"
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.pre_acts(x).relu()
+
+
+class StandardTrainingSAE(PenaltySAE):
+    architecture = "standard"
+    inference_architecture = "standard"
+
+    @staticmethod
+    def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
+        # A latent of magnitude a saves ~a^2 of MSE and costs lambda * a; with E||x||^2 = d_in shared by L0
+        # latents, a ~ sqrt(d_in / L0). Start at a tenth of that and let the controller move it.
+        return 0.1 * math.sqrt(cfg.d_in / cfg.target_l0)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.pre_acts(x).relu()
+
+    def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
+        x = inp.x
+        z = self.encode(x)
+        x_hat = self.decode(z)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+        losses = {"mse": mse, "l1": self._lambda(inp) * l1}
+        with torch.no_grad():
+            active = z > 0
+            l0 = active.sum(-1).float().mean()
+            fired = active.sum(0).to(x.dtype)
+        self._adapt(inp, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0)

@@ -1,0 +1,60 @@
+"""TopK SAE. Gao et al. 2024, "Scaling and evaluating sparse autoencoders", arXiv 2406.04093.
+
+    pre   = (x - b_dec) @ W_enc + b_enc
+    z     = ReLU(TopK_k(pre))                         (the k largest pre-activations of each token)
+    x_hat = z @ W_dec + b_dec
+    loss  = mean_b ||x - x_hat||^2 + alpha * AuxK     (alpha = 1/32)
+
+AuxK: the k_aux (default d_in // 2) largest pre-activations among dead latents reconstruct the detached residual
+x - x_hat. Decoder rows are unit norm (the gradient component parallel to each row is removed before the step,
+rows are renormalised after it); W_enc starts as W_dec.T; b_dec starts at the geometric median of a sample.
+Selection runs without autograd; `kernels.gather_preacts` and `kernels.sparse_decode` carry the gradient through
+the k selected latents only.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.training import TopKFamilySAE
+
+
+def topk_relu(pre: Tensor, k: int) -> Tensor:
+    """[..., d_sae] -> [..., d_sae]: ReLU of the k largest entries of each row, zeros elsewhere."""
+    top = pre.topk(k, dim=-1, sorted=False)
+    return pre.new_zeros(pre.shape).scatter(-1, top.indices, top.values.relu())
+
+
+class TopKSAE(SAE):
+    """Inference TopK SAE (SAELens `topk`: top-k of the pre-activations, then ReLU)."""
+
+    architecture = "topk"
+
+    def encode(self, x: Tensor) -> Tensor:
+        return topk_relu(self.pre_acts(x), self.cfg.k)
+
+
+class TopKTrainingSAE(TopKFamilySAE):
+    architecture = "topk"
+    inference_architecture = "topk"
+
+    def encode(self, x: Tensor) -> Tensor:
+        return topk_relu(self.pre_acts(x), self.cfg.k)
+
+    def _inference_config(self) -> dict:
+        return {"k": self.cfg.k}
+
+    def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
+        x = inp.x
+        xc = x - self.b_dec
+        pre = self._pre_no_grad(xc)
+        idx = pre.topk(self.cfg.k, dim=1, sorted=False).indices
+        vals = self._gather(xc, pre, idx).relu()
+        x_hat = self._decode_sparse(idx, vals) + self.b_dec
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
+        losses = {"mse": mse, "auxk": auxk}
+        fired = self._fired(idx, vals, self.d_sae)
+        l0 = fired.sum() / x.shape[0]
+        return TrainStepOutput(x_hat, mse + auxk, losses, fired, l0)
