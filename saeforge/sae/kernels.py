@@ -10,11 +10,23 @@ The TopK-family pattern (architectures choose *which* latents fire; kernels make
 
 `gather_preacts` returns pre[b, idx[b, j]] with gradients w.r.t. x, W_enc and b_enc that equal those of the
 dense expression `(x @ W_enc + b_enc).gather(1, idx)`. `sparse_decode` returns sum_j vals[b, j] W_dec[idx[b, j]].
+`topk_select(pre, k)` is an exact, faster `pre.topk(k, dim=1)` for wide rows.
 The `_eager` functions are the references the fast paths are tested against (values and gradients).
+
+How the fast paths stay sparse (B tokens, w selected latents per token, n = B * w pairs):
+- every gradient is a sum over the n (token, latent) pairs; the ones indexed by latent (W_enc's columns,
+  W_dec's rows) are computed latent-major: the pairs are sorted by latent once and summed with
+  `F.embedding_bag` (one bag per latent), which costs O(n * d_in) and writes each output row once;
+- the ones indexed by token (x, vals) are token-major `F.embedding_bag` calls over W_enc^T / W_dec rows.
+W_enc's gradient is produced as [d_sae, d_in] rows and handed back as its transpose, so a W_enc stored
+column-major (`W_enc.t().is_contiguous()`, e.g. `nn.Parameter(torch.empty(d_sae, d_in)).t()`...) needs no
+transposing copy at all; a row-major W_enc costs one transposing copy each way (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -29,5 +41,132 @@ def sparse_decode_eager(idx: Tensor, vals: Tensor, W_dec: Tensor) -> Tensor:
     return (vals.unsqueeze(-1) * W_dec[idx]).sum(-2)
 
 
-gather_preacts = gather_preacts_eager
-sparse_decode = sparse_decode_eager
+def topk_select_eager(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """pre [B, d_sae] -> (values [B, k], indices [B, k]) of the k largest entries of each row (any order)."""
+    values, indices = pre.topk(k, dim=1, sorted=False)
+    return values, indices
+
+
+def _latent_major_sum(idx: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -> Tensor:
+    """out[i] = sum over (b, j) with idx[b, j] == i of weights[b, j] * rows[b].
+
+    idx [B, w] int64, weights [B, w], rows [B, d] -> [d_sae, d]. Latents never selected get zero rows.
+    """
+    flat = idx.reshape(-1)
+    sorted_latents, order = flat.sort(stable=True)
+    counts = torch.bincount(sorted_latents, minlength=d_sae)
+    offsets = counts.cumsum(0) - counts
+    tokens = torch.div(order, idx.shape[1], rounding_mode="floor")
+    return F.embedding_bag(
+        tokens, rows, offsets, mode="sum", per_sample_weights=weights.reshape(-1)[order].to(rows.dtype)
+    )
+
+
+def _token_major_sum(idx: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+    """out[b] = sum_j weights[b, j] * table[idx[b, j]]: idx [B, w], weights [B, w], table [n, d] -> [B, d]."""
+    return F.embedding_bag(idx, table, mode="sum", per_sample_weights=weights.to(table.dtype))
+
+
+def _rows_of(W_enc: Tensor) -> Tensor:
+    """W_enc [d_in, d_sae] -> W_enc^T [d_sae, d_in] contiguous (a view when W_enc is stored column-major)."""
+    return W_enc.t().contiguous()
+
+
+class _GatherPreacts(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, idx)
+        ctx.d_sae = W_enc.shape[1]
+        return pre.gather(1, idx)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, W_enc, idx = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = _token_major_sum(idx, grad, _rows_of(W_enc)).to(x.dtype)
+        if need_w:
+            grad_w = _latent_major_sum(idx, grad, x.to(W_enc.dtype), ctx.d_sae).t()
+        if need_b:
+            grad_b = torch.zeros(ctx.d_sae, dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, idx.reshape(-1), grad.reshape(-1))
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, idx: Tensor, vals: Tensor, W_dec: Tensor) -> Tensor:
+        ctx.save_for_backward(idx, vals, W_dec)
+        return _token_major_sum(idx, vals, W_dec)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        idx, vals, W_dec = ctx.saved_tensors
+        grad_vals = grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad.contiguous(),
+                W_dec,
+                idx.reshape(-1),
+                torch.arange(0, idx.numel(), idx.shape[1], device=idx.device),
+                torch.arange(idx.shape[0], device=idx.device).repeat_interleave(idx.shape[1]),
+                0,
+                -1,
+            )
+            grad_vals = grad_vals.view_as(vals).to(vals.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_w = _latent_major_sum(idx, vals, grad.to(W_dec.dtype), W_dec.shape[0])
+        return None, grad_vals, grad_w
+
+
+def gather_preacts_fast(x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
+    """x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], pre [B, d_sae] (no grad), idx [B, w] int64 -> [B, w].
+
+    Returns pre.gather(1, idx); the backward touches only the selected columns of W_enc.
+    """
+    return _GatherPreacts.apply(x, W_enc, b_enc, pre.detach(), idx)
+
+
+def sparse_decode_fast(idx: Tensor, vals: Tensor, W_dec: Tensor) -> Tensor:
+    """idx [B, w] int64, vals [B, w], W_dec [d_sae, d_in] -> [B, d_in] = sum_j vals[b, j] W_dec[idx[b, j]]."""
+    return _SparseDecode.apply(idx, vals, W_dec)
+
+
+def topk_select_fast(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """pre [B, d_sae] -> (values [B, k], indices [B, k]), the k largest entries of each row (any order).
+
+    Exact. The row is cut into G strided groups {g, g + G, g + 2G, ...} of s elements; the top k entries lie in
+    the k groups with the largest maxima (an entry in the top k is >= the k-th largest group maximum, so its
+    group's maximum is too). Within those groups, an entry can only make the top k if it is >= m_k, the k-th
+    largest group maximum; each group's best two such entries are kept and the top k is taken among those 2k.
+    Rows where some group holds three or more entries >= m_k fall back to `pre[rows].topk`. Ties may resolve
+    to other indices than `torch.topk` (the values agree). Falls back to `torch.topk` for narrow rows.
+    """
+    n_rows, d_sae = pre.shape
+    s = 16
+    n_groups = d_sae // s
+    if pre.requires_grad or n_groups < 8 * k or d_sae % s or not pre.is_contiguous():
+        return topk_select_eager(pre, k)
+    grouped = pre.view(n_rows, s, n_groups)
+    group_max = grouped.amax(1)
+    top_group_max, groups = group_max.topk(k, dim=1, sorted=False)
+    m_k = top_group_max.amin(1, keepdim=True)
+    cand = grouped.gather(2, groups.unsqueeze(1).expand(n_rows, s, k))
+    first, first_pos = cand.max(1)
+    second, second_pos = cand.scatter(1, first_pos.unsqueeze(1), float("-inf")).max(1)
+    values, which = torch.cat([first, second], 1).topk(k, dim=1, sorted=False)
+    pos = torch.cat([first_pos, second_pos], 1).gather(1, which)
+    indices = groups.repeat(1, 2).gather(1, which) + n_groups * pos
+    crowded = ((cand >= m_k.unsqueeze(1)).sum(1) > 2).any(1)
+    if bool(crowded.any()):
+        rows = crowded.nonzero().squeeze(1)
+        values[rows], indices[rows] = pre[rows].topk(k, dim=1, sorted=False)
+    return values, indices
+
+
+gather_preacts = gather_preacts_fast
+sparse_decode = sparse_decode_fast
+topk_select = topk_select_fast
