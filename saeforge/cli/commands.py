@@ -6,6 +6,7 @@ from saeforge.cli import (
     features,  # noqa: F401
     interpret,  # noqa: F401
     plan,  # noqa: F401
+    run,  # noqa: F401
     train,  # noqa: F401
     verify,  # noqa: F401
 )

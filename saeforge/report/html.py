@@ -72,7 +72,7 @@ def _curves(reports: Sequence[SAEReport], key: str, ylabel: str, log: bool = Fal
     for r in reports:
         pts = [(h["tokens"], h[key]) for h in r.history if key in h and h.get("tokens") is not None]
         if pts:
-            xs, ys = zip(*pts)
+            xs, ys = zip(*pts, strict=True)
             ax.plot(xs, ys, label=r.name, lw=1.4)
     ax.set_xlabel("training tokens")
     ax.set_ylabel(ylabel)
@@ -98,7 +98,9 @@ def _density_hist(reports: Sequence[SAEReport]) -> str | None:
     for name, d in dens:
         d = np.asarray(d, dtype=np.float64)
         alive = d[d > 0]
-        ax.hist(np.log10(alive), bins=bins, histtype="step", lw=1.4, label=f"{name} ({(d == 0).mean():.1%} dead)")
+        ax.hist(
+            np.log10(alive), bins=bins, histtype="step", lw=1.4, label=f"{name} ({(d == 0).mean():.1%} dead)"
+        )
     ax.set_xlabel("log10 latent density (fraction of tokens)")
     ax.set_ylabel("latents")
     ax.legend(fontsize=7)
@@ -115,7 +117,7 @@ def _fmt(v: Any) -> str:
 def _context_html(ex: ContextExample) -> str:
     peak = max(ex.max_act, 1e-9)
     spans = []
-    for tok, a in zip(ex.tokens, ex.acts):
+    for tok, a in zip(ex.tokens, ex.acts, strict=True):
         alpha = min(max(a / peak, 0.0), 1.0)
         title = f' title="{a:.3g}"' if a > 0 else ""
         style = f' style="background: rgba(255,120,0,{alpha:.2f})"' if a > 0 else ""
@@ -129,7 +131,7 @@ def _latents_html(r: SAEReport) -> str:
     parts = [f"<h3>{html.escape(r.name)}: top-activating contexts for a sample of latents</h3>"]
     for lat in r.latents:
         promoted = (
-            f' &middot; promotes: <code>{html.escape(" ".join(lat.promoted))}</code>' if lat.promoted else ""
+            f" &middot; promotes: <code>{html.escape(' '.join(lat.promoted))}</code>" if lat.promoted else ""
         )
         parts.append(
             f'<div class="latent"><div class="lh">latent {lat.latent} &middot; density '

@@ -1,0 +1,347 @@
+"""`saeforge run`: the whole pipeline a YAML config describes, composed from the stages' own APIs.
+
+    model + corpus -> capture (train and held-out stores, one per hook) -> train the SAEs on each hook
+    -> evaluate them on held-out activations (and downstream through the model) -> sample latents' contexts
+    -> run directory: config.yaml, activations/, saes/<hook>/<name>/ (cfg.json, sae_weights.safetensors,
+       metrics.json), eval/, report.html
+
+Every YAML key is a field of a typed config: the top-level keys are `RunConfig`'s, and the `capture`, `train`
+and `eval` sections are the stage configs' own fields (`CaptureConfig`, `TrainConfig`, `EvalConfig`) minus the
+ones the pipeline sets (model, hooks, data, activations, out). The config is resolved into the stage configs
+when it is loaded, so a typo anywhere fails before any work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from saeforge.activations import ActivationStore, CaptureConfig, capture
+from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
+from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
+from saeforge.train import TrainConfig, TrainedSAE, train
+
+BUILTIN_MODEL = "builtin"
+
+# Fields the pipeline fills in itself; a section that sets them is told so.
+_CAPTURE_OWN = {"model", "hooks", "data", "out"}
+_TRAIN_OWN = {"activations", "out"}
+_EVAL_OWN = {"saes", "activations", "out", "model", "data"}
+
+
+class ConfigError(ValueError):
+    """A run config that cannot work; the message names the field and the fix."""
+
+
+class ReportSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latents: int = Field(default=16, ge=0, description="latents shown with their top-activating contexts")
+    contexts_per_latent: int = Field(default=6, ge=1, description="contexts shown per latent")
+    seed: int = Field(default=0, description="seed of the latent sample")
+
+
+class RunConfig(BaseModel):
+    """The run: model, corpora, hooks, and one section per stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="local model directory, or 'builtin' for the demo MiniLM")
+    data: str | list[dict[str, Any]] = Field(
+        description="training corpus SOURCE, or a mixture: [{source: S, weight: W}, ...]"
+    )
+    eval_data: str | None = Field(default=None, description="held-out corpus SOURCE (default: none)")
+    hooks: list[str] = Field(min_length=1, description="hook names; one store and one set of SAEs per hook")
+    out: Path = Field(default=Path("runs/run"), description="run directory")
+    capture: dict[str, Any] = Field(default_factory=dict, description="CaptureConfig fields")
+    eval_capture_tokens: int = Field(default=50_000, gt=0, description="held-out activation rows captured")
+    train: dict[str, Any] = Field(description="TrainConfig fields (tokens, batch_size, saes, ...)")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields")
+    report: ReportSection = Field(default_factory=ReportSection)
+
+    @field_validator("capture", "train", "eval")
+    @classmethod
+    def _no_pipeline_fields(cls, v: dict[str, Any], info) -> dict[str, Any]:
+        own = {"capture": _CAPTURE_OWN, "train": _TRAIN_OWN, "eval": _EVAL_OWN}[info.field_name]
+        clash = sorted(own & set(v))
+        if clash:
+            raise ValueError(
+                f"{info.field_name}.{clash[0]} is set by the pipeline from the top-level keys "
+                f"(model, data, hooks, out): remove it from the {info.field_name} section"
+            )
+        return v
+
+
+@dataclass
+class StagePlan:
+    """The run config resolved into the stage configs (validated)."""
+
+    run: RunConfig
+    model_dir: Path
+    capture_train: CaptureConfig
+    capture_heldout: CaptureConfig | None
+    train: dict[str, TrainConfig]
+    eval_extra: dict[str, Any] = field(default_factory=dict)
+
+
+def builtin_config_path() -> Path:
+    return Path(str(resources.files("saeforge.examples").joinpath("minilm.yaml")))
+
+
+def _err(e: ValidationError, section: str) -> ConfigError:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    where = f"{section}.{loc}" if section else loc
+    return ConfigError(f"config field `{where}`: {first['msg']}")
+
+
+def load_run_config(path: str | Path | None = None, out: str | Path | None = None) -> StagePlan:
+    """Reads a run YAML (the built-in example when None), applies `out`, and resolves every stage config."""
+    src = Path(path) if path is not None else builtin_config_path()
+    if not src.is_file():
+        raise ConfigError(f"config file {src} does not exist: give a YAML run config (see saeforge/examples)")
+    try:
+        raw = yaml.safe_load(src.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{src} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src} must hold a mapping of config keys, not {type(raw).__name__}")
+    if out is not None:
+        raw["out"] = str(out)
+    try:
+        run = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise _err(e, "") from e
+    return resolve(run)
+
+
+def resolve(run: RunConfig) -> StagePlan:
+    """Builds (and so validates) every stage config of `run`; raises ConfigError naming the field."""
+    model_dir = resolve_model(run.model)
+    out = Path(run.out)
+    acts = out / "activations"
+    try:
+        cap = CaptureConfig(
+            model=str(model_dir), hooks=run.hooks, data=run.data, out=acts / "train", **run.capture
+        )
+    except ValidationError as e:
+        raise _err(e, "capture") from e
+    heldout = None
+    if run.eval_data is not None:
+        held_opts = {**run.capture, "tokens": run.eval_capture_tokens}
+        held_opts["shard_tokens"] = min(
+            held_opts.get("shard_tokens", run.eval_capture_tokens), run.eval_capture_tokens
+        )
+        heldout = CaptureConfig(
+            model=str(model_dir), hooks=run.hooks, data=run.eval_data, out=acts / "heldout", **held_opts
+        )
+    trains = {}
+    for hook in run.hooks:
+        try:
+            trains[hook] = TrainConfig(
+                activations=acts / "train" / hook,
+                out=out / "saes" / hook,
+                evaluation_datasets=[run.eval_data] if run.eval_data else [],
+                **run.train,
+            )
+        except ValidationError as e:
+            raise _err(e, "train") from e
+    try:
+        EvalConfig(saes=[out], activations=out, **run.eval)
+    except ValidationError as e:
+        raise _err(e, "eval") from e
+    return StagePlan(run=run, model_dir=model_dir, capture_train=cap, capture_heldout=heldout, train=trains)
+
+
+def resolve_model(model: str) -> Path:
+    """'builtin' -> the demo MiniLM (sha256-checked); anything else must be a local directory."""
+    from saeforge.models import builtin_example_model
+
+    if model == BUILTIN_MODEL:
+        return builtin_example_model()
+    p = Path(model).expanduser()
+    if not p.is_dir():
+        raise ConfigError(
+            f"model: {model!r} is not a local directory. saeforge never downloads: give the path of a saved "
+            "Hugging Face model (config.json + weights + tokenizer), or 'builtin' for the demo MiniLM"
+        )
+    return p
+
+
+class Progress:
+    """What the pipeline tells its caller while it works (the CLI draws bars; the default says nothing)."""
+
+    def stage(self, name: str, total: float | None = None) -> None:
+        """A new stage begins; `total` is its amount of work (tokens, steps), if known."""
+
+    def advance(self, done: float, info: str = "") -> None:
+        """Absolute progress inside the current stage."""
+
+    def note(self, text: str) -> None:
+        """A line worth showing."""
+
+
+@dataclass
+class RunResult:
+    out: Path
+    report: Path
+    metrics: list[dict[str, Any]]
+    seconds: float
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _capture(cfg: CaptureConfig, label: str, progress: Progress) -> dict[str, Path]:
+    progress.stage(f"capture {label}", total=cfg.tokens)
+    return capture(cfg, progress=lambda done, total: progress.advance(done))
+
+
+def _train(cfg: TrainConfig, hook: str, progress: Progress) -> list[TrainedSAE]:
+    progress.stage(f"train {hook}", total=cfg.tokens)
+
+    def on_step(ev) -> None:
+        info = ""
+        if ev.metrics:
+            name, m = next(iter(ev.metrics.items()))
+            if m:
+                info = f"{name}: fvu {m.get('fvu', float('nan')):.3f} l0 {m.get('l0', float('nan')):.1f}"
+        progress.advance(ev.tokens, info)
+
+    return train(cfg, progress=on_step)
+
+
+def _sample_latents(density, n: int, seed: int) -> list[int]:
+    import numpy as np
+
+    alive = np.flatnonzero(np.asarray(density) > 0)
+    if len(alive) == 0 or n == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(alive, size=min(n, len(alive)), replace=False).tolist())
+
+
+def _latent_contexts(
+    sae, store: ActivationStore, density, cfg: ReportSection, tokenizer
+) -> list[LatentContexts]:
+    from saeforge.interpret.contexts import tokenizer_decode, top_contexts
+    from saeforge.interpret.source import store_batches
+
+    ids = _sample_latents(density, cfg.latents, cfg.seed)
+    if not ids:
+        return []
+    records = top_contexts(
+        sae,
+        store_batches(store),
+        ids,
+        cfg.contexts_per_latent,
+        tokens_of=store.context,
+        decode=tokenizer_decode(tokenizer),
+        n_negatives=0,
+    )
+    latents = []
+    for rec in records:
+        examples = [
+            ContextExample(tokens=c.tokens, acts=[a or 0.0 for a in c.acts], max_act=c.activation)
+            for c in rec.top
+        ]
+        latents.append(LatentContexts(latent=rec.latent, density=rec.density, examples=examples))
+    return latents
+
+
+def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult:
+    """Runs every stage of `plan`; resumable stages (capture, training) continue where a previous run stopped."""
+    from transformers import AutoTokenizer
+
+    progress = progress or Progress()
+    t0 = time.time()
+    run = plan.run
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(
+        yaml.safe_dump(json.loads(run.model_dump_json()), sort_keys=False), out / "config.yaml"
+    )
+
+    train_stores = _capture(plan.capture_train, "train", progress)
+    held_stores = (
+        _capture(plan.capture_heldout, "held-out", progress) if plan.capture_heldout else train_stores
+    )
+    if plan.capture_heldout is None:
+        progress.note("no eval_data: evaluating on the training activations (not out-of-sample)")
+
+    tokenizer = AutoTokenizer.from_pretrained(str(plan.model_dir), local_files_only=True)
+    reports: list[SAEReport] = []
+    all_metrics: list[dict[str, Any]] = []
+    eval_sections: list[str] = []
+    for hook in run.hooks:
+        cfg = plan.train[hook]
+        if train_stores[hook] != cfg.activations:
+            cfg = cfg.model_copy(update={"activations": train_stores[hook]})
+        trained = _train(cfg, hook, progress)
+
+        progress.stage(f"evaluate {hook}", total=None)
+        eval_cfg = EvalConfig(
+            saes=[t.path for t in trained],
+            activations=held_stores[hook],
+            model=plan.model_dir,
+            data=run.eval_data,
+            **run.eval,
+        )
+        results = run_eval(eval_cfg, progress=progress.note)
+        write_eval_outputs(results, out / "eval" / hook)
+        for t, r in zip(trained, results, strict=True):
+            shutil.copyfile(out / "eval" / hook / r["name"] / "metrics.json", t.path / "metrics.json")
+        eval_sections.append(evaluation_section_html(results))
+
+        progress.stage(f"interpret {hook}", total=None)
+        store = ActivationStore.open(held_stores[hook])
+        for t, r in zip(trained, results, strict=True):
+            density = r.get("latent_density")
+            latents = (
+                _latent_contexts(t.sae, store, density, run.report, tokenizer) if density is not None else []
+            )
+            metrics = {k: v for k, v in r.items() if k != "latent_density"}
+            all_metrics.append(metrics)
+            reports.append(
+                SAEReport(
+                    name=t.name,
+                    hook=hook,
+                    sae_dir=str(t.path),
+                    metrics=metrics,
+                    history=t.history,
+                    density=density,
+                    latents=latents,
+                )
+            )
+
+    facts = {
+        "model": run.model if run.model != BUILTIN_MODEL else f"builtin MiniLM ({plan.model_dir})",
+        "hooks": ", ".join(run.hooks),
+        "training corpus": json.dumps(run.data) if not isinstance(run.data, str) else run.data,
+        "held-out corpus": run.eval_data or "(none: training activations)",
+        "training tokens": plan.train[run.hooks[0]].tokens,
+        "wall time (s)": round(time.time() - t0, 1),
+    }
+    html = render_report(
+        reports, title=f"saeforge run: {out.name}", facts=facts, extra_sections=eval_sections
+    )
+    report = out / "report.html"
+    _write_text_atomic(html, report)
+    return RunResult(out=out, report=report, metrics=all_metrics, seconds=time.time() - t0)
