@@ -152,7 +152,7 @@ def resolve(run: RunConfig) -> StagePlan:
                 activations=acts / "train" / hook,
                 out=out / "saes" / hook,
                 evaluation_datasets=[run.eval_data] if run.eval_data else [],
-                **run.train,
+                **{"resume": True, **run.train},  # rerunning `saeforge run` continues where it stopped
             )
         except ValidationError as e:
             raise _err(e, "train") from e
