@@ -122,3 +122,17 @@ def test_builtin_example_model_missing_package_names_the_install(monkeypatch):
             builtin_example_model()
     finally:
         builtin_example_model.cache_clear()
+
+
+def test_incomplete_model_directories_name_what_is_missing(tiny_model, tmp_path):
+    import shutil
+
+    source = tiny_model("llama")
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(source, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(ModelLoadError, match="could not load the llama model"):
+        load_model(no_weights)
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(source, no_tokenizer, ignore=shutil.ignore_patterns("tokenizer*", "chat_template*"))
+    with pytest.raises(ModelLoadError, match="no usable tokenizer files"):
+        load_model(no_tokenizer)
