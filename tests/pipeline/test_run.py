@@ -116,7 +116,10 @@ def test_builtin_example_runs_end_to_end_at_small_scale(tmp_path):
         ({"trian": {}}, "trian"),
         ({"capture": {"tokens": 100, "model": "x"}}, "capture.model"),
         ({"capture": {"tokens": -5}}, "capture.tokens"),
-        ({"train": {"tokens": 1000, "batch_size": 100, "saes": [{"name": "a", "architecture": "nope"}]}}, "nope"),
+        (
+            {"train": {"tokens": 1000, "batch_size": 100, "saes": [{"name": "a", "architecture": "nope"}]}},
+            "nope",
+        ),
         ({"model": "gpt2"}, "local directory"),
     ],
 )
