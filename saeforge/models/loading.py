@@ -109,7 +109,9 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # progress is the caller's to draw
     config = AutoConfig.from_pretrained(local, local_files_only=True)
     if getattr(config, "is_encoder_decoder", False):
         raise ModelLoadError(f"{local}: encoder-decoder models ({config.model_type}) are not supported")
