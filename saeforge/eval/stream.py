@@ -92,7 +92,7 @@ class StreamAccumulator:
                 (xh_norm / x_norm.clamp_min(_EPS)).sum(),
                 (err.sqrt() / x_norm.clamp_min(_EPS)).sum(),
                 (1 - err[ok] / centred[ok]).sum(),
-                z.double().abs().sum(),
+                z.abs().sum(-1).double().sum(),
             ]
         )
         self.sum_x += x64.sum(0)
