@@ -156,7 +156,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                 raise ValueError(f"two extra corpora share the label {label!r}: rename one of the files")
             extra[label] = contexts_from_source(source, loaded.tokenizer, context_size, cfg.contexts)
 
-    results = []
+    results, baseline_cache = [], {}
     for name, path, sae in zip(sae_names(cfg.saes), cfg.saes, saes, strict=True):
         say(f"evaluating {name}")
         metrics = evaluate(
@@ -167,6 +167,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
             contexts=contexts,
             extra=extra,
             downstream_batch_size=cfg.downstream_batch_size,
+            baseline_cache=baseline_cache,
         )
         results.append({"name": name, "sae_path": str(path), **metrics})
     add_stability(results, saes, cfg.hungarian_max_latents)
