@@ -118,7 +118,7 @@ def evaluate(
         def scores(tokens: Tensor, special: Tensor) -> dict[str, Any]:
             cache = None
             if baseline_cache is not None:
-                key = (hook, downstream_batch_size, _digest(tokens), _digest(mean))
+                key = (id(model), hook, downstream_batch_size, _digest(tokens), _digest(mean))
                 cache = baseline_cache.setdefault(key, {})
             return downstream_scores(
                 forward, model.kind, tokens, special, replacements, downstream_batch_size, cache=cache
