@@ -35,6 +35,13 @@ def density_histogram_figure(density: np.ndarray, title: str = "", dead_floor: f
     return fig
 
 
+def density_histogram_png(
+    density: np.ndarray, path: str | Path, title: str = "", dead_floor: float | None = None
+) -> Path:
+    """Writes the log10 latent-density histogram of [d_sae] densities to `path` (PNG); returns the path."""
+    return save_png(density_histogram_figure(density, title, dead_floor), path)
+
+
 def pareto_front(x: Sequence[float], y: Sequence[float], higher_is_better: bool) -> list[int]:
     """Indices of the points not dominated in (lower x, better y), ordered by x."""
     order = sorted(range(len(x)), key=lambda i: (x[i], -y[i] if higher_is_better else y[i]))
