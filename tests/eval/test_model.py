@@ -79,17 +79,27 @@ def test_encoder_pooled_cosine(tiny_model, saes):
     assert zero["pooled_cosine_score"] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_run_eval_with_model_and_data(gpt2, tiny_model, saes, store_tools, tmp_path, cli):
+def test_run_eval_on_a_captured_store_uses_its_contexts(tiny_model, saes, store_tools, tmp_path):
+    from saeforge.activations import CaptureConfig, capture
+
+    model = tiny_model("gpt2")
+    cap = CaptureConfig(
+        model=str(model), hooks=[HOOK], data="builtin:heldout", tokens=500, context_size=32, out=tmp_path
+    )
+    store = capture(cap)[HOOK]
+    sae = store_tools.save_sae(saes.identity(64), tmp_path / "identity", hook=HOOK)
+    [m] = run_eval(EvalConfig(saes=[sae], activations=store, model=model, contexts=3))
+    assert m["tokens"] == 500 and m["fvu"] == pytest.approx(0.0, abs=1e-10)
+    assert m["downstream_tokens"] > 0 and m["ce_loss_score"] == pytest.approx(1.0, abs=1e-5)
+    assert m["verdict"] == "deceptively-good"
+
+
+def test_eval_cli_with_model_and_data(gpt2, tiny_model, saes, store_tools, tmp_path, cli):
     loaded, _, acts = gpt2
     store = store_tools.write_store(tmp_path / "store", acts, hook=HOOK)
     sae = store_tools.save_sae(saes.identity(loaded.d_model), tmp_path / "identity", hook=HOOK)
     model = tiny_model("gpt2")
-    cfg = EvalConfig(
-        saes=[sae], activations=store, model=model, data="builtin:heldout", contexts=2, context_size=32
-    )
-    [m] = run_eval(cfg)
-    assert m["ce_loss_score"] == pytest.approx(1.0, abs=1e-5) and m["verdict"] == "deceptively-good"
-    # a store without contexts nor corpus needs --data
+    # a store that keeps neither contexts nor a corpus name needs --data
     with pytest.raises(ValueError, match="--data"):
         run_eval(EvalConfig(saes=[sae], activations=store, model=model))
     out, text = tmp_path / "out", tmp_path / "heldout.txt"
@@ -98,3 +108,4 @@ def test_run_eval_with_model_and_data(gpt2, tiny_model, saes, store_tools, tmp_p
     cli("eval", "--sae", sae, "--activations", store, *args)
     metrics = json.loads((out / "identity" / "metrics.json").read_text())
     assert metrics["kl_div_score"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["ce_loss_score"] == pytest.approx(1.0, abs=1e-5)

@@ -130,10 +130,10 @@ def test_dead_rule_is_calibrated_to_tokens():
 
 
 def test_dead_reliability_flag(saes, acts):
-    sae = saes.random(8, 16)
-    assert evaluate(sae, [acts(200, 8)])["dead_reliable"] is False
-    big = acts(tokens_needed_for_dead(), 8)
-    assert evaluate(sae, big.split(8192))["dead_reliable"] is True
+    sae = saes.random(4, 8)
+    assert evaluate(sae, [acts(200, 4)])["dead_reliable"] is False
+    big = acts(tokens_needed_for_dead(), 4)
+    assert evaluate(sae, big.split(16384))["dead_reliable"] is True
 
 
 def test_wrong_width_is_refused(saes, acts):
