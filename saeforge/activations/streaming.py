@@ -99,7 +99,9 @@ class StreamingSource:
         for chunk in mine.split(self.forward_batch):
             ids = block.tokens[chunk].to(self.loaded.device)
             with torch.no_grad():
-                acts = run_hooks(self.loaded, ids, torch.ones_like(ids), [self.hook])[self.hook].cpu()
+                acts = next(
+                    iter(run_hooks(self.loaded, ids, torch.ones_like(ids), [self.hook]).values())
+                ).cpu()
             cand = block.candidate[chunk]
             rows.append(acts[cand].to(self.dtype))
             seqs.append(block.seq_ids[chunk][:, None].expand_as(cand)[cand])

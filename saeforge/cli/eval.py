@@ -98,12 +98,20 @@ def eval_command(
         raise typer.Exit(1) from None
     paths = write_eval_outputs(results, cfg.out)
 
+    rows = comparison_rows(results)
+    keys = [k for k in COMPARISON_KEYS if any(row[k] is not None for row in rows)]  # measured columns only
     table = Table(title="SAE evaluation")
-    for key in COMPARISON_KEYS:
-        table.add_column(key, justify="left" if key in ("name", "verdict") else "right")
-    for row in comparison_rows(results):
+    for key in keys:
+        text = key in ("name", "verdict")
+        table.add_column(
+            key, justify="left" if text else "right", no_wrap=text, min_width=len(key) if text else None
+        )
+    for row in rows:
         table.add_row(
-            *("–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values())
+            *(
+                "–" if row[k] is None else f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k])
+                for k in keys
+            )
         )
     console = Console()
     console.print(table)

@@ -9,7 +9,7 @@ from saeforge.eval.dictionary import decoder_neighbours, duplication_metrics, st
 from saeforge.eval.downstream import downstream_scores
 from saeforge.eval.evaluate import evaluate
 from saeforge.eval.outputs import comparison_rows, evaluation_section_html, write_eval_outputs, write_metrics
-from saeforge.eval.plots import density_histogram_figure, pareto_figure, save_png
+from saeforge.eval.plots import density_histogram_figure, density_histogram_png, pareto_figure, save_png
 from saeforge.eval.runner import EvalConfig, run_eval
 from saeforge.eval.stream import StreamAccumulator
 from saeforge.eval.verdict import VERDICTS, verdict
@@ -21,6 +21,7 @@ __all__ = [
     "comparison_rows",
     "decoder_neighbours",
     "density_histogram_figure",
+    "density_histogram_png",
     "downstream_scores",
     "duplication_metrics",
     "evaluate",

@@ -53,6 +53,34 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den != 0 else None
 
 
+def _measure(
+    kind: str, clean: Tensor, tok: Tensor, spec: Tensor
+) -> tuple[int, float, Callable[[Tensor], tuple]]:
+    """(positions scored, clean CE sum, fn: output -> (CE sum, KL sum) or (pooled-cosine sum, 0)) for one batch."""
+    if kind == "causal":
+        valid = (~spec[:, :-1] & ~spec[:, 1:]).to(clean.device)
+        target = tok[:, 1:].to(clean.device)[..., None]
+        logp_clean = F.log_softmax(clean[:, :-1].float(), dim=-1)
+        p_clean = logp_clean.exp()
+
+        def causal(out: Tensor) -> tuple[float, float]:
+            logp = F.log_softmax(out[:, :-1].float(), dim=-1)
+            ce = float(-logp.gather(-1, target)[..., 0][valid].double().sum())
+            return ce, float((p_clean * (logp_clean - logp)).sum(-1)[valid].double().sum())
+
+        return int(valid.sum()), causal(clean)[0], causal
+    keep = (~spec).to(clean.device)
+    has = keep.any(1)
+    w = keep[..., None].double()
+    pooled_clean = (clean.double() * w).sum(1) / w.sum(1).clamp_min(1)
+
+    def encoder(out: Tensor) -> tuple[float, float]:
+        pooled = (out.double() * w).sum(1) / w.sum(1).clamp_min(1)
+        return float(F.cosine_similarity(pooled, pooled_clean, dim=-1, eps=1e-12)[has].sum()), 0.0
+
+    return int(has.sum()), 0.0, encoder
+
+
 @torch.no_grad()
 def downstream_scores(
     forward: Forward,
@@ -61,10 +89,13 @@ def downstream_scores(
     special: Tensor,
     replacements: dict[str, Replace],
     batch_size: int = 8,
+    cache: dict | None = None,
 ) -> dict[str, float | int | None]:
     """Scores the replacements {"sae", "zero", "mean"} on contexts tokens [n, T] (special [n, T] bool).
 
     kind: "causal" (CE and KL scores) or "encoder" (pooled-output cosines).
+    cache: a dict kept by the caller across SAEs evaluated with the same forward, contexts, batch_size and
+        ablations; the zero- and mean-ablation passes are then run once, not once per SAE.
     """
     if kind not in ("causal", "encoder"):
         raise ValueError(f"model kind must be 'causal' or 'encoder', got {kind!r}")
@@ -72,38 +103,28 @@ def downstream_scores(
     missing = set(names) - set(replacements)
     if missing:
         raise ValueError(f"replacements lack {sorted(missing)}")
-    ce = dict.fromkeys(["clean", *names], 0.0)
+    ce = dict.fromkeys(["clean", *names], 0.0)  # pooled-cosine sums for encoders
     kl = dict.fromkeys(names, 0.0)
-    cos = dict.fromkeys(names, 0.0)
     scored = 0
     for start in range(0, tokens.shape[0], batch_size):
         tok, spec = tokens[start : start + batch_size], special[start : start + batch_size]
-        clean = forward(tok, None)
-        runs = {name: forward(tok, _keep_special(replacements[name], spec)) for name in names}
-        if kind == "causal":
-            valid = (~spec[:, :-1] & ~spec[:, 1:]).to(clean.device)
-            target = tok[:, 1:].to(clean.device)[..., None]
-            logp_clean = F.log_softmax(clean[:, :-1].float(), dim=-1)
-            p_clean = logp_clean.exp()
-            scored += int(valid.sum())
-            ce["clean"] += float(-logp_clean.gather(-1, target)[..., 0][valid].double().sum())
-            for name, out in runs.items():
-                logp = F.log_softmax(out[:, :-1].float(), dim=-1)
-                ce[name] += float(-logp.gather(-1, target)[..., 0][valid].double().sum())
-                kl[name] += float((p_clean * (logp_clean - logp)).sum(-1)[valid].double().sum())
-        else:
-            keep = (~spec).to(clean.device)
-            has = keep.any(1)
-            w = keep[..., None].double()
-            pooled_clean = (clean.double() * w).sum(1) / w.sum(1).clamp_min(1)
-            scored += int(has.sum())
-            for name, out in runs.items():
-                pooled = (out.double() * w).sum(1) / w.sum(1).clamp_min(1)
-                cos[name] += float(F.cosine_similarity(pooled, pooled_clean, dim=-1, eps=1e-12)[has].sum())
+        count, ce_clean, measure = _measure(kind, forward(tok, None), tok, spec)
+        scored += count
+        ce["clean"] += ce_clean
+        for name in names:
+            reuse = cache is not None and name != "sae"
+            if reuse and (start, name) in cache:
+                got = cache[(start, name)]
+            else:
+                got = measure(forward(tok, _keep_special(replacements[name], spec)))
+                if reuse:
+                    cache[(start, name)] = got
+            ce[name] += got[0]
+            kl[name] += got[1]
     if scored == 0:
         raise ValueError("no position could be scored: every context is made of special tokens")
     if kind == "encoder":
-        c = {k: v / scored for k, v in cos.items()}
+        c = {k: v / scored for k, v in ce.items()}
         return {
             "downstream_contexts": scored,
             "pooled_cosine": c["sae"],

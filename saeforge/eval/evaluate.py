@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -41,6 +42,10 @@ def _as_contexts(contexts: Tensor | Contexts, model: Any) -> Contexts:
     return tokens.long(), special.bool()
 
 
+def _digest(t: Tensor) -> str:
+    return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 def extra_label(source: str) -> str:
     """A short key-safe label for an extra corpus: `data/wiki.jsonl` -> `wiki`."""
     stem = re.sub(r"\.(txt|jsonl|parquet)$", "", source.rstrip("/").split("/")[-1].split(":")[-1])
@@ -65,6 +70,7 @@ def evaluate(
     extra: Mapping[str, Tensor | Contexts] | None = None,
     downstream_batch_size: int = 8,
     chunk: int = 1024,
+    baseline_cache: dict | None = None,
 ) -> dict[str, Any]:
     """Evaluates `sae` on activations and, when `model` is given, on the model's outputs.
 
@@ -74,6 +80,8 @@ def evaluate(
     extra: out-of-sample corpora {label: contexts}; their activations are taken from the model at `hook`, and
         their metrics are added under `extra.<label>.<key>`.
     chunk: rows per block of decoder cosines ([chunk, d_sae] in memory at once).
+    baseline_cache: a dict shared across calls that evaluate several SAEs on the same model and data: the
+        zero- and mean-ablation forward passes, which do not depend on the SAE, then run once.
 
     Returns flat metrics (documented in docs/evaluation.md) with `verdict` and `verdict_evidence`, plus
     `latent_density`, a [d_sae] float64 numpy array (not a scalar; `write_metrics` stores it apart).
@@ -104,20 +112,25 @@ def evaluate(
 
     if model is not None:
         forward = model_forward(model, hook)
-        replacements = {"sae": sae_replacement(sae), **ablations(acc.mean_activation())}
-        if contexts is not None:
-            tokens, special = _as_contexts(contexts, model)
-            metrics.update(
-                downstream_scores(forward, model.kind, tokens, special, replacements, downstream_batch_size)
+        mean = acc.mean_activation()
+        replacements = {"sae": sae_replacement(sae), **ablations(mean)}
+
+        def scores(tokens: Tensor, special: Tensor) -> dict[str, Any]:
+            cache = None
+            if baseline_cache is not None:
+                key = (id(model), hook, downstream_batch_size, _digest(tokens), _digest(mean))
+                cache = baseline_cache.setdefault(key, {})
+            return downstream_scores(
+                forward, model.kind, tokens, special, replacements, downstream_batch_size, cache=cache
             )
+
+        if contexts is not None:
+            metrics.update(scores(*_as_contexts(contexts, model)))
         for label, ctx in (extra or {}).items():
             tokens, special = _as_contexts(ctx, model)
             sub = _stream(sae, hook_activations(model, hook, tokens, special, downstream_batch_size), None)
-            scores = sub.result()
-            scores.update(
-                downstream_scores(forward, model.kind, tokens, special, replacements, downstream_batch_size)
-            )
-            metrics.update({f"extra.{label}.{k}": v for k, v in scores.items()})
+            extra_metrics = {**sub.result(), **scores(tokens, special)}
+            metrics.update({f"extra.{label}.{k}": v for k, v in extra_metrics.items()})
 
     metrics["verdict"], metrics["verdict_evidence"] = verdict(metrics)
     metrics["latent_density"] = acc.density()

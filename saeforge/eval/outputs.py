@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from saeforge.eval.plots import density_histogram_figure, figure_png_bytes, pareto_figure, save_png
+from saeforge.eval.plots import (
+    density_histogram_figure,
+    density_histogram_png,
+    figure_png_bytes,
+    pareto_figure,
+    save_png,
+)
 
 COMPARISON_KEYS = (
     "name",
@@ -88,18 +94,21 @@ def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 def write_eval_outputs(results: Sequence[Mapping[str, Any]], out: str | Path) -> dict[str, Path]:
     """Writes everything an evaluation produces under `out`; returns {what: path}.
 
-    out/<name>/metrics.json, out/<name>/latent_density.safetensors, out/<name>/density_histogram.png per SAE;
+    out/<name>/metrics.json, out/<name>/latent_density.safetensors, out/<name>/density_histogram.png per SAE
+    (name: the result's `name`, else sae<i>);
     out/comparison.csv and out/comparison.json; out/pareto_l0_fvu.png and out/pareto_l0_ce_loss_score.png
     when there are several SAEs (the latter only when CE scores were measured).
     """
     out = Path(out)
     paths: dict[str, Path] = {}
-    for r in results:
-        name = r["name"]
+    for i, r in enumerate(results):
+        name = r.get("name") or f"sae{i}"
         paths[f"{name}/metrics.json"] = write_metrics(r, out / name)
         if r.get("latent_density") is not None:
-            fig = density_histogram_figure(r["latent_density"], name, r.get("dead_density_floor"))
-            paths[f"{name}/density_histogram.png"] = save_png(fig, out / name / "density_histogram.png")
+            png = out / name / "density_histogram.png"
+            paths[f"{name}/density_histogram.png"] = density_histogram_png(
+                r["latent_density"], png, name, r.get("dead_density_floor")
+            )
     rows = comparison_rows(results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COMPARISON_KEYS))

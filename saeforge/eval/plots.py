@@ -35,6 +35,13 @@ def density_histogram_figure(density: np.ndarray, title: str = "", dead_floor: f
     return fig
 
 
+def density_histogram_png(
+    density: np.ndarray, path: str | Path, title: str = "", dead_floor: float | None = None
+) -> Path:
+    """Writes the log10 latent-density histogram of [d_sae] densities to `path` (PNG); returns the path."""
+    return save_png(density_histogram_figure(density, title, dead_floor), path)
+
+
 def pareto_front(x: Sequence[float], y: Sequence[float], higher_is_better: bool) -> list[int]:
     """Indices of the points not dominated in (lower x, better y), ordered by x."""
     order = sorted(range(len(x)), key=lambda i: (x[i], -y[i] if higher_is_better else y[i]))
@@ -56,7 +63,17 @@ def pareto_figure(results: Sequence[Mapping[str, Any]], y_key: str, higher_is_be
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
     ax.scatter(x, y, color="#3b6ea5", zorder=3)
     front = pareto_front(x, y, higher_is_better)
-    ax.plot([x[i] for i in front], [y[i] for i in front], color="#b03a2e", linewidth=1, label="Pareto front")
+    front_x, front_y = [x[i] for i in front], [y[i] for i in front]
+    ax.plot(
+        front_x,
+        front_y,
+        color="#b03a2e",
+        linewidth=1,
+        marker="o",
+        markerfacecolor="none",
+        markersize=10,
+        label="Pareto front",
+    )
     for xi, yi, name in pts:
         ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log" if min(x) > 0 else "linear")

@@ -156,17 +156,29 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                 raise ValueError(f"two extra corpora share the label {label!r}: rename one of the files")
             extra[label] = contexts_from_source(source, loaded.tokenizer, context_size, cfg.contexts)
 
-    results = []
+    total = min(cfg.tokens or store.num_rows, store.num_rows)
+
+    def counted(name: str) -> Iterator[Tensor]:
+        done = 0
+        for x in limited_batches(store.iter_batches(cfg.batch_size), cfg.tokens):
+            yield x
+            done += x.shape[0]
+            say(f"{name}: {done:,}/{total:,} activations")
+        if loaded is not None:
+            say(f"{name}: splicing the reconstruction into the model")
+
+    results, baseline_cache = [], {}
     for name, path, sae in zip(sae_names(cfg.saes), cfg.saes, saes, strict=True):
         say(f"evaluating {name}")
         metrics = evaluate(
             sae,
-            limited_batches(store.iter_batches(cfg.batch_size), cfg.tokens),
+            counted(name),
             model=loaded,
             hook=sae.cfg.metadata.get("hook_name") or store.hook,
             contexts=contexts,
             extra=extra,
             downstream_batch_size=cfg.downstream_batch_size,
+            baseline_cache=baseline_cache,
         )
         results.append({"name": name, "sae_path": str(path), **metrics})
     add_stability(results, saes, cfg.hungarian_max_latents)

@@ -81,7 +81,8 @@ class StreamAccumulator:
         centred = (x64 - x64.mean(0)).pow(2).sum(-1)
         ok = centred > 0
         self.n_legacy += int(ok.sum())
-        l0 = active.sum(-1)
+        rows, cols = active.nonzero(as_tuple=True)  # sparse: cheaper than reductions over dense [B, d_sae]
+        l0 = torch.bincount(rows, minlength=x.shape[0])
         self.sums += torch.stack(
             [
                 x_sq.sum(),
@@ -92,15 +93,16 @@ class StreamAccumulator:
                 (xh_norm / x_norm.clamp_min(_EPS)).sum(),
                 (err.sqrt() / x_norm.clamp_min(_EPS)).sum(),
                 (1 - err[ok] / centred[ok]).sum(),
-                z.double().abs().sum(),
+                z[rows, cols].abs().double().sum(),
             ]
         )
         self.sum_x += x64.sum(0)
         self.n_tokens += x.shape[0]
-        self.fires += active.sum(0)
+        self.fires += torch.bincount(cols, minlength=self.sae.d_sae)
         self.l0_hist += torch.bincount(l0, minlength=self.sae.d_sae + 1)
         if self.neighbours is not None:
-            self.cofires += (active & active[:, self.neighbours]).sum(0)
+            both = active[rows, self.neighbours[cols]]
+            self.cofires += torch.bincount(cols[both], minlength=self.sae.d_sae)
 
     def mean_activation(self) -> Tensor:
         """[d_in] float64 mean of the activations seen (used for mean ablation)."""

@@ -11,7 +11,9 @@ from typing import Any
 VERDICTS = ("good", "deceptively-good", "dead", "duplicated", "noisy")
 
 FVU_GOOD = 0.3  # reconstruction is good when fvu <= FVU_GOOD ...
-CE_SCORE_GOOD = 0.8  # ... and, when measured, ce_loss_score >= CE_SCORE_GOOD
+CE_SCORE_GOOD = (
+    0.8  # ... and, when measured, ce_loss_score (pooled_cosine_score for encoders) >= CE_SCORE_GOOD
+)
 DEAD_BAD = 0.3  # dead_fraction at which the dictionary is unhealthy
 DEAD_ALL = 0.9  # dead_fraction at which the SAE is dead whatever its reconstruction
 DUPLICATION_BAD = 0.1
@@ -29,13 +31,15 @@ def verdict(m: Mapping[str, Any]) -> tuple[str, str]:
 
     1. dead: dead_fraction >= DEAD_ALL, or reconstruction poor and dead_fraction >= DEAD_BAD.
     2. duplicated: duplication >= DUPLICATION_ALL, or reconstruction poor and duplication >= DUPLICATION_BAD.
-    3. noisy: reconstruction poor (fvu > FVU_GOOD or undefined, or ce_loss_score < CE_SCORE_GOOD).
+    3. noisy: reconstruction poor (fvu > FVU_GOOD or undefined, or ce_loss_score / pooled_cosine_score <
+       CE_SCORE_GOOD).
     4. deceptively-good: reconstruction good, but dead_fraction >= DEAD_BAD, duplication >= DUPLICATION_BAD,
        dense_fraction_30 >= DENSE_BAD, or l0 >= L0_DENSE_RATIO * d_in.
     5. good.
     """
     fvu = m.get("fvu")
     ce = m.get("ce_loss_score")
+    pooled = m.get("pooled_cosine_score")
     dead = m.get("dead_fraction") or 0.0
     dup = m.get("duplication") or 0.0
     dense = m.get("dense_fraction_30") or 0.0
@@ -44,7 +48,9 @@ def verdict(m: Mapping[str, Any]) -> tuple[str, str]:
     recon = [f"FVU {fvu:.3g}" if fvu is not None else "FVU undefined"]
     if ce is not None:
         recon.append(f"CE score {ce:.3g}")
-    poor = fvu is None or fvu > FVU_GOOD or (ce is not None and ce < CE_SCORE_GOOD)
+    if pooled is not None:
+        recon.append(f"pooled-cosine score {pooled:.3g}")
+    poor = fvu is None or fvu > FVU_GOOD or any(s is not None and s < CE_SCORE_GOOD for s in (ce, pooled))
 
     problems = []
     if dead >= DEAD_BAD:

@@ -99,7 +99,7 @@ def write_store(path, x: torch.Tensor, hook: str = "layers.0.resid_post", rows_p
     return path
 
 
-def save_as_standard(sae: ReluSAE, path, seed: int | None = None):
+def save_as_standard(sae: ReluSAE, path, seed: int | None = None, hook: str | None = None):
     """Saves a ReluSAE as a SAELens-layout `standard` SAE (same encode: relu of the pre-activations)."""
     from saeforge.sae import save_sae
     from saeforge.sae.standard import StandardSAE
@@ -107,10 +107,13 @@ def save_as_standard(sae: ReluSAE, path, seed: int | None = None):
     cfg = sae.cfg.model_copy(update={"architecture": "standard"})
     std = StandardSAE(cfg)
     std.load_state_dict(sae.state_dict())
-    return save_sae(std, path, metadata={} if seed is None else {"seed": seed})
+    meta = {} if seed is None else {"seed": seed}
+    if hook is not None:
+        meta["hook_name"] = hook
+    return save_sae(std, path, metadata=meta)
 
 
 @pytest.fixture
 def store_tools():
-    """write_store(path, x, hook) and save_as_standard(sae, path, seed)."""
+    """write_store(path, x, hook) and save_as_standard(sae, path, seed, hook)."""
     return SimpleNamespace(write_store=write_store, save_sae=save_as_standard)

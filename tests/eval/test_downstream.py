@@ -152,3 +152,25 @@ def test_bad_kind_is_refused(saes):
     tokens, special = contexts(n=2)
     with pytest.raises(ValueError, match="kind"):
         downstream_scores(ToyModel().forward_causal, "seq2seq", tokens, special, {})
+
+
+def test_baseline_cache_skips_ablation_passes(saes):
+    model = ToyModel()
+    tokens, special = contexts()
+    mean = model.emb[tokens[~special]].double().mean(0)
+    cache = {}
+    first, second = saes.random(D, 3 * D, seed=1), saes.random(D, 3 * D, seed=2)
+    want = downstream_scores(
+        model.forward_causal,
+        "causal",
+        tokens,
+        special,
+        {"sae": sae_replacement(second), **ablations(mean)},
+        5,
+    )
+    for sae in (first, second):
+        model.calls.clear()
+        reps = {"sae": sae_replacement(sae), **ablations(mean)}
+        got = downstream_scores(model.forward_causal, "causal", tokens, special, reps, 5, cache=cache)
+    assert len(model.calls) == 2 * 3  # clean + sae per batch of 5 contexts (12 contexts: 3 batches)
+    assert got == want

@@ -64,6 +64,8 @@ def test_noisy():
     assert judge(fvu=0.5)[0] == "noisy"
     assert judge(ce_loss_score=0.6)[0] == "noisy"
     assert judge(fvu=None)[0] == "noisy"
+    assert judge(ce_loss_score=None, pooled_cosine_score=0.5)[0] == "noisy"  # encoder models
+    assert judge(ce_loss_score=None, pooled_cosine_score=0.9)[0] == "good"
 
 
 def test_without_downstream_metrics():
