@@ -49,7 +49,7 @@ class _Display:
         self.task = None
         self.metrics: dict[str, dict[str, float]] = {}
         self._group = Group
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
 
     def _table(self):
         from rich.table import Table
@@ -76,6 +76,7 @@ class _Display:
     def __call__(self, event) -> None:
         if self.task is None:
             self.task = self.progress.add_task("train", total=event.total_tokens, rate="")
+            self.live.start()
         self.progress.update(
             self.task,
             completed=event.tokens,
@@ -217,11 +218,7 @@ def train_command(
 
     display = _Display() if _is_main_rank() else None
     try:
-        if display is not None:
-            with display.live:
-                results = train(cfg, progress=display)
-        else:
-            results = train(cfg)
+        results = train(cfg, progress=display)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -231,6 +228,9 @@ def train_command(
     except TrainingInterrupted as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(128 + e.signum) from None
+    finally:
+        if display is not None:
+            display.live.stop()
 
     if not _is_main_rank():
         return

@@ -193,16 +193,17 @@ def _open_data(cfg: TrainConfig, source: Iterable[Tensor] | None, ctx: DistConte
     """(store or None, batch source). The store comes from cfg.activations; the source defaults to its loader."""
     store = None
     if cfg.activations is not None:
-        from saeforge.activations import ActivationLoader, ActivationStore
+        from saeforge.activations.loader import ActivationLoader
+        from saeforge.activations.store import ActivationStore
 
         try:
             store = ActivationStore.open(cfg.activations)
+            if source is None:
+                source = ActivationLoader(
+                    store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
+                )
         except (OSError, ValueError) as e:
-            raise ConfigError(f"activations: cannot open the store {cfg.activations}: {e}") from e
-        if source is None:
-            source = ActivationLoader(
-                store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
-            )
+            raise ConfigError(f"activations: cannot use the store {cfg.activations}: {e}") from e
     if source is None:
         raise ConfigError("activations: give an activation store directory (or pass `source` from Python)")
     return store, source
