@@ -311,6 +311,12 @@ class _Run:
             if scale is None:
                 scale = math.sqrt(self.d_in) / sample.norm(dim=-1).mean().item()
             self.scale = float(scale)
+            if not (math.isfinite(self.scale) and self.scale > 0):
+                raise ConfigError(
+                    f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {self.scale} (the data's "
+                    "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
+                    "normalize_activations: none"
+                )
         else:
             self.scale = 1.0
         for m in self.members:

@@ -309,3 +309,38 @@ def test_activation_scale_from_first_batch_is_recorded(tmp_path):
     x0 = SyntheticSource(D_IN, B).global_batch(0).double()
     want = math.sqrt(D_IN) / x0.norm(dim=-1).mean().item()
     assert results[0].run_card["training"]["activation_scale"] == pytest.approx(want, rel=1e-5)
+
+
+def test_nan_row_in_a_store_is_located_by_shard_and_row(tmp_path):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from saeforge.activations.writer import write_store
+
+    src = SyntheticSource(D_IN, B)
+    write_store(tmp_path / "acts", torch.cat([src.global_batch(i) for i in range(8)]), shard_rows=256)
+    # The model produced an inf in shard 1, row 44 (the shard's checksum is that of the bad data).
+    shard = tmp_path / "acts" / "shard-000-000001.safetensors"
+    tensors = load_file(str(shard))
+    tensors["activations"][44, 5] = float("inf")
+    save_file(tensors, str(shard))
+    manifest = json.loads((tmp_path / "acts" / "manifest.json").read_text())
+    manifest["shards"][1]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (tmp_path / "acts" / "manifest.json").write_text(json.dumps(manifest))
+
+    cfg = _cfg(tmp_path, steps=8, activations=str(tmp_path / "acts"))
+    with pytest.raises(
+        NonFiniteError,
+        match=r"input activations at step \d, batch from shard .*shard-000-000001"
+        r"\.safetensors rows \[44\]",
+    ):
+        train(cfg)
+
+
+def test_non_finite_activation_scale_is_a_config_error(tmp_path):
+    class NoStats(SyntheticSource):
+        activation_scale = float("nan")
+
+    with pytest.raises(ConfigError, match="normalize_activations: the activation scale"):
+        train(_cfg(tmp_path), source=NoStats(D_IN, B))
