@@ -39,7 +39,7 @@ class _Display:
 
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]train"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("tokens  {task.fields[rate]}"),
@@ -75,7 +75,8 @@ class _Display:
 
     def __call__(self, event) -> None:
         if self.task is None:
-            self.task = self.progress.add_task("train", total=event.total_tokens, rate="")
+            label = f"train (resumed at step {event.start_step})" if event.start_step else "train"
+            self.task = self.progress.add_task(label, total=event.total_tokens, rate="")
             self.live.start()
         self.progress.update(
             self.task,

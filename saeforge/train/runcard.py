@@ -55,7 +55,9 @@ def run_card(
     world_size: int,
     steps: int,
     device: str,
+    num_rows: int | None = None,
 ) -> dict[str, Any]:
+    """The run card of one SAE. num_rows: rows in the store (to report how many epochs the run covers)."""
     architecture = sae_config["architecture"]
     keys = SPARSITY_SETTINGS.get(architecture, tuple(sae_config))
     sparsity = {k: sae_config[k] for k in keys if sae_config.get(k) is not None}
@@ -97,7 +99,11 @@ def run_card(
             "autocast": cfg.autocast,
             "device": device,
         },
-        "data": {"activations": str(cfg.activations) if cfg.activations else None, **data},
+        "data": {
+            "activations": str(cfg.activations) if cfg.activations else None,
+            "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
+            **data,
+        },
         "context_size": data.get("context_size"),
         "evaluation_datasets": list(cfg.evaluation_datasets),
     }

@@ -72,11 +72,13 @@ class TrainingInterrupted(RuntimeError):
 class ProgressEvent:
     """Passed to the `progress` callback after every step (main rank only).
 
+    start_step: the step this process started from (non-zero after a resume).
     metrics: per SAE name, the metrics of the record logged at this step (None on steps without a record).
     """
 
     step: int
     total_steps: int
+    start_step: int
     tokens: int
     total_tokens: int
     tokens_per_s: float
@@ -450,7 +452,7 @@ class _Run:
                 out = m.model.training_forward(inp)
             out.loss.backward()
             flags.append(~torch.isfinite(out.loss.detach()))
-            sse = (out.x_hat.detach().to(torch.float64) - x.to(torch.float64)).pow(2).sum()
+            sse = (out.x_hat.detach() - x).pow(2).sum(dtype=torch.float64)
             terms = {f"loss_{k}": v.detach().to(torch.float64) for k, v in out.losses.items()}
             results.append(
                 {
@@ -481,9 +483,8 @@ class _Run:
 
     def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor) -> None:
         rows = x.shape[0] * self.ctx.world_size
-        x64 = x.detach().to(torch.float64)
-        self.input_acc["sum"] += x64.sum(0)
-        self.input_acc["sum_sq"] += x64.pow(2).sum()
+        self.input_acc["sum"] += x.sum(0, dtype=torch.float64)
+        self.input_acc["sum_sq"] += x.pow(2).sum(dtype=torch.float64)
         self.input_acc["rows"] += x.shape[0]
         for m, r in zip(self.members, results, strict=True):
             fired = self.ctx.collectives.all_reduce_sum(r["fired"]) if self.ctx.enabled else r["fired"]
@@ -585,6 +586,7 @@ class _Run:
                     ProgressEvent(
                         step=done,
                         total_steps=self.total_steps,
+                        start_step=start,
                         tokens=done * cfg.batch_size,
                         total_tokens=self.total_steps * cfg.batch_size,
                         tokens_per_s=tokens_per_s,
@@ -616,6 +618,7 @@ class _Run:
                 world_size=self.ctx.world_size,
                 steps=self.total_steps,
                 device=str(self.device),
+                num_rows=self.store.num_rows if self.store is not None else None,
             )
             hist = [{"step": r["step"], "tokens": r["tokens"], **r["saes"][m.name]} for r in self.history]
             card["final_metrics"] = (

@@ -60,12 +60,23 @@ def test_cli_flags_train_one_sae_with_its_run_card(store, tmp_path):
     assert card["context_size"] == 32 and card["data"]["corpus"][0]["source"] == "builtin:train"
     assert card["data"]["preprocessing"].startswith("BOS") and card["sparsity"]["k"] == 4
     assert card["training"]["steps"] == 20 and card["training"]["data_seed"] == 3
+    assert card["data"]["epochs"] == pytest.approx(1280 / 1536)
     assert json.loads((out / "run_card.json").read_text())["topk"].items() <= card.items()
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert ckpts == ["step_000000010", "step_000000015", "step_000000020"]
 
 
-def test_cli_config_sweep_overrides_and_resume_rules(store, tmp_path, cli):
+def _invoke(*args):
+    """The CLI in this process (typer's runner): for the paths that need no separate interpreter."""
+    from typer.testing import CliRunner
+
+    from saeforge.cli import _register, app
+
+    _register()
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_config_sweep_overrides_and_resume_rules(store, tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -83,20 +94,24 @@ def test_cli_config_sweep_overrides_and_resume_rules(store, tmp_path, cli):
         )
     )
     out = tmp_path / "run"
-    cli("train", config, "--out", out)
+    first = _invoke("train", config, "--out", out)
+    assert first.exit_code == 0, first.output
+    assert "tk: FVU" in first.output and "jr: FVU" in first.output
     assert not (tmp_path / "ignored").exists()
     assert load_sae(out / "tk").d_sae == 64 and load_sae(out / "jr").cfg.architecture == "jumprelu"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10] and set(records[-1]["saes"]) == {"tk", "jr"}
 
-    again = cli("train", config, "--out", out, check=False)
-    assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
+    again = _invoke("train", config, "--out", out)
+    assert again.exit_code == 2 and "already holds a run" in again.output and "--resume" in again.output
     before = (out / "tk" / "sae_weights.safetensors").read_bytes()
-    cli("train", config, "--out", out, "--resume")  # already complete: re-exports the same weights
-    assert (out / "tk" / "sae_weights.safetensors").read_bytes() == before
+    resumed = _invoke(
+        "train", config, "--out", out, "--resume"
+    )  # already complete: re-exports the same weights
+    assert resumed.exit_code == 0 and (out / "tk" / "sae_weights.safetensors").read_bytes() == before
 
-    mixed = cli("train", config, "--k", "3", check=False)
-    assert mixed.returncode == 2 and "--k cannot be combined with CONFIG" in mixed.stderr
+    mixed = _invoke("train", config, "--k", "3")
+    assert mixed.exit_code == 2 and "--k cannot be combined with CONFIG" in mixed.output
 
 
 @pytest.mark.parametrize(
@@ -107,14 +122,24 @@ def test_cli_config_sweep_overrides_and_resume_rules(store, tmp_path, cli):
             "saes[0] (topkk).architecture: unknown architecture 'topkk'",
         ),
         (["--architecture", "topk", "--k", "40", "--d-sae", "32"], "saes[0] (topk).k: k=40 exceeds d_sae=32"),
+        (["--architecture", "topk"], "missing --activations, --out"),
     ],
 )
-def test_cli_config_errors_before_any_work(store, tmp_path, cli, args, message):
-    proc = cli(
-        "train", "--activations", store, *args, "--tokens", "640", "--batch-size", "64", "--out", tmp_path / "run",
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_config_errors_before_any_work(store, tmp_path, args, message):
+    if "missing" not in message:
+        args = [
+            "--activations",
+            store,
+            *args,
+            "--tokens",
+            "640",
+            "--batch-size",
+            "64",
+            "--out",
+            tmp_path / "run",
+        ]
+    result = _invoke("train", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "run").exists()
 
 
