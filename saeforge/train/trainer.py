@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,24 +191,32 @@ def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[
     return resolved
 
 
-def _open_data(cfg: TrainConfig, source: Iterable[Tensor] | None, ctx: DistContext) -> tuple[Any, Any]:
-    """(store or None, batch source). The store comes from cfg.activations; the source defaults to its loader."""
-    store = None
-    if cfg.activations is not None:
-        from saeforge.activations.loader import ActivationLoader
-        from saeforge.activations.store import ActivationStore
+def _open_store(cfg: TrainConfig, source: Iterable[Tensor] | None) -> Any:
+    """The store at cfg.activations (None without one; then a `source` is required)."""
+    if cfg.activations is None:
+        if source is None:
+            raise ConfigError(
+                "activations: give an activation store directory (or pass `source` from Python)"
+            )
+        return None
+    from saeforge.activations.store import ActivationStore
 
-        try:
-            store = ActivationStore.open(cfg.activations)
-            if source is None:
-                source = ActivationLoader(
-                    store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
-                )
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"activations: cannot use the store {cfg.activations}: {e}") from e
-    if source is None:
-        raise ConfigError("activations: give an activation store directory (or pass `source` from Python)")
-    return store, source
+    try:
+        return ActivationStore.open(cfg.activations)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"activations: cannot open the store {cfg.activations}: {e}") from e
+
+
+def _open_loader(cfg: TrainConfig, store: Any, ctx: DistContext) -> Any:
+    """The store's shuffling loader; each rank reads its slice of every global batch."""
+    from saeforge.activations.loader import ActivationLoader
+
+    try:
+        return ActivationLoader(
+            store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
+        )
+    except ValueError as e:
+        raise ConfigError(f"activations: cannot read the store {cfg.activations}: {e}") from e
 
 
 def _describe_batch(source: Any, store: Any) -> str:
@@ -241,8 +249,8 @@ class _Run:
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
             )
-        self.store, self.source = _open_data(cfg, source, self.ctx)
-        self.batches: Iterator[Tensor] = iter(self.source)
+        self.store = _open_store(cfg, source)
+        self.source, self.batches = source, None
         self.d_in, where = self._d_in()
         self.resolved = validate_specs(cfg, self.d_in, where)
         self.ckpt_root = cfg.out / CHECKPOINTS
@@ -252,6 +260,10 @@ class _Run:
                 f"out: {cfg.out} already holds a run (checkpoint {self.checkpoint.name}); "
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
+        if self.source is None:
+            self.source = _open_loader(cfg, self.store, ctx)
+        if self.batches is None:
+            self.batches = iter(self.source)
         self.data = data_card(
             self.store.manifest if self.store is not None else getattr(source, "manifest", None)
         )
@@ -261,12 +273,14 @@ class _Run:
         self.elapsed_before = 0.0
 
     def _d_in(self) -> tuple[int, str]:
+        """d_in of the store, else of the source (its `d_in`, or its first batch, which is kept for step 0)."""
         if self.store is not None:
             return self.store.d_in, f"the store {self.cfg.activations}"
         d_in = getattr(self.source, "d_in", None)
         if d_in is None:
-            first = next(self.batches)
-            self.batches = itertools.chain([first], self.batches)
+            it = iter(self.source)
+            first = next(it)
+            self.batches = itertools.chain([first], it)
             d_in = first.shape[-1]
         return int(d_in), "the batch source"
 
