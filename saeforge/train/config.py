@@ -22,12 +22,14 @@ OPERATIONAL_FIELDS = frozenset(
     {
         "out",
         "resume",
+        "device",
         "checkpoint_every",
         "keep_checkpoints",
         "loggers",
         "log_every",
         "plots",
         "wandb_project",
+        "evaluation_datasets",
     }
 )
 
