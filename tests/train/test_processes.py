@@ -51,6 +51,8 @@ def test_cli_flags_train_one_sae_with_its_run_card(store, tmp_path):
         "--batch-size", "64", "--checkpoint-every", "5", "--seed", "3", "--out", out,
     )  # fmt: skip
     assert "topk: FVU" in proc.stdout and str(out / "topk") in proc.stdout
+    for column in ("1280/1280 tokens", "/s", "loss", "mse", "auxk", "L0", "FVU", "dead %", "lr"):
+        assert column in proc.stderr  # the progress bar and metric table
     sae = load_sae(out / "topk")
     assert sae.encode(torch.randn(5, D_IN)).shape == (5, 64)
     card = json.loads((out / "topk" / "cfg.json").read_text())["metadata"]
