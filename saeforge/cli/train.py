@@ -227,7 +227,8 @@ def train_command(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     except TrainingInterrupted as e:
-        typer.echo(str(e), err=True)
+        if _is_main_rank():
+            typer.echo(str(e), err=True)
         raise typer.Exit(128 + e.signum) from None
     finally:
         if display is not None:
