@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -219,6 +220,14 @@ def _open_loader(cfg: TrainConfig, store: Any, ctx: DistContext) -> Any:
         raise ConfigError(f"activations: cannot read the store {cfg.activations}: {e}") from e
 
 
+def data_fingerprint(store: Any) -> str | None:
+    """sha256 over the store's shard list (rows and checksums): the same data wherever the store lives."""
+    if store is None:
+        return None
+    shards = [[s.rows, s.sha256] for s in store.manifest.shards]
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+
+
 def _describe_batch(source: Any, store: Any) -> str:
     """Where the last batch came from: the shards and rows holding NaN/inf when the store can tell, else the
     source's own `last_source()`."""
@@ -352,6 +361,13 @@ class _Run:
                 f"resume: the configuration differs from the checkpoint's in {changed}; resume with the same "
                 f"settings (see {self.checkpoint}/state.json) or start a new run in another out directory"
             )
+        saved_data, data = meta.get("data_fingerprint"), data_fingerprint(self.store)
+        if saved_data and data and saved_data != data:
+            raise ConfigError(
+                f"activations: the store {self.cfg.activations} holds other data than the run being resumed "
+                f"(its shard checksums differ from those of {meta['config']['activations']}); point activations "
+                "at the run's store"
+            )
         if meta["world_size"] != self.ctx.world_size:
             raise ConfigError(
                 f"resume: the checkpoint was written by {meta['world_size']} data-parallel ranks, this run has "
@@ -429,6 +445,7 @@ class _Run:
                 "tokens": steps_done * self.cfg.batch_size,
                 "world_size": self.ctx.world_size,
                 "activation_scale": self.scale,
+                "data_fingerprint": data_fingerprint(self.store),
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
                 "loaders": [st["loader"] for st in ranks],
                 "config": self.cfg.model_dump(mode="json"),

@@ -344,3 +344,22 @@ def test_non_finite_activation_scale_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="normalize_activations: the activation scale"):
         train(_cfg(tmp_path), source=NoStats(D_IN, B))
+
+
+def test_a_moved_store_resumes_and_other_data_is_refused(tmp_path):
+    import shutil
+
+    from saeforge.activations.writer import write_store
+
+    src = SyntheticSource(D_IN, B)
+    data = torch.cat([src.global_batch(i) for i in range(8)])
+    write_store(tmp_path / "acts", data, shard_rows=256)
+    write_store(tmp_path / "other", data * 2, shard_rows=256)
+    cfg = _cfg(tmp_path, steps=6, activations=str(tmp_path / "acts"))
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, progress=lambda e: e.step == 3 and os.kill(os.getpid(), signal.SIGINT))
+    shutil.copytree(tmp_path / "acts", tmp_path / "moved")
+    with pytest.raises(ConfigError, match=r"activations: the store .*other holds other data"):
+        train(cfg.model_copy(update={"resume": True, "activations": tmp_path / "other"}))
+    results = train(cfg.model_copy(update={"resume": True, "activations": tmp_path / "moved"}))
+    assert [h["step"] for h in results[0].history] == [4, 6]
