@@ -34,7 +34,13 @@ from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.sae.base import SAE, TrainStepInput
-from saeforge.train.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from saeforge.train.checkpoint import (
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_text_atomic,
+)
 from saeforge.train.config import (
     OPERATIONAL_FIELDS,
     ConfigError,
@@ -578,11 +584,10 @@ class _Run:
         loggers = None
         if self.ctx.is_main:
             cfg.out.mkdir(parents=True, exist_ok=True)
-            (cfg.out / RESOLVED_CONFIG).write_text(
-                json.dumps(
-                    {"config": cfg.model_dump(mode="json"), "resolved": self._resolved_json()}, indent=1
-                )
-            )
+            if self.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
+                MetricLoggers.truncate(cfg.out, 0)
+            resolved = {"config": cfg.model_dump(mode="json"), "resolved": self._resolved_json()}
+            write_text_atomic(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
             loggers = MetricLoggers(cfg.out, cfg.loggers, cfg.model_dump(mode="json"), cfg.wandb_project)
         try:
             with _StopSignal() as stop:
@@ -660,7 +665,9 @@ class _Run:
                 sae_api.save_sae(sae, path, metadata=card)
             out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
         if self.ctx.is_main:
-            (self.cfg.out / RUN_CARD).write_text(json.dumps({t.name: t.run_card for t in out}, indent=1))
+            write_text_atomic(
+                self.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1)
+            )
             if self.cfg.plots:
                 plot_curves(self.history, self.cfg.out / CURVES)
         self.ctx.barrier()

@@ -304,6 +304,26 @@ def test_checkpoints_are_pruned_and_latest_survives_damage(tmp_path):
     assert not any(p.name.startswith(".tmp") for p in root.iterdir() if p.name != ".tmp-step_000000005-1")
 
 
+def test_a_save_that_dies_midway_leaves_latest_on_the_previous_checkpoint(tmp_path, monkeypatch):
+    import saeforge.train.checkpoint as ck
+
+    root = tmp_path / "ck"
+    save_checkpoint(root, 1, {"w": torch.ones(3)}, {"step": 1}, keep=3)
+
+    def dies(*a, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.json, "dump", dies)  # state.json, written after the tensors
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(root, 2, {"w": torch.zeros(3)}, {"step": 2}, keep=3)
+    assert (root / LATEST).read_text() == "step_000000001\n"
+    assert [p.name for p in list_checkpoints(root)] == ["step_000000001"]
+    monkeypatch.undo()
+    save_checkpoint(root, 2, {"w": torch.zeros(3)}, {"step": 2}, keep=3)
+    assert latest_checkpoint(root).name == "step_000000002"
+    assert torch.equal(load_file(str(root / "step_000000002" / "state.safetensors"))["w"], torch.zeros(3))
+
+
 def test_activation_scale_from_first_batch_is_recorded(tmp_path):
     results = train(_cfg(tmp_path, steps=2), source=SyntheticSource(D_IN, B))
     x0 = SyntheticSource(D_IN, B).global_batch(0).double()
