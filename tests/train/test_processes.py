@@ -245,12 +245,16 @@ def test_sigterm_then_resume_is_bit_identical(reference, tmp_path):
 
 
 def test_two_gloo_ranks_match_one_process(store, tmp_path):
-    """torchrun -m saeforge train on 2 CPU ranks against train() in this process, same global batches."""
+    """torchrun -m saeforge train on 2 CPU ranks against train() in this process, same global batches, one SAE
+    of every architecture."""
     config = dict(
         activations=str(store), tokens=B * 10, batch_size=B, log_every=5, device="cpu", dead_tokens=B * 2,
         saes=[dict(name="tk", architecture="topk", k=4, d_sae=64, k_aux=8),
               dict(name="bt", architecture="batchtopk", k=4, d_sae=48),
-              dict(name="jr", architecture="jumprelu", d_sae=32, target_l0=6)],
+              dict(name="jr", architecture="jumprelu", d_sae=32, target_l0=6),
+              dict(name="mt", architecture="matryoshka", k=4, d_sae=32, group_sizes=[8, 8, 16]),
+              dict(name="gt", architecture="gated", d_sae=32, target_l0=6),
+              dict(name="st", architecture="standard", d_sae=32, sparsity_coefficient=0.5)],
     )  # fmt: skip
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump({**config, "out": str(tmp_path / "two")}))
@@ -274,7 +278,7 @@ def test_two_gloo_ranks_match_one_process(store, tmp_path):
         assert w1.keys() == w2.keys()
         for k in w1:
             rel = (w1[k] - w2[k]).norm() / w1[k].norm().clamp_min(1e-12)
-            assert rel < 0.01, (r.name, k, float(rel))
+            assert rel < 1e-3, (r.name, k, float(rel))  # the issue asks for 1%; measured ~1e-7
         assert two_card[r.name]["final_metrics"]["l0"] == pytest.approx(r.metrics["l0"], rel=0.05)
 
 
