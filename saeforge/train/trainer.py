@@ -526,7 +526,7 @@ class _Run:
         for m, r in zip(self.members, results, strict=True):
             fired = self.ctx.collectives.all_reduce_sum(r["fired"]) if self.ctx.enabled else r["fired"]
             m.since_fired += rows
-            m.since_fired[fired > 0] = 0
+            m.since_fired.masked_fill_(fired > 0, 0)  # no boolean indexing: it would sync a GPU
             for k, v in r.items():
                 if k != "fired":
                     m.acc[k] = m.acc.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v
