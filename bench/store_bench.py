@@ -172,8 +172,8 @@ def main() -> None:
     )
     parser.add_argument("--hook", default="layers.3.resid_post", help="hook of the capture benchmark")
     args = parser.parse_args()
-    tokens = 8192 if args.quick else 131072
-    rows = 32768 if args.quick else 524288
+    tokens = 8192 if args.quick else 65536
+    rows = 32768 if args.quick else 262144
     repeats = 1 if args.quick else 3
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
