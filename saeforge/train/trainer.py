@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,12 +46,14 @@ from saeforge.train.config import (
     TrainConfig,
     format_validation_error,
 )
+from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_store
 from saeforge.train.defaults import OptimSettings, resolve_optim
 from saeforge.train.distributed import DistContext
 from saeforge.train.loggers import MetricLoggers, check_logger_packages
 from saeforge.train.plots import plot_curves
 from saeforge.train.runcard import SPARSITY_FIELDS, data_card, run_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
+from saeforge.train.signals import StopSignal
 
 log = logging.getLogger("saeforge.train")
 
@@ -128,29 +128,6 @@ class _Member:
         return self.spec.name
 
 
-class _StopSignal:
-    """Records SIGTERM/SIGINT; the loop checks it at step boundaries. A second SIGINT aborts at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -198,61 +175,6 @@ def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[
     return resolved
 
 
-def _open_store(cfg: TrainConfig, source: Iterable[Tensor] | None) -> Any:
-    """The store at cfg.activations (None without one; then a `source` is required)."""
-    if cfg.activations is None:
-        if source is None:
-            raise ConfigError(
-                "activations: give an activation store directory (or pass `source` from Python)"
-            )
-        return None
-    from saeforge.activations.store import ActivationStore
-
-    try:
-        return ActivationStore.open(cfg.activations)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"activations: cannot open the store {cfg.activations}: {e}") from e
-
-
-def _open_loader(cfg: TrainConfig, store: Any, ctx: DistContext) -> Any:
-    """The store's shuffling loader; each rank reads its slice of every global batch."""
-    from saeforge.activations.loader import ActivationLoader
-
-    try:
-        return ActivationLoader(
-            store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
-        )
-    except ValueError as e:
-        raise ConfigError(f"activations: cannot read the store {cfg.activations}: {e}") from e
-
-
-def data_fingerprint(store: Any) -> str | None:
-    """sha256 over the store's shard list (rows and checksums): the same data wherever the store lives."""
-    if store is None:
-        return None
-    shards = [[s.rows, s.sha256] for s in store.manifest.shards]
-    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
-
-
-def _describe_batch(source: Any, store: Any) -> str:
-    """Where the last batch came from: the shards and rows holding NaN/inf when the store can tell, else the
-    source's own `last_source()`."""
-    fn = getattr(source, "last_source", None)
-    if not callable(fn):
-        return "the in-memory batch source"
-    where = fn()
-    if store is None or not isinstance(where, list):
-        return str(where)
-    index = {str(store.shard_path(i)): i for i in range(store.num_shards)}
-    bad = []
-    for path, rows in where:
-        acts = store.shard(index[str(path)])["activations"][rows]
-        bad_rows = [r for r, ok in zip(rows, torch.isfinite(acts).all(-1).tolist(), strict=True) if not ok]
-        if bad_rows:
-            bad.append(f"shard {path} rows {bad_rows[:10]}")
-    return "; ".join(bad) or "shards " + ", ".join(str(p) for p, _ in where)
-
-
 class _Run:
     def __init__(
         self, cfg: TrainConfig, source: Iterable[Tensor] | None, progress: Callable | None, ctx: DistContext
@@ -264,7 +186,7 @@ class _Run:
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
             )
-        self.store = _open_store(cfg, source)
+        self.store = open_store(cfg, source)
         self.source, self.batches = source, None
         self.d_in, where = self._d_in()
         self.resolved = validate_specs(cfg, self.d_in, where)
@@ -276,7 +198,7 @@ class _Run:
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
         if self.source is None:
-            self.source = _open_loader(cfg, self.store, ctx)
+            self.source = open_loader(cfg, self.store, ctx)
         if self.batches is None:
             self.batches = iter(self.source)
         self.data = data_card(
@@ -506,9 +428,9 @@ class _Run:
         return results
 
     def _raise_non_finite(self, step: int, bad: Tensor, local_input_bad: bool) -> None:
-        described = _describe_batch(self.source, self.store) if local_input_bad else None
+        described = describe_batch(self.source, self.store) if local_input_bad else None
         shards = self.ctx.gather_objects(described)
-        where = "; ".join(s for s in shards if s) or _describe_batch(self.source, self.store)
+        where = "; ".join(s for s in shards if s) or describe_batch(self.source, self.store)
         kept = latest_checkpoint(self.ckpt_root)
         keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written"
         if bad[0] > 0:
@@ -590,7 +512,7 @@ class _Run:
             write_text_atomic(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
             loggers = MetricLoggers(cfg.out, cfg.loggers, cfg.model_dump(mode="json"), cfg.wandb_project)
         try:
-            with _StopSignal() as stop:
+            with StopSignal() as stop:
                 self._loop(start, pending, stop, loggers)
         finally:
             if loggers is not None:
@@ -598,7 +520,7 @@ class _Run:
         return self._finish()
 
     def _loop(
-        self, start: int, pending: Tensor | None, stop: _StopSignal, loggers: MetricLoggers | None
+        self, start: int, pending: Tensor | None, stop: StopSignal, loggers: MetricLoggers | None
     ) -> None:
         cfg, t_loop = self.cfg, time.perf_counter()
         for step in range(start, self.total_steps):
