@@ -304,7 +304,7 @@ def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult
             data=run.eval_data,
             **run.eval,
         )
-        results = run_eval(eval_cfg, progress=progress.note)
+        results = run_eval(eval_cfg, progress=lambda line: progress.advance(0, line))
         write_eval_outputs(results, out / "eval" / hook)
         for t, r in zip(trained, results, strict=True):
             shutil.copyfile(out / "eval" / hook / r["name"] / "metrics.json", t.path / "metrics.json")

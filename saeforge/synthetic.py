@@ -37,18 +37,23 @@ class SyntheticConfig:
             raise ValueError(f"l0={self.l0} must be in (0, n_features={self.n_features}]")
 
 
+# Salts the seed so that the ground truth never shares a random stream with an SAE initialised from the same
+# small integer seed (torch.randn(n, d) under manual_seed(0) would otherwise hand the SAE the answer).
+_SEED_SALT = 0x5EED_F00D_0000
+
+
 class SyntheticActivations:
     """Ground truth and sampler. `features` [n_features, d_in] (unit rows), `firing_prob` [n_features]."""
 
     def __init__(self, cfg: SyntheticConfig):
         self.cfg = cfg
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(_SEED_SALT + 2 * cfg.seed)
         features = torch.randn(cfg.n_features, cfg.d_in, generator=g)
         self.features = features / features.norm(dim=1, keepdim=True)
         rank = torch.arange(cfg.n_features, dtype=torch.float64)
         weight = (rank + cfg.zipf_offset) ** -cfg.zipf_exponent
         self.firing_prob = (weight * cfg.l0 / weight.sum()).clamp(max=1.0).float()
-        self._generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self._generator = torch.Generator().manual_seed(_SEED_SALT + 2 * cfg.seed + 1)
 
     def sample_codes(self, n: int) -> Tensor:
         """[n, n_features] non-negative true codes (zero where a feature does not fire)."""

@@ -39,7 +39,7 @@ class _Display:
 
         self.console = Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]train"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("tokens  {task.fields[rate]}"),
@@ -49,7 +49,7 @@ class _Display:
         self.task = None
         self.metrics: dict[str, dict[str, float]] = {}
         self._group = Group
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False)
 
     def _table(self):
         from rich.table import Table
@@ -75,7 +75,9 @@ class _Display:
 
     def __call__(self, event) -> None:
         if self.task is None:
-            self.task = self.progress.add_task("train", total=event.total_tokens, rate="")
+            label = f"train (resumed at step {event.start_step})" if event.start_step else "train"
+            self.task = self.progress.add_task(label, total=event.total_tokens, rate="")
+            self.live.start()
         self.progress.update(
             self.task,
             completed=event.tokens,
@@ -195,14 +197,14 @@ def train_command(
                 "sparsity_coefficient": sparsity_coefficient,
                 "target_l0": target_l0,
                 "lr": lr,
-                "seed": seed or 0,
+                "seed": 0 if seed is None else seed,
             }
             data = {
                 "activations": activations,
-                "tokens": tokens or 10_000_000,
-                "batch_size": batch_size or 4096,
+                "tokens": 10_000_000 if tokens is None else tokens,
+                "batch_size": 4096 if batch_size is None else batch_size,
                 "out": out,
-                "seed": seed or 0,
+                "seed": 0 if seed is None else seed,
                 "resume": resume,
                 "checkpoint_every": checkpoint_every,
                 "saes": [{k_: v for k_, v in spec.items() if v is not None}],
@@ -217,11 +219,7 @@ def train_command(
 
     display = _Display() if _is_main_rank() else None
     try:
-        if display is not None:
-            with display.live:
-                results = train(cfg, progress=display)
-        else:
-            results = train(cfg)
+        results = train(cfg, progress=display)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -229,8 +227,12 @@ def train_command(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     except TrainingInterrupted as e:
-        typer.echo(str(e), err=True)
+        if _is_main_rank():
+            typer.echo(str(e), err=True)
         raise typer.Exit(128 + e.signum) from None
+    finally:
+        if display is not None:
+            display.live.stop()
 
     if not _is_main_rank():
         return

@@ -17,17 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 LrSchedule = Literal["constant", "cosine", "linear"]
 LoggerName = Literal["jsonl", "tensorboard", "mlflow", "wandb"]
 
-# Fields of TrainConfig that may change between a run and its resumption (they do not change the weights).
+# Fields of TrainConfig that may change between a run and its resumption (they do not change the weights; a moved
+# store is checked to hold the same shards).
 OPERATIONAL_FIELDS = frozenset(
     {
         "out",
+        "activations",
         "resume",
+        "device",
         "checkpoint_every",
         "keep_checkpoints",
         "loggers",
         "log_every",
         "plots",
         "wandb_project",
+        "evaluation_datasets",
     }
 )
 

@@ -68,6 +68,8 @@ class DistContext:
         if world_size <= 1:
             return cls()
         owns = False
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
             owns = True

@@ -21,8 +21,18 @@ SPARSITY_MECHANISMS = {
     "standard": "ReLU with an L1 penalty weighted by decoder row norms",
 }
 SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth", "group_sizes")
+_PENALTY = ("sparsity_coefficient", "target_l0", "l0_controller_rate", "initial_sparsity_coefficient")
+# The TrainingSAEConfig fields that set each architecture's sparsity (the others do not apply to it).
+SPARSITY_SETTINGS = {
+    "topk": ("k", "k_aux", "aux_coefficient"),
+    "batchtopk": ("k", "k_aux", "aux_coefficient", "threshold_momentum"),
+    "matryoshka": ("k", "k_aux", "aux_coefficient", "threshold_momentum", "group_sizes"),
+    "standard": _PENALTY,
+    "gated": (*_PENALTY, "aux_coefficient"),
+    "jumprelu": (*_PENALTY, "bandwidth", "initial_threshold"),
+}
+INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
 # Manifest fields that describe how activations were collected, not where the shards are.
-_NOT_SPARSITY = {"architecture", "d_in", "d_sae", "seed"}
 _NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}
 
 
@@ -45,9 +55,12 @@ def run_card(
     world_size: int,
     steps: int,
     device: str,
+    num_rows: int | None = None,
 ) -> dict[str, Any]:
+    """The run card of one SAE. num_rows: rows in the store (to report how many epochs the run covers)."""
     architecture = sae_config["architecture"]
-    sparsity = {k: v for k, v in sae_config.items() if k not in _NOT_SPARSITY and v is not None}
+    keys = SPARSITY_SETTINGS.get(architecture, tuple(sae_config))
+    sparsity = {k: sae_config[k] for k in keys if sae_config.get(k) is not None}
     model = data.get("model") or {}
     return {
         "saeforge_version": saeforge.__version__,
@@ -62,6 +75,7 @@ def run_card(
             "mechanism": SPARSITY_MECHANISMS.get(architecture, architecture),
             **sparsity,
         },
+        "initialisation": {k: sae_config[k] for k in INIT_SETTINGS if k in sae_config},
         "training": {
             "tokens": steps * cfg.batch_size,
             "steps": steps,
@@ -80,13 +94,16 @@ def run_card(
             "dead_tokens": cfg.dead_tokens,
             "normalize_activations": cfg.normalize_activations,
             "activation_scale": activation_scale,
-            "init_seed": spec.seed,
             "data_seed": cfg.seed,
             "dtype": cfg.dtype,
             "autocast": cfg.autocast,
             "device": device,
         },
-        "data": {"activations": str(cfg.activations) if cfg.activations else None, **data},
+        "data": {
+            "activations": str(cfg.activations) if cfg.activations else None,
+            "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
+            **data,
+        },
         "context_size": data.get("context_size"),
         "evaluation_datasets": list(cfg.evaluation_datasets),
     }

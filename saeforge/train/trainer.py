@@ -20,9 +20,8 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,13 @@ from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.sae.base import SAE, TrainStepInput
-from saeforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saeforge.train.checkpoint import (
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_text_atomic,
+)
 from saeforge.train.config import (
     OPERATIONAL_FIELDS,
     ConfigError,
@@ -41,12 +46,14 @@ from saeforge.train.config import (
     TrainConfig,
     format_validation_error,
 )
+from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_store
 from saeforge.train.defaults import OptimSettings, resolve_optim
 from saeforge.train.distributed import DistContext
 from saeforge.train.loggers import MetricLoggers, check_logger_packages
 from saeforge.train.plots import plot_curves
 from saeforge.train.runcard import SPARSITY_FIELDS, data_card, run_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
+from saeforge.train.signals import StopSignal
 
 log = logging.getLogger("saeforge.train")
 
@@ -63,7 +70,7 @@ class NonFiniteError(RuntimeError):
 class TrainingInterrupted(RuntimeError):
     """SIGTERM or SIGINT: a checkpoint was saved at a step boundary; rerun with resume to continue."""
 
-    def __init__(self, message: str, step: int, checkpoint: Path | None, signum: int):
+    def __init__(self, message: str, step: int, checkpoint: Path, signum: int):
         super().__init__(message)
         self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
@@ -72,11 +79,13 @@ class TrainingInterrupted(RuntimeError):
 class ProgressEvent:
     """Passed to the `progress` callback after every step (main rank only).
 
+    start_step: the step this process started from (non-zero after a resume).
     metrics: per SAE name, the metrics of the record logged at this step (None on steps without a record).
     """
 
     step: int
     total_steps: int
+    start_step: int
     tokens: int
     total_tokens: int
     tokens_per_s: float
@@ -117,29 +126,6 @@ class _Member:
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-class _StopSignal:
-    """Records SIGTERM/SIGINT; the loop checks it at step boundaries. A second SIGINT aborts at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -189,44 +175,6 @@ def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[
     return resolved
 
 
-def _open_data(cfg: TrainConfig, source: Iterable[Tensor] | None, ctx: DistContext) -> tuple[Any, Any]:
-    """(store or None, batch source). The store comes from cfg.activations; the source defaults to its loader."""
-    store = None
-    if cfg.activations is not None:
-        from saeforge.activations import ActivationLoader, ActivationStore
-
-        try:
-            store = ActivationStore.open(cfg.activations)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"activations: cannot open the store {cfg.activations}: {e}") from e
-        if source is None:
-            source = ActivationLoader(
-                store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
-            )
-    if source is None:
-        raise ConfigError("activations: give an activation store directory (or pass `source` from Python)")
-    return store, source
-
-
-def _describe_batch(source: Any, store: Any) -> str:
-    """Where the last batch came from: the shards and rows holding NaN/inf when the store can tell, else the
-    source's own `last_source()`."""
-    fn = getattr(source, "last_source", None)
-    if not callable(fn):
-        return "the in-memory batch source"
-    where = fn()
-    if store is None or not isinstance(where, list):
-        return str(where)
-    index = {str(store.shard_path(i)): i for i in range(store.num_shards)}
-    bad = []
-    for path, rows in where:
-        acts = store.shard(index[str(path)])["activations"][rows]
-        bad_rows = [r for r, ok in zip(rows, torch.isfinite(acts).all(-1).tolist(), strict=True) if not ok]
-        if bad_rows:
-            bad.append(f"shard {path} rows {bad_rows[:10]}")
-    return "; ".join(bad) or "shards " + ", ".join(str(p) for p, _ in where)
-
-
 class _Run:
     def __init__(
         self, cfg: TrainConfig, source: Iterable[Tensor] | None, progress: Callable | None, ctx: DistContext
@@ -238,8 +186,8 @@ class _Run:
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
             )
-        self.store, self.source = _open_data(cfg, source, self.ctx)
-        self.batches: Iterator[Tensor] = iter(self.source)
+        self.store = open_store(cfg, source)
+        self.source, self.batches = source, None
         self.d_in, where = self._d_in()
         self.resolved = validate_specs(cfg, self.d_in, where)
         self.ckpt_root = cfg.out / CHECKPOINTS
@@ -249,6 +197,10 @@ class _Run:
                 f"out: {cfg.out} already holds a run (checkpoint {self.checkpoint.name}); "
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
+        if self.source is None:
+            self.source = open_loader(cfg, self.store, ctx)
+        if self.batches is None:
+            self.batches = iter(self.source)
         self.data = data_card(
             self.store.manifest if self.store is not None else getattr(source, "manifest", None)
         )
@@ -258,12 +210,14 @@ class _Run:
         self.elapsed_before = 0.0
 
     def _d_in(self) -> tuple[int, str]:
+        """d_in of the store, else of the source (its `d_in`, or its first batch, which is kept for step 0)."""
         if self.store is not None:
             return self.store.d_in, f"the store {self.cfg.activations}"
         d_in = getattr(self.source, "d_in", None)
         if d_in is None:
-            first = next(self.batches)
-            self.batches = itertools.chain([first], self.batches)
+            it = iter(self.source)
+            first = next(it)
+            self.batches = itertools.chain([first], it)
             d_in = first.shape[-1]
         return int(d_in), "the batch source"
 
@@ -310,6 +264,12 @@ class _Run:
             if scale is None:
                 scale = math.sqrt(self.d_in) / sample.norm(dim=-1).mean().item()
             self.scale = float(scale)
+            if not (math.isfinite(self.scale) and self.scale > 0):
+                raise ConfigError(
+                    f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {self.scale} (the data's "
+                    "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
+                    "normalize_activations: none"
+                )
         else:
             self.scale = 1.0
         for m in self.members:
@@ -328,6 +288,13 @@ class _Run:
             raise ConfigError(
                 f"resume: the configuration differs from the checkpoint's in {changed}; resume with the same "
                 f"settings (see {self.checkpoint}/state.json) or start a new run in another out directory"
+            )
+        saved_data, data = meta.get("data_fingerprint"), data_fingerprint(self.store)
+        if saved_data and data and saved_data != data:
+            raise ConfigError(
+                f"activations: the store {self.cfg.activations} holds other data than the run being resumed "
+                f"(its shard checksums differ from those of {meta['config']['activations']}); point activations "
+                "at the run's store"
             )
         if meta["world_size"] != self.ctx.world_size:
             raise ConfigError(
@@ -374,7 +341,8 @@ class _Run:
         log.info("resumed from %s at step %d", self.checkpoint, step)
         return step
 
-    def _save(self, steps_done: int) -> Path | None:
+    def _save(self, steps_done: int) -> Path:
+        """Saves checkpoint `steps_done` (rank 0 writes, every rank contributes its state); returns its path."""
         tensors: dict[str, Tensor] = {}
         for m in self.members:
             tensors.update({f"sae/{m.name}/{k}": v for k, v in m.model.state_dict().items()})
@@ -394,7 +362,6 @@ class _Run:
             else None,
         }
         ranks = self.ctx.gather_objects(local)
-        path = None
         if self.ctx.is_main:
             for r, st in enumerate(ranks):
                 tensors[f"rng/cpu/{r}"] = torch.tensor(st["rng_cpu"], dtype=torch.uint8)
@@ -406,14 +373,15 @@ class _Run:
                 "tokens": steps_done * self.cfg.batch_size,
                 "world_size": self.ctx.world_size,
                 "activation_scale": self.scale,
+                "data_fingerprint": data_fingerprint(self.store),
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
                 "loaders": [st["loader"] for st in ranks],
                 "config": self.cfg.model_dump(mode="json"),
                 "resolved": self._resolved_json(),
             }
-            path = save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
+            save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
         self.ctx.barrier()
-        return path
+        return self.ckpt_root / checkpoint_name(steps_done)
 
     def _resolved_json(self) -> dict[str, Any]:
         return {
@@ -443,7 +411,7 @@ class _Run:
                 out = m.model.training_forward(inp)
             out.loss.backward()
             flags.append(~torch.isfinite(out.loss.detach()))
-            sse = (out.x_hat.detach().to(torch.float64) - x.to(torch.float64)).pow(2).sum()
+            sse = (out.x_hat.detach() - x).pow(2).sum(dtype=torch.float64)
             terms = {f"loss_{k}": v.detach().to(torch.float64) for k, v in out.losses.items()}
             results.append(
                 {
@@ -460,9 +428,9 @@ class _Run:
         return results
 
     def _raise_non_finite(self, step: int, bad: Tensor, local_input_bad: bool) -> None:
-        described = _describe_batch(self.source, self.store) if local_input_bad else None
+        described = describe_batch(self.source, self.store) if local_input_bad else None
         shards = self.ctx.gather_objects(described)
-        where = "; ".join(s for s in shards if s) or _describe_batch(self.source, self.store)
+        where = "; ".join(s for s in shards if s) or describe_batch(self.source, self.store)
         kept = latest_checkpoint(self.ckpt_root)
         keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written"
         if bad[0] > 0:
@@ -474,14 +442,13 @@ class _Run:
 
     def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor) -> None:
         rows = x.shape[0] * self.ctx.world_size
-        x64 = x.detach().to(torch.float64)
-        self.input_acc["sum"] += x64.sum(0)
-        self.input_acc["sum_sq"] += x64.pow(2).sum()
+        self.input_acc["sum"] += x.sum(0, dtype=torch.float64)
+        self.input_acc["sum_sq"] += x.pow(2).sum(dtype=torch.float64)
         self.input_acc["rows"] += x.shape[0]
         for m, r in zip(self.members, results, strict=True):
             fired = self.ctx.collectives.all_reduce_sum(r["fired"]) if self.ctx.enabled else r["fired"]
             m.since_fired += rows
-            m.since_fired[fired > 0] = 0
+            m.since_fired.masked_fill_(fired > 0, 0)  # no boolean indexing: it would sync a GPU
             for k, v in r.items():
                 if k != "fired":
                     m.acc[k] = m.acc.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v
@@ -539,14 +506,13 @@ class _Run:
         loggers = None
         if self.ctx.is_main:
             cfg.out.mkdir(parents=True, exist_ok=True)
-            (cfg.out / RESOLVED_CONFIG).write_text(
-                json.dumps(
-                    {"config": cfg.model_dump(mode="json"), "resolved": self._resolved_json()}, indent=1
-                )
-            )
+            if self.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
+                MetricLoggers.truncate(cfg.out, 0)
+            resolved = {"config": cfg.model_dump(mode="json"), "resolved": self._resolved_json()}
+            write_text_atomic(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
             loggers = MetricLoggers(cfg.out, cfg.loggers, cfg.model_dump(mode="json"), cfg.wandb_project)
         try:
-            with _StopSignal() as stop:
+            with StopSignal() as stop:
                 self._loop(start, pending, stop, loggers)
         finally:
             if loggers is not None:
@@ -554,7 +520,7 @@ class _Run:
         return self._finish()
 
     def _loop(
-        self, start: int, pending: Tensor | None, stop: _StopSignal, loggers: MetricLoggers | None
+        self, start: int, pending: Tensor | None, stop: StopSignal, loggers: MetricLoggers | None
     ) -> None:
         cfg, t_loop = self.cfg, time.perf_counter()
         for step in range(start, self.total_steps):
@@ -578,6 +544,7 @@ class _Run:
                     ProgressEvent(
                         step=done,
                         total_steps=self.total_steps,
+                        start_step=start,
                         tokens=done * cfg.batch_size,
                         total_tokens=self.total_steps * cfg.batch_size,
                         tokens_per_s=tokens_per_s,
@@ -609,6 +576,7 @@ class _Run:
                 world_size=self.ctx.world_size,
                 steps=self.total_steps,
                 device=str(self.device),
+                num_rows=self.store.num_rows if self.store is not None else None,
             )
             hist = [{"step": r["step"], "tokens": r["tokens"], **r["saes"][m.name]} for r in self.history]
             card["final_metrics"] = (
@@ -619,7 +587,9 @@ class _Run:
                 sae_api.save_sae(sae, path, metadata=card)
             out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
         if self.ctx.is_main:
-            (self.cfg.out / RUN_CARD).write_text(json.dumps({t.name: t.run_card for t in out}, indent=1))
+            write_text_atomic(
+                self.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1)
+            )
             if self.cfg.plots:
                 plot_curves(self.history, self.cfg.out / CURVES)
         self.ctx.barrier()

@@ -304,8 +304,82 @@ def test_checkpoints_are_pruned_and_latest_survives_damage(tmp_path):
     assert not any(p.name.startswith(".tmp") for p in root.iterdir() if p.name != ".tmp-step_000000005-1")
 
 
+def test_a_save_that_dies_midway_leaves_latest_on_the_previous_checkpoint(tmp_path, monkeypatch):
+    import saeforge.train.checkpoint as ck
+
+    root = tmp_path / "ck"
+    save_checkpoint(root, 1, {"w": torch.ones(3)}, {"step": 1}, keep=3)
+
+    def dies(*a, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.json, "dump", dies)  # state.json, written after the tensors
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(root, 2, {"w": torch.zeros(3)}, {"step": 2}, keep=3)
+    assert (root / LATEST).read_text() == "step_000000001\n"
+    assert [p.name for p in list_checkpoints(root)] == ["step_000000001"]
+    monkeypatch.undo()
+    save_checkpoint(root, 2, {"w": torch.zeros(3)}, {"step": 2}, keep=3)
+    assert latest_checkpoint(root).name == "step_000000002"
+    assert torch.equal(load_file(str(root / "step_000000002" / "state.safetensors"))["w"], torch.zeros(3))
+
+
 def test_activation_scale_from_first_batch_is_recorded(tmp_path):
     results = train(_cfg(tmp_path, steps=2), source=SyntheticSource(D_IN, B))
     x0 = SyntheticSource(D_IN, B).global_batch(0).double()
     want = math.sqrt(D_IN) / x0.norm(dim=-1).mean().item()
     assert results[0].run_card["training"]["activation_scale"] == pytest.approx(want, rel=1e-5)
+
+
+def test_nan_row_in_a_store_is_located_by_shard_and_row(tmp_path):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from saeforge.activations.writer import write_store
+
+    src = SyntheticSource(D_IN, B)
+    write_store(tmp_path / "acts", torch.cat([src.global_batch(i) for i in range(8)]), shard_rows=256)
+    # The model produced an inf in shard 1, row 44 (the shard's checksum is that of the bad data).
+    shard = tmp_path / "acts" / "shard-000-000001.safetensors"
+    tensors = load_file(str(shard))
+    tensors["activations"][44, 5] = float("inf")
+    save_file(tensors, str(shard))
+    manifest = json.loads((tmp_path / "acts" / "manifest.json").read_text())
+    manifest["shards"][1]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    (tmp_path / "acts" / "manifest.json").write_text(json.dumps(manifest))
+
+    cfg = _cfg(tmp_path, steps=8, activations=str(tmp_path / "acts"))
+    with pytest.raises(
+        NonFiniteError,
+        match=r"input activations at step \d, batch from shard .*shard-000-000001"
+        r"\.safetensors rows \[44\]",
+    ):
+        train(cfg)
+
+
+def test_non_finite_activation_scale_is_a_config_error(tmp_path):
+    class NoStats(SyntheticSource):
+        activation_scale = float("nan")
+
+    with pytest.raises(ConfigError, match="normalize_activations: the activation scale"):
+        train(_cfg(tmp_path), source=NoStats(D_IN, B))
+
+
+def test_a_moved_store_resumes_and_other_data_is_refused(tmp_path):
+    import shutil
+
+    from saeforge.activations.writer import write_store
+
+    src = SyntheticSource(D_IN, B)
+    data = torch.cat([src.global_batch(i) for i in range(8)])
+    write_store(tmp_path / "acts", data, shard_rows=256)
+    write_store(tmp_path / "other", data * 2, shard_rows=256)
+    cfg = _cfg(tmp_path, steps=6, activations=str(tmp_path / "acts"))
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, progress=lambda e: e.step == 3 and os.kill(os.getpid(), signal.SIGINT))
+    shutil.copytree(tmp_path / "acts", tmp_path / "moved")
+    with pytest.raises(ConfigError, match=r"activations: the store .*other holds other data"):
+        train(cfg.model_copy(update={"resume": True, "activations": tmp_path / "other"}))
+    results = train(cfg.model_copy(update={"resume": True, "activations": tmp_path / "moved"}))
+    assert [h["step"] for h in results[0].history] == [4, 6]
