@@ -25,6 +25,7 @@ transposing copy at all; a row-major W_enc costs one transposing copy each way (
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -47,15 +48,24 @@ def topk_select_eager(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return values, indices
 
 
+def _order_by_latent(flat: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
+    """flat [n] latent ids -> (order [n] putting equal ids together in increasing id, offsets [d_sae] where each
+    id's run starts). On CPU numpy's vectorised argsort is an order of magnitude faster than torch.sort here."""
+    if flat.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(flat.numpy()))
+        counts = torch.from_numpy(np.bincount(flat.numpy(), minlength=d_sae))
+    else:
+        order = flat.argsort()
+        counts = torch.bincount(flat, minlength=d_sae)
+    return order, counts.cumsum(0) - counts
+
+
 def _latent_major_sum(idx: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -> Tensor:
     """out[i] = sum over (b, j) with idx[b, j] == i of weights[b, j] * rows[b].
 
     idx [B, w] int64, weights [B, w], rows [B, d] -> [d_sae, d]. Latents never selected get zero rows.
     """
-    flat = idx.reshape(-1)
-    sorted_latents, order = flat.sort(stable=True)
-    counts = torch.bincount(sorted_latents, minlength=d_sae)
-    offsets = counts.cumsum(0) - counts
+    order, offsets = _order_by_latent(idx.reshape(-1), d_sae)
     tokens = torch.div(order, idx.shape[1], rounding_mode="floor")
     return F.embedding_bag(
         tokens, rows, offsets, mode="sum", per_sample_weights=weights.reshape(-1)[order].to(rows.dtype)

@@ -84,10 +84,11 @@ class TrainingSAE(nn.Module):
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        """Unit-norm decoders: removes the component of W_dec's gradient parallel to each row."""
+        """Unit-norm decoders: removes the component of W_dec's gradient parallel to each row (in place)."""
         if self.unit_norm_decoder and self.W_dec.grad is not None:
-            W = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
-            self.W_dec.grad -= (self.W_dec.grad * W).sum(1, keepdim=True) * W
+            W, G = self.W_dec, self.W_dec.grad
+            coef = torch.linalg.vecdot(G, W, dim=1).div_(torch.linalg.vector_norm(W, dim=1).square_())
+            G.addcmul_(W, coef.unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -201,7 +202,7 @@ class TopKFamilySAE(TrainingSAE):
     @torch.no_grad()
     def _pre_no_grad(self, xc: Tensor) -> Tensor:
         """xc [B, d_in] (x - b_dec) -> [B, d_sae] pre-activations without autograd history."""
-        return xc @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, xc, self.W_enc)
 
     def _gather(self, xc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
         """[B, w] differentiable pre-activations of the selected latents."""
@@ -221,7 +222,8 @@ class TopKFamilySAE(TrainingSAE):
             return residual.new_zeros(())
         k_aux = min(self.k_aux, n_dead)
         with torch.no_grad():
-            idx = pre.masked_fill(~dead_mask.to(pre.device), -torch.inf).topk(k_aux, dim=1).indices
+            dead = dead_mask.to(pre.device).nonzero().squeeze(1)
+            idx = dead[kernels.topk_select(pre.index_select(1, dead), k_aux)[1]]
         vals = self._gather(xc, pre, idx).relu()
         e_hat = self._decode_sparse(idx, vals)
         return self.aux_coefficient * (residual - e_hat).pow(2).sum(-1).mean()

@@ -166,3 +166,45 @@ def test_topk_select_narrow_rows_use_reference():
     pre = torch.randn(4, 50)
     values, indices = kernels.topk_select(pre, 5)
     torch.testing.assert_close(values.sort(1).values, pre.topk(5, dim=1).values.sort(1).values)
+
+
+def test_topk_sae_step_matches_dense_reference_with_auxk():
+    """The TopK architecture's sparse step (selection, AuxK over dead latents, decoder-gradient projection)
+    equals the dense float64 expression of Gao et al.'s loss."""
+    from saeforge.sae.base import TrainStepInput
+    from saeforge.sae.registry import create_training_sae
+
+    d_in, d_sae, k, k_aux, B = 16, 2048, 8, 6, 32
+    sae = create_training_sae(
+        {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k, "k_aux": k_aux, "b_dec_init": "mean"}
+    ).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, d_in, generator=g, dtype=torch.float64) + 1.0
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64))
+        sae.b_dec.copy_(torch.randn(d_in, generator=g, dtype=torch.float64) * 0.1)
+    dead = torch.rand(d_sae, generator=g) < 0.3
+    out = sae.training_forward(TrainStepInput(x=x, dead_mask=dead))
+    out.loss.backward()
+    sae.before_optimizer_step()
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    params = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+    top = pre.topk(k, dim=1).indices
+    z = torch.zeros_like(pre).scatter(1, top, pre.gather(1, top)).relu()
+    x_hat = z @ params["W_dec"] + params["b_dec"]
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    masked = pre.masked_fill(~dead, float("-inf"))
+    aux_idx = masked.topk(k_aux, dim=1).indices
+    z_aux = torch.zeros_like(pre).scatter(1, aux_idx, pre.gather(1, aux_idx)).relu()
+    auxk = (x - x_hat.detach() - z_aux @ params["W_dec"]).pow(2).sum(-1).mean() / 32
+    (mse + auxk).backward()
+    W = params["W_dec"].detach()
+    G = params["W_dec"].grad
+    params["W_dec"].grad = G - (G * W).sum(1, keepdim=True) * W / W.pow(2).sum(1, keepdim=True)
+
+    torch.testing.assert_close(out.losses["mse"], mse)
+    torch.testing.assert_close(out.losses["auxk"], auxk)
+    for name, p in params.items():
+        torch.testing.assert_close(fast[name], p.grad, msg=lambda m, name=name: f"grad {name}: {m}")
