@@ -21,7 +21,7 @@ from saeforge.sae.registry import create_training_sae
 
 TOPK_FAMILY = ("topk", "batchtopk")
 DENSE = ("standard", "jumprelu", "gated")
-ADAM = ("default", "foreach", "fused")
+ADAM = ("default", "foreach", "fused", "saeforge")
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,14 @@ def activations(shape: Shape, n: int = 2, seed: int = 0) -> list[Tensor]:
 
 
 def make_adam(params: list[Tensor], kind: str) -> torch.optim.Adam:
-    """Adam as the trainer builds it ("default": torch's choice on this device) or forced foreach / fused."""
+    """Adam with the trainer's hyper-parameters: "default" is `torch.optim.Adam(...)` as the trainer builds it
+    (torch's choice of implementation on this device), "foreach" / "fused" force torch's implementations,
+    "saeforge" is `kernels.Adam` (fused, copy-free on column-major W_enc)."""
+    hyper = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8}
+    if kind == "saeforge":
+        return kernels.Adam(params, **hyper)
     options = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
-    return torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, **options)
+    return torch.optim.Adam(params, **hyper, **options)
 
 
 def build_saeforge(arch: str, shape: Shape) -> torch.nn.Module:
@@ -209,18 +214,19 @@ def measure(
 
 
 def measure_adam(shape: Shape, steps: int, warmup: int) -> dict[str, dict[str, float]]:
-    """opt.step() alone over a TopK SAE's parameters with fixed random gradients, for each Adam variant."""
+    """opt.step() alone over a TopK SAE's parameters (W_enc column-major, as saeforge stores it) with fixed
+    random gradients in the parameters' layouts, for each Adam variant."""
     g = torch.Generator().manual_seed(0)
     result = {}
     for kind in ADAM:
         params = [
             torch.nn.Parameter(torch.randn(shape.d_sae, shape.d_in, generator=g)),
-            torch.nn.Parameter(torch.randn(shape.d_in, shape.d_sae, generator=g)),
+            torch.nn.Parameter(torch.randn(shape.d_sae, shape.d_in, generator=g).t()),
             torch.nn.Parameter(torch.zeros(shape.d_sae)),
             torch.nn.Parameter(torch.zeros(shape.d_in)),
         ]
         for p in params:
-            p.grad = torch.randn(p.shape, generator=g)
+            p.grad = torch.randn(p.shape, generator=g).as_strided(p.shape, p.stride())
         opt = make_adam(params, kind)
         t: Timing = time_calls(opt.step, steps, warmup)
         result[kind] = t.as_dict()

@@ -141,6 +141,8 @@ def _check_topk(pre, k):
 
 def test_topk_select_random_rows():
     g = torch.Generator().manual_seed(0)
+    assert kernels._group_size(1024, 8) == 16 and kernels._group_size(4096, 16) == 32
+    _check_topk(torch.randn(64, 1024, generator=g), 8)
     _check_topk(torch.randn(64, 4096, generator=g), 16)
     _check_topk(torch.randn(8, 24576, generator=g) + torch.randn(24576, generator=g), 64)
 
@@ -148,7 +150,7 @@ def test_topk_select_random_rows():
 def test_topk_select_crowded_groups_ties_and_masks():
     g = torch.Generator().manual_seed(1)
     d_sae, k = 2048, 8
-    groups = d_sae // 16
+    groups = d_sae // kernels._group_size(d_sae, k)
     pre = torch.randn(40, d_sae, generator=g)
     # rows 0-9: one strided group holds the 6 largest entries (forces the exact fallback)
     for r in range(10):
@@ -208,3 +210,26 @@ def test_topk_sae_step_matches_dense_reference_with_auxk():
     torch.testing.assert_close(out.losses["auxk"], auxk)
     for name, p in params.items():
         torch.testing.assert_close(fast[name], p.grad, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+def test_adam_matches_torch_adam(column_major):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(24, 7, generator=g)
+    init = [base.t() if column_major else base.t().contiguous(), torch.randn(7, generator=g)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    storage = [p.data_ptr() for p in ours]
+    opt_ours = kernels.Adam(ours, lr=1e-2, betas=(0.8, 0.99), eps=1e-6)
+    opt_ref = torch.optim.Adam(ref, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, foreach=False)
+    for _ in range(4):
+        # gradients in the parameter's layout, as autograd hands them over
+        grads = [torch.randn(p.shape, generator=g).as_strided(p.shape, p.stride()) for p in ours]
+        for params, opt in ((ours, opt_ours), (ref, opt_ref)):
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = gr.clone()
+            opt.step()
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    assert [p.data_ptr() for p in ours] == storage
+    assert ours[0].stride() == init[0].stride()
