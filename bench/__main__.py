@@ -36,7 +36,9 @@ from bench.steps import DENSE, QUICK, REALISTIC, SMALL, TOPK_FAMILY, measure, me
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny shape, few steps: checks the harness in seconds")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny shape, few steps: checks the harness in seconds"
+    )
     p.add_argument("--json", type=Path, default=None, help="write all results to this JSON file")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 5; quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 2; quick 1)")

@@ -51,7 +51,18 @@ def _probe(arch: str, B: int, d_in: int, d_sae: int, k: int, steps: int, adam: s
 def measure_memory(arch: str, B: int, d_in: int, d_sae: int, k: int, steps: int = 3, adam: str = "saeforge"):
     """Runs the probe in a fresh interpreter; returns its JSON result as a dict."""
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "bench.memory", arch, str(B), str(d_in), str(d_sae), str(k), str(steps), adam]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.memory",
+        arch,
+        str(B),
+        str(d_in),
+        str(d_sae),
+        str(k),
+        str(steps),
+        adam,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe {' '.join(cmd[2:])} failed:\n{proc.stderr[-2000:]}")
@@ -60,4 +71,10 @@ def measure_memory(arch: str, B: int, d_in: int, d_sae: int, k: int, steps: int 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    print(json.dumps(_probe(a[0], *map(int, a[1:5]), int(a[5]) if len(a) > 5 else 3, a[6] if len(a) > 6 else "saeforge")))
+    print(
+        json.dumps(
+            _probe(
+                a[0], *map(int, a[1:5]), int(a[5]) if len(a) > 5 else 3, a[6] if len(a) > 6 else "saeforge"
+            )
+        )
+    )

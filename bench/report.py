@@ -71,14 +71,14 @@ def render(results: dict) -> str:
         )
     out += [
         "### Floors measured in this run",
-        _table(
-            ["shape", "", "encoder GEMM", "GFLOP/s", "GEMM-floor tokens/s", "copy GB/s"], floor_rows
-        ),
+        _table(["shape", "", "encoder GEMM", "GFLOP/s", "GEMM-floor tokens/s", "copy GB/s"], floor_rows),
         "",
     ]
 
     if results.get("training"):
-        plain = {(r["shape"], r["arch"]): r["tokens_per_s"] for r in results["training"] if r["impl"] == "plain"}
+        plain = {
+            (r["shape"], r["arch"]): r["tokens_per_s"] for r in results["training"] if r["impl"] == "plain"
+        }
         rows = []
         for r in results["training"]:
             shape = shapes[r["shape"]]
@@ -100,7 +100,16 @@ def render(results: dict) -> str:
         out += [
             "### Training steps (forward, backward, hooks, Adam, renormalisation)",
             _table(
-                ["shape", "arch", "impl", "adam", "tokens/s", "step ms median (min-max)", "vs plain", "/ floor"],
+                [
+                    "shape",
+                    "arch",
+                    "impl",
+                    "adam",
+                    "tokens/s",
+                    "step ms median (min-max)",
+                    "vs plain",
+                    "/ floor",
+                ],
                 rows,
             ),
             "",
@@ -124,9 +133,14 @@ def render(results: dict) -> str:
 
     if results.get("adam"):
         rows = [
-            [kind, f"{_ms(t['median'])} ({_ms(t['min'])}-{_ms(t['max'])})"] for kind, t in results["adam"].items()
+            [kind, f"{_ms(t['median'])} ({_ms(t['min'])}-{_ms(t['max'])})"]
+            for kind, t in results["adam"].items()
         ]
-        out += ["### Adam step alone (TopK parameters at the main shape; ms)", _table(["adam", "ms"], rows), ""]
+        out += [
+            "### Adam step alone (TopK parameters at the main shape; ms)",
+            _table(["adam", "ms"], rows),
+            "",
+        ]
 
     if results.get("memory"):
         rows = [

@@ -26,7 +26,13 @@ def quick_run(tmp_path_factory):
 
 def test_quick_run_prints_tables_and_writes_json(quick_run):
     stdout, res = quick_run
-    for title in ("Floors measured", "Training steps", "Phases of a saeforge topk step", "Adam step", "Peak memory"):
+    for title in (
+        "Floors measured",
+        "Training steps",
+        "Phases of a saeforge topk step",
+        "Adam step",
+        "Peak memory",
+    ):
         assert title in stdout
     assert res["machine"]["torch_threads"] >= 1 and res["machine"]["cpu_count"] >= 1
     floors = res["floors"]["quick"]
@@ -36,7 +42,11 @@ def test_quick_run_prints_tables_and_writes_json(quick_run):
 def test_training_rows_cover_both_implementations(quick_run):
     _, res = quick_run
     seen = {(r["arch"], r["impl"], r["adam"]) for r in res["training"]}
-    assert {("topk", "saeforge", "default"), ("topk", "plain", "default"), ("topk", "saeforge", "saeforge")} <= seen
+    assert {
+        ("topk", "saeforge", "default"),
+        ("topk", "plain", "default"),
+        ("topk", "saeforge", "saeforge"),
+    } <= seen
     assert {("standard", "saeforge", "default"), ("standard", "plain", "default")} <= seen
     for r in res["training"]:
         st = r["step"]

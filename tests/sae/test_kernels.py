@@ -233,3 +233,30 @@ def test_adam_matches_torch_adam(column_major):
         torch.testing.assert_close(a, b)
     assert [p.data_ptr() for p in ours] == storage
     assert ours[0].stride() == init[0].stride()
+
+
+@pytest.mark.parametrize("case", ["random", "saturated", "few_positive"])
+def test_batchtopk_selection_matches_flat_topk(case):
+    """BatchTopK's row-wise exact selection keeps the same (token, latent) set as one top-(k*B) over the batch."""
+    from saeforge.sae.base import Collectives
+    from saeforge.sae.registry import create_training_sae
+
+    B, d_sae, k = 48, 2048, 8
+    sae = create_training_sae({"architecture": "batchtopk", "d_in": 8, "d_sae": d_sae, "k": k})
+    g = torch.Generator().manual_seed(7)
+    pre = torch.randn(B, d_sae, generator=g)
+    if case == "saturated":
+        pre[3] += 6.0  # one token holds far more than 2k of the batch's top k*B
+        pre[5, :40] = 9.0
+    if case == "few_positive":
+        pre = pre - 3.5
+    idx, keep = sae._select(pre, Collectives())
+
+    acts = pre.relu()
+    tau = acts.flatten().topk(k * B).values[-1]
+    expected = ((acts >= tau) & (acts > 0)).nonzero().tolist()
+    rows = torch.arange(B).unsqueeze(1).expand_as(idx)
+    got = sorted(zip(rows[keep].tolist(), idx[keep].tolist(), strict=True))
+    assert got == sorted(map(tuple, expected))
+    assert keep.any(1).sum() <= B and idx.shape[1] == int(keep.sum(1).max())
+    torch.testing.assert_close(sae.threshold, acts[(acts >= tau) & (acts > 0)].min())
