@@ -205,8 +205,14 @@ class TopKFamilySAE(TrainingSAE):
         return torch.addmm(self.b_enc, xc, self.W_enc)
 
     def _gather(self, xc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-        """[B, w] differentiable pre-activations of the selected latents."""
-        return kernels.gather_preacts(xc, self.W_enc, self.b_enc, pre, idx)
+        """[B, w] differentiable pre-activations of the selected latents.
+
+        b_dec's gradient through xc = x - b_dec is -sum_b d/dxc[b] = -W_enc @ (b_enc's gradient): it is routed
+        through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
+        product as large as the encoder's weight gradient.
+        """
+        b_enc = self.b_enc - self.b_dec @ self.W_enc.detach()
+        return kernels.gather_preacts(xc.detach(), self.W_enc, b_enc, pre, idx)
 
     def _decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:
         """idx, vals [B, w] -> [B, d_in] (without b_dec)."""

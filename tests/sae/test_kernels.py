@@ -141,8 +141,13 @@ def _check_topk(pre, k):
 
 def test_topk_select_random_rows():
     g = torch.Generator().manual_seed(0)
-    assert kernels._group_size(1024, 8) == 16 and kernels._group_size(4096, 16) == 32
+    assert (kernels._group_size(1024, 8), kernels._group_size(1000, 8), kernels._group_size(100, 8)) == (
+        16,
+        8,
+        0,
+    )
     _check_topk(torch.randn(64, 1024, generator=g), 8)
+    _check_topk(torch.randn(64, 1000, generator=g), 8)
     _check_topk(torch.randn(64, 4096, generator=g), 16)
     _check_topk(torch.randn(8, 24576, generator=g) + torch.randn(24576, generator=g), 64)
 
