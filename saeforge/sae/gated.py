@@ -10,7 +10,11 @@ A gate decides which latents fire, a magnitude path how much; both share W_enc, 
             + lambda * mean_b sum_i ReLU(pi_gate)_i ||W_dec[i]||                 (L1 on the gate)
             + mean_b ||x - (ReLU(pi_gate) @ sg(W_dec) + sg(b_dec))||^2           (aux, stop-gradient decoder)
 
-The gate's step function passes no gradient; the L1 and auxiliary terms train the gate path.
+The gate's step function passes no gradient; the L1 and auxiliary terms train the gate path. As in the paper,
+decoder rows are kept at unit norm (gradient component parallel to each row removed, rows renormalised after the
+step), so the decoder-norm weight is 1; it stays in the formula so the penalty cannot be lowered by shrinking W_dec.
+Without the constraint the frozen-decoder auxiliary term and the L1 term chase each other: W_dec shrinks, the gate
+grows to compensate, and the SAE collapses.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class GatedSAE(SAE):
 class GatedTrainingSAE(PenaltySAE):
     architecture = "gated"
     inference_architecture = "gated"
+    unit_norm_decoder = True
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
