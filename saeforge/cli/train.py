@@ -197,14 +197,14 @@ def train_command(
                 "sparsity_coefficient": sparsity_coefficient,
                 "target_l0": target_l0,
                 "lr": lr,
-                "seed": seed or 0,
+                "seed": 0 if seed is None else seed,
             }
             data = {
                 "activations": activations,
-                "tokens": tokens or 10_000_000,
-                "batch_size": batch_size or 4096,
+                "tokens": 10_000_000 if tokens is None else tokens,
+                "batch_size": 4096 if batch_size is None else batch_size,
                 "out": out,
-                "seed": seed or 0,
+                "seed": 0 if seed is None else seed,
                 "resume": resume,
                 "checkpoint_every": checkpoint_every,
                 "saes": [{k_: v for k_, v in spec.items() if v is not None}],
@@ -227,7 +227,8 @@ def train_command(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     except TrainingInterrupted as e:
-        typer.echo(str(e), err=True)
+        if _is_main_rank():
+            typer.echo(str(e), err=True)
         raise typer.Exit(128 + e.signum) from None
     finally:
         if display is not None:

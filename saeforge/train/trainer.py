@@ -33,7 +33,7 @@ from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.sae.base import SAE, TrainStepInput
-from saeforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saeforge.train.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
 from saeforge.train.config import (
     OPERATIONAL_FIELDS,
     ConfigError,
@@ -63,7 +63,7 @@ class NonFiniteError(RuntimeError):
 class TrainingInterrupted(RuntimeError):
     """SIGTERM or SIGINT: a checkpoint was saved at a step boundary; rerun with resume to continue."""
 
-    def __init__(self, message: str, step: int, checkpoint: Path | None, signum: int):
+    def __init__(self, message: str, step: int, checkpoint: Path, signum: int):
         super().__init__(message)
         self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
@@ -397,7 +397,8 @@ class _Run:
         log.info("resumed from %s at step %d", self.checkpoint, step)
         return step
 
-    def _save(self, steps_done: int) -> Path | None:
+    def _save(self, steps_done: int) -> Path:
+        """Saves checkpoint `steps_done` (rank 0 writes, every rank contributes its state); returns its path."""
         tensors: dict[str, Tensor] = {}
         for m in self.members:
             tensors.update({f"sae/{m.name}/{k}": v for k, v in m.model.state_dict().items()})
@@ -417,7 +418,6 @@ class _Run:
             else None,
         }
         ranks = self.ctx.gather_objects(local)
-        path = None
         if self.ctx.is_main:
             for r, st in enumerate(ranks):
                 tensors[f"rng/cpu/{r}"] = torch.tensor(st["rng_cpu"], dtype=torch.uint8)
@@ -434,9 +434,9 @@ class _Run:
                 "config": self.cfg.model_dump(mode="json"),
                 "resolved": self._resolved_json(),
             }
-            path = save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
+            save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
         self.ctx.barrier()
-        return path
+        return self.ckpt_root / checkpoint_name(steps_done)
 
     def _resolved_json(self) -> dict[str, Any]:
         return {

@@ -276,3 +276,29 @@ def test_two_gloo_ranks_match_one_process(store, tmp_path):
             rel = (w1[k] - w2[k]).norm() / w1[k].norm().clamp_min(1e-12)
             assert rel < 0.01, (r.name, k, float(rel))
         assert two_card[r.name]["final_metrics"]["l0"] == pytest.approx(r.metrics["l0"], rel=0.05)
+
+
+def test_sigterm_to_torchrun_saves_every_ranks_state(store, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "saeforge",
+           "train", "--activations", str(store), "--architecture", "batchtopk", "--k", "4", "--d-sae", "32",
+           "--tokens", str(64 * 10**6), "--batch-size", "64", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=cli_env(OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert stderr.count("stopped by SIGTERM after step") == 1, stderr  # printed by rank 0 only
+    step = int(stderr.split("stopped by SIGTERM after step ")[1].split()[0])
+    meta = json.loads((latest_checkpoint(out / "checkpoints") / "state.json").read_text())
+    assert meta["step"] == step and meta["world_size"] == 2
+    assert [s["position"] for s in meta["loaders"]] == [step % 24, step % 24]
+    tensors = load_file(str(latest_checkpoint(out / "checkpoints") / "state.safetensors"))
+    assert {"rng/cpu/0", "rng/cpu/1"} <= tensors.keys()
