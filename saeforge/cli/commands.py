@@ -2,6 +2,7 @@
 
 from saeforge.cli import (
     capture,  # noqa: F401
+    eval,  # noqa: F401
     plan,  # noqa: F401
     train,  # noqa: F401
     verify,  # noqa: F401
