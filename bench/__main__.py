@@ -8,7 +8,9 @@ Sections (all in one run, so that every number is compared with floors and refer
 - adam: the optimiser step alone for torch's Adam implementations and saeforge's;
 - memory: peak resident memory of a step above weights + optimiser state (fresh process);
 - loop: the trainer's whole loop with data loading, against the bare step;
-- store / architectures: the activation store's and the sae stage's own benchmarks when present.
+- eval: evaluation throughput (saeforge.eval.evaluate on activations);
+- store: the activation store's benchmark (capture overhead, loader bandwidth), run as `bench.store_bench`;
+- architectures (only when named in --sections): the sae stage's quality benchmark, `bench/architectures.py`.
 `--quick` runs a tiny shape in seconds (a check that the harness works, not a measurement).
 """
 
@@ -24,6 +26,7 @@ import argparse  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,7 +47,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 2; quick 1)")
     p.add_argument(
         "--sections",
-        default="training,phases,adam,memory,loop,store,architectures",
+        default="training,phases,adam,memory,loop,eval,store",
         help="comma-separated sections to run (machine floors always run)",
     )
     p.add_argument("--archs", default=",".join(TOPK_FAMILY + DENSE), help="comma-separated architectures")
@@ -56,6 +59,20 @@ def _optional_module(name: str):
     if importlib.util.find_spec(f"bench.{name}") is None:
         return None
     return importlib.import_module(f"bench.{name}")
+
+
+def _run_script(args: list[str], writes_json: bool = False) -> dict:
+    """Runs another stage's benchmark script in a fresh interpreter; returns its printed table (and its JSON)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ["--json", str(Path(tmp) / "out.json")] if writes_json else []
+        proc = subprocess.run([sys.executable, *args, *extra], capture_output=True, text=True, cwd=root)
+        if proc.returncode != 0:
+            return {"error": proc.stderr[-2000:]}
+        out = {"stdout": proc.stdout}
+        if writes_json:
+            out["json"] = json.loads((Path(tmp) / "out.json").read_text())
+        return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -107,10 +124,19 @@ def run(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             results["loop"] = loop.measure_loop(main_shape, steps, warmup, Path(tmp)) if loop else None
 
-    for name, module in (("store", "store_bench"), ("architectures", "architectures")):
-        if name in sections:
-            mod = _optional_module(module)
-            results[name] = mod.run(quick=args.quick) if mod is not None and hasattr(mod, "run") else None
+    if "eval" in sections:
+        from bench.evaluation import measure_eval
+
+        results["eval"] = measure_eval(main_shape, n_batches=2 if args.quick else 4)
+
+    if "store" in sections and _optional_module("store_bench"):
+        results["store"] = _run_script(
+            ["-m", "bench.store_bench", *(["--quick"] if args.quick else [])], True
+        )
+    if "architectures" in sections and _optional_module("architectures"):
+        results["architectures"] = _run_script(
+            ["bench/architectures.py", "--steps", "300" if args.quick else "3000"]
+        )
     return results
 
 

@@ -169,13 +169,18 @@ def render(results: dict) -> str:
             ),
             "",
         ]
+    ev = results.get("eval")
+    if ev:
+        out += [
+            "### Evaluation throughput (saeforge.eval.evaluate, exported TopK SAE, activations only)",
+            _table(
+                ["streaming tokens/s", "fixed cost s (decoder cosines)"],
+                [[f"{ev['streaming_tokens_per_s']:.0f}", f"{ev['fixed_s']:.2f}"]],
+            ),
+            "",
+        ]
     for name in ("store", "architectures"):
-        if results.get(name) is not None:
-            out += [f"### {name}", "```", json_dump(results[name]), "```", ""]
+        if results.get(name):
+            text = results[name].get("stdout") or results[name].get("error", "")
+            out += [f"### {name} (its own script's output)", "```", text.strip(), "```", ""]
     return "\n".join(out)
-
-
-def json_dump(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, default=float)
