@@ -41,6 +41,11 @@ def geometric_median(x: Tensor, max_iter: int = 200, tol: float = 1e-7) -> Tenso
     return m.to(x.dtype)
 
 
+def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """x [..., d_in] @ W [d_in, d] + b [d] -> [..., d] in one addmm."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
+
+
 class TrainingSAE(nn.Module):
     """Base of the training architectures. Subclasses set `architecture` and implement `training_forward`,
     `encode` and `_inference_state` (what `export` writes)."""
@@ -97,8 +102,12 @@ class TrainingSAE(nn.Module):
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """[..., d_in] -> [..., d_sae] encoder pre-activations (dense, differentiable)."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """[..., d_in] -> [..., d_sae] encoder pre-activations (dense, differentiable).
+
+        Computed as x @ W_enc + (b_enc - b_dec @ W_enc), the same value as (x - b_dec) @ W_enc + b_enc: with x
+        data, b_dec's gradient is then a matvec instead of a [B, d_sae] x [d_sae, d_in] matmul.
+        """
+        return _affine(x, self.W_enc, self.b_enc - self.b_dec @ self.W_enc)
 
     def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """[..., d_in] (scaled space) -> [..., d_sae], the per-token rule an exported SAE uses."""

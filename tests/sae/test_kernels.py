@@ -265,3 +265,44 @@ def test_batchtopk_selection_matches_flat_topk(case):
     assert got == sorted(map(tuple, expected))
     assert keep.any(1).sum() <= B and idx.shape[1] == int(keep.sum(1).max())
     torch.testing.assert_close(sae.threshold, acts[(acts >= tau) & (acts > 0)].min())
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "gated"])
+def test_dense_architectures_fold_b_dec_without_changing_gradients(arch):
+    """Dense architectures compute x @ W_enc + (b - b_dec @ W_enc); loss and every gradient equal those of the
+    textbook (x - b_dec) @ W_enc + b (float64)."""
+    from saeforge.sae.base import TrainStepInput
+    from saeforge.sae.registry import create_training_sae
+
+    def textbook_pre(sae, x):
+        return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+
+    def textbook_paths(sae, x):
+        xc = x - sae.b_dec
+        return xc @ sae.W_enc + sae.b_gate, xc @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(16, 12, generator=g, dtype=torch.float64) + 2.0
+    runs = []
+    for textbook in (False, True):
+        sae = create_training_sae(
+            {"architecture": arch, "d_in": 12, "d_sae": 48, "sparsity_coefficient": 0.3, "seed": 4}
+        ).double()
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.add_(
+                    0.1
+                    * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype)
+                )
+        if textbook:
+            sae.pre_acts = lambda x, sae=sae: textbook_pre(sae, x)
+            if arch == "gated":
+                sae._paths = lambda x, sae=sae: textbook_paths(sae, x)
+        out = sae.training_forward(TrainStepInput(x=x))
+        out.loss.backward()
+        runs.append((out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()}))
+    (loss, grads), (ref_loss, ref_grads) = runs
+    torch.testing.assert_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], msg=lambda m, name=name: f"grad {name}: {m}")
