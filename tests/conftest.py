@@ -51,3 +51,55 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300, **env: str) ->
 def cli():
     """`cli("train", "--help")` runs the command in a subprocess against this checkout."""
     return run_cli
+
+
+class TinyModels:
+    """Builds tiny tokenizers and models on first use, once per session, under one temporary root."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[str, Path] = {}
+
+    def tokenizer(self, style: str) -> Path:
+        from tests.tiny_models import build_tokenizer
+
+        key = f"tokenizer-{style}"
+        if key not in self._built:
+            self._built[key] = build_tokenizer(self.root / key, style=style)
+        return self._built[key]
+
+    def model(self, family: str) -> Path:
+        from tests.tiny_models import build_tiny_model
+
+        key = f"model-{family}"
+        if key not in self._built:
+            tokenizer_dir = self.tokenizer("wordpiece" if family == "bert" else "bpe")
+            self._built[key] = build_tiny_model(family, self.root / key, tokenizer_dir)
+        return self._built[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_models) -> Path:
+    """A byte-level BPE tokenizer directory (<|bos|>, <|eos|>, <|pad|>, chat template) trained on `builtin`."""
+    return tiny_models.tokenizer("bpe")
+
+
+@pytest.fixture(scope="session")
+def tiny_wordpiece_dir(tiny_models) -> Path:
+    """A BERT-style WordPiece tokenizer directory ([CLS], [SEP], [PAD], [MASK], [UNK]) trained on `builtin`."""
+    return tiny_models.tokenizer("wordpiece")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models):
+    """Factory: `tiny_model("llama")` -> local model directory (hidden size 64, 3 layers), built once per session.
+
+    Families (tests.tiny_models.FAMILIES): gpt2, gpt_neox, llama, mistral, qwen2, qwen3, gemma2, gemma3 (causal),
+    bert (encoder, WordPiece tokenizer).
+    """
+    return tiny_models.model

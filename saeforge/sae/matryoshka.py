@@ -35,7 +35,7 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
         pre = self._pre_no_grad(xc)
         idx, keep = self._select(pre, inp.collectives)
         vals = self._gather(xc, pre, idx).relu() * keep
-        group = torch.bucketize(idx, torch.tensor(self.prefix_ends, device=idx.device), right=True)
+        group = torch.bucketize(idx.contiguous(), torch.tensor(self.prefix_ends, device=idx.device), right=True)
         losses: dict[str, Tensor] = {}
         x_hat = self.b_dec.expand_as(x)
         for g, end in enumerate(self.prefix_ends):

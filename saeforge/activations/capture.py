@@ -1,0 +1,538 @@
+"""Capture: one truncated forward pass per batch of contexts -> one resumable, checksummed store per hook.
+
+Resumption is exact because everything a shard holds is a function of the token stream alone: contexts come on
+a fixed grid of forward batches (saeforge.activations.corpus), each hook's progress is the grid position of its
+last committed row, and a resumed run recomputes the batch it stopped in and skips what was committed. Shards
+are written to a temporary name, fsynced and renamed; the manifest (or, under torchrun, each rank's progress
+file) is rewritten atomically after every shard.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from saeforge.activations.corpus import ContextBatch, ContextStream
+from saeforge.activations.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    Manifest,
+    ModelCard,
+    RankProgress,
+    ShardEntry,
+    TokenCounts,
+)
+from saeforge.activations.shards import write_atomic_bytes, write_shard
+from saeforge.activations.stats import RunningStats
+from saeforge.activations.store import TORCH_DTYPES
+from saeforge.activations.writer import shard_name
+
+# Bytes a row costs besides its activations: token id (8) + (sequence, position) (16) + its context's share.
+ROW_OVERHEAD_BYTES = 8 + 16 + 8
+
+
+class CaptureError(RuntimeError):
+    """Capture cannot start or continue; the message says why and what to do. Committed shards are kept."""
+
+
+class CorpusExhausted(CaptureError):
+    """The corpus ended before --tokens were captured; what was captured is kept as an incomplete store."""
+
+
+class NonFiniteActivations(CaptureError):
+    """A captured activation is NaN or inf; the message names the hook, shard, row, sequence and position."""
+
+
+class CorpusSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="a text SOURCE (see saeforge.text.read_texts)")
+    weight: float = Field(default=1.0, gt=0, description="relative share of contexts drawn from this source")
+
+
+class CaptureConfig(BaseModel):
+    """Everything a capture needs; fields marked in `RESUME_FIELDS` must match to resume a partial store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="local model directory")
+    hooks: list[str] = Field(min_length=1, description="hook names; one store per hook at out/<hook>")
+    data: list[CorpusSource] = Field(min_length=1, description="corpus sources, mixed by weight")
+    tokens: int = Field(
+        gt=0, description="non-special corpus tokens to capture (rows before outlier dropping)"
+    )
+    out: Path = Field(description="output directory")
+    context_size: int = Field(default=128, ge=2)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    shard_tokens: int = Field(default=65536, gt=0, description="rows per shard")
+    batch_size: int = Field(default=8, gt=0, description="contexts per forward pass")
+    prepend_bos: bool = True
+    exclude_special: bool = Field(default=True, description="leave BOS/EOS/PAD/CLS/SEP positions out")
+    drop_outliers: float | None = Field(
+        default=None, gt=1, description="drop rows whose norm exceeds this multiple of their context's median"
+    )
+    seed: int = Field(default=0, description="seed of the mixture draw")
+    device: str = "cpu"
+    model_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _sources(cls, v):
+        if isinstance(v, str):
+            return [{"source": v}]
+        return [{"source": s} if isinstance(s, str) else s for s in v]
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_names(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"hooks are repeated: {v}")
+        for h in v:
+            if "/" in h or h in ("", ".", ".."):
+                raise ValueError(f"hook name {h!r} cannot name a directory (it may not contain '/')")
+        return v
+
+    def resume_key(self) -> dict:
+        """The settings a store's content depends on (device and out do not count)."""
+        return self.model_dump(mode="json", exclude={"out", "device"})
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def progress_file(store_dir: Path, rank: int) -> Path:
+    return store_dir / f"progress-rank{rank}.json"
+
+
+def bytes_per_row(d_in: int, dtype: str) -> int:
+    """Disk bytes one captured row takes (activations + token id + position + context share)."""
+    return d_in * torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size() + ROW_OVERHEAD_BYTES
+
+
+def store_status(cfg: CaptureConfig) -> dict[str, str]:
+    """For each hook: "complete", "partial" (resumable) or "new"; raises CaptureError when out/<hook> holds a
+    store captured with different settings."""
+    out = {}
+    for hook in cfg.hooks:
+        d = Path(cfg.out) / hook
+        m = d / MANIFEST
+        if m.is_file():
+            manifest = Manifest.read(m)
+            _check_same(manifest.capture, cfg, d)
+            out[hook] = "complete" if manifest.complete else "partial"
+        elif any(d.glob("progress-rank*.json")):
+            out[hook] = "partial"
+        else:
+            out[hook] = "new"
+    return out
+
+
+def _check_same(saved: dict | None, cfg: CaptureConfig, d: Path) -> None:
+    if saved is None:
+        raise CaptureError(f"{d} holds a store that saeforge capture did not write; choose another --out")
+    now = cfg.resume_key()
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} there vs {now.get(k)!r} now" for k in diff)
+        raise CaptureError(
+            f"{d} holds a capture made with other settings ({detail}); rerun with the same settings to "
+            "resume it, or choose another --out"
+        )
+
+
+class _HookWriter:
+    """Pending rows and committed progress of one hook's store in this process."""
+
+    def __init__(self, cfg: CaptureConfig, hook: str, rank: int, world: int, state: RankProgress):
+        self.cfg = cfg
+        self.hook = hook
+        self.dir = Path(cfg.out) / hook
+        self.rank, self.world = rank, world
+        self.state = state
+        self.d_in: int | None = len(state.sum) if state.sum is not None else None
+        self.stats: RunningStats | None = None
+        self.pending: dict[str, list[torch.Tensor]] = {k: [] for k in ("acts", "tok", "pos", "key")}
+        self.dropped_keys: list[torch.Tensor] = []
+        self.contexts: dict[int, torch.Tensor] = {}
+        self.grid = cfg.batch_size * cfg.context_size + 1
+        self.card: tuple[ModelCard, str] | None = None
+
+    def _stats(self, d_in: int) -> RunningStats:
+        if self.stats is None:
+            self.stats = RunningStats(d_in)
+            if self.state.sum is not None:
+                self.stats.sum = torch.tensor(self.state.sum, dtype=torch.float64)
+                self.stats.sum_sq_norm = self.state.sum_sq_norm
+                self.stats.sum_norm = self.state.sum_norm
+                self.stats.count = self.state.count
+        return self.stats
+
+    @property
+    def rows_pending(self) -> int:
+        return sum(t.shape[0] for t in self.pending["acts"])
+
+    def add(self, batch: ContextBatch, acts: torch.Tensor) -> None:
+        """Adds the candidate rows of `batch` (acts [n, context_size, d_in]) not yet committed."""
+        if batch.index < self.state.next_batch:
+            return
+        if self.d_in is None:
+            self.d_in = acts.shape[-1]
+        elif acts.shape[-1] != self.d_in:
+            raise CaptureError(
+                f"hook {self.hook}: activations have width {acts.shape[-1]}, the store {self.d_in}"
+            )
+        n, t = batch.candidate.shape
+        cand = batch.candidate.reshape(-1).nonzero()[:, 0]
+        flat = acts.reshape(n * t, -1)
+        keep = torch.ones(len(cand), dtype=torch.bool)
+        if self.cfg.drop_outliers is not None:
+            norms = acts.float().norm(dim=-1)
+            med = torch.stack(
+                [
+                    norms[i][batch.nonspecial[i]].median() if batch.nonspecial[i].any() else norms[i].median()
+                    for i in range(n)
+                ]
+            )
+            over = norms > self.cfg.drop_outliers * med[:, None]
+            keep = ~over.reshape(-1)[cand]
+        ordinal = torch.arange(len(cand))
+        if batch.index == self.state.next_batch:
+            fresh = ordinal >= self.state.next_candidate
+            cand, keep, ordinal = cand[fresh], keep[fresh], ordinal[fresh]
+        key = batch.index * self.grid + ordinal
+        self.dropped_keys.append(key[~keep])
+        cand, key = cand[keep], key[keep]
+        if len(cand) == 0:
+            return
+        seq = batch.seq_ids[cand // t]
+        self.pending["acts"].append(flat[cand].to(TORCH_DTYPES[self.cfg.dtype]))
+        self.pending["tok"].append(batch.tokens.reshape(-1)[cand])
+        self.pending["pos"].append(torch.stack([seq, cand % t], dim=1))
+        self.pending["key"].append(key)
+        for i, s in enumerate(batch.seq_ids.tolist()):
+            self.contexts[s] = batch.tokens[i]
+
+    def flush(self, final: bool = False) -> None:
+        """Commits full shards of `shard_tokens` rows (and, if final, the remainder)."""
+        while self.rows_pending >= self.cfg.shard_tokens or (final and self.rows_pending > 0):
+            cat = {k: torch.cat(v) for k, v in self.pending.items()}
+            take = min(self.cfg.shard_tokens, cat["acts"].shape[0])
+            self._commit({k: v[:take] for k, v in cat.items()})
+            self.pending = {k: [v[take:]] for k, v in cat.items()}
+
+    def _commit(self, rows: dict[str, torch.Tensor]) -> None:
+        acts = rows["acts"]
+        name = shard_name(len(self.state.shards), self.rank)
+        finite = torch.isfinite(acts).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            seq, pos = rows["pos"][bad].tolist()
+            raise NonFiniteActivations(
+                f"hook {self.hook}: NaN or inf in {self.dir / name} at row {bad} (sequence {seq}, position {pos}; "
+                f"{int((~finite).sum())} bad rows in this shard, stored as {self.cfg.dtype}). The shard was not "
+                "written; earlier shards are intact. Check the model in float32, or use --dtype float32 if "
+                "float16 overflowed."
+            )
+        seqs = torch.unique(rows["pos"][:, 0])
+        tensors = {
+            "activations": acts,
+            "token_ids": rows["tok"],
+            "positions": rows["pos"],
+            "contexts": torch.stack([self.contexts[s] for s in seqs.tolist()]),
+            "context_ids": seqs,
+        }
+        try:
+            sha, _ = write_shard(self.dir / name, tensors)
+        except OSError as e:
+            raise CaptureError(
+                f"writing {self.dir / name} failed ({e}). Shards before it are intact: free space and rerun the "
+                "same command to resume."
+            ) from e
+        last = int(rows["key"][-1])
+        dropped = torch.cat(self.dropped_keys) if self.dropped_keys else torch.empty(0, dtype=torch.int64)
+        stats = self._stats(acts.shape[1])
+        stats.add(acts)
+        st = self.state
+        st.shards.append(ShardEntry(path=name, rows=acts.shape[0], sha256=sha))
+        st.next_batch, st.next_candidate = divmod(last + 1, self.grid)
+        st.outliers_dropped += int((dropped <= last).sum())
+        self.dropped_keys = [dropped[dropped > last]]
+        st.sum, st.sum_sq_norm, st.sum_norm, st.count = (
+            stats.sum.tolist(),
+            stats.sum_sq_norm,
+            stats.sum_norm,
+            stats.count,
+        )
+        self.save_progress()
+
+    def prune_contexts(self) -> None:
+        live = set()
+        for p in self.pending["pos"]:
+            live.update(p[:, 0].tolist())
+        self.contexts = {s: c for s, c in self.contexts.items() if s in live}
+
+    def save_progress(self) -> None:
+        if self.world == 1:
+            model_card, tokenizer = self.card
+            manifest = _manifest(
+                self.cfg,
+                self.hook,
+                self.d_in,
+                [self.state],
+                False,
+                model_card=model_card,
+                tokenizer=tokenizer,
+            )
+            manifest.write(self.dir / MANIFEST)
+        else:
+            write_atomic_bytes(progress_file(self.dir, self.rank), self.state.model_dump_json().encode())
+
+
+def _manifest(
+    cfg: CaptureConfig,
+    hook: str,
+    d_in: int | None,
+    states: list[RankProgress],
+    complete: bool,
+    stream: ContextStream | None = None,
+    model_card: ModelCard | None = None,
+    tokenizer: str | None = None,
+    exhausted: bool = False,
+) -> Manifest:
+    shards = [s for st in states for s in st.shards]
+    stats = RunningStats(d_in or 1)
+    for st in states:
+        if st.sum is not None:
+            stats.sum += torch.tensor(st.sum, dtype=torch.float64)
+            stats.sum_sq_norm += st.sum_sq_norm
+            stats.sum_norm += st.sum_norm
+            stats.count += st.count
+    rows = sum(s.rows for s in shards)
+    counts = TokenCounts(
+        requested=cfg.tokens,
+        seen=stream.seen if stream else 0,
+        special_excluded=stream.special_excluded if stream else 0,
+        outliers_dropped=sum(st.outliers_dropped for st in states),
+        rows=rows,
+    )
+    single = states[0] if len(states) == 1 and not complete else None
+    return Manifest(
+        d_in=d_in or 1,
+        dtype=cfg.dtype,
+        hook=hook,
+        shards=shards,
+        format_version=FORMAT_VERSION,
+        complete=complete,
+        exhausted=exhausted,
+        stats=stats.result() if complete or exhausted else None,
+        model=model_card,
+        tokenizer=tokenizer,
+        context_size=cfg.context_size,
+        prepend_bos=cfg.prepend_bos,
+        exclude_special=cfg.exclude_special,
+        corpus=stream.cards if stream else [],
+        preprocessing=(
+            "documents tokenised without special tokens, each followed by EOS (SEP for encoders), packed into "
+            f"contexts of {cfg.context_size} tokens"
+            + (" starting with BOS (CLS for encoders)" if cfg.prepend_bos else "")
+            + ("; special-token positions excluded" if cfg.exclude_special else "")
+            + (
+                f"; rows with norm > {cfg.drop_outliers} x their context's median norm dropped"
+                if cfg.drop_outliers
+                else ""
+            )
+        ),
+        outlier_threshold=cfg.drop_outliers,
+        tokens=counts if (complete or exhausted) else None,
+        contexts="shard",
+        capture=cfg.resume_key(),
+        progress=single,
+    )
+
+
+def _load_state(cfg: CaptureConfig, hook: str, rank: int, world: int) -> RankProgress:
+    d = Path(cfg.out) / hook
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in d.glob(f".shard-{rank:03d}-*.tmp-*"):
+        stale.unlink()
+    if world == 1:
+        if any(d.glob("progress-rank*.json")):
+            raise CaptureError(f"{d} was started under torchrun; resume it with the same torchrun command")
+        m = d / MANIFEST
+        if m.is_file():
+            manifest = Manifest.read(m)
+            _check_same(manifest.capture, cfg, d)
+            return manifest.progress or RankProgress()
+        return RankProgress()
+    if (d / MANIFEST).is_file():
+        _check_same(Manifest.read(d / MANIFEST).capture, cfg, d)
+    f = progress_file(d, rank)
+    if f.is_file():
+        state = RankProgress.model_validate(json.loads(f.read_text()))
+        if state.world_size != world:
+            raise CaptureError(
+                f"{d} was started with {state.world_size} processes; resume with --nproc_per_node {state.world_size}"
+            )
+        return state
+    if (d / MANIFEST).is_file() and not Manifest.read(d / MANIFEST).complete:
+        raise CaptureError(f"{d} was started by a single process; resume it without torchrun")
+    return RankProgress(rank=rank, world_size=world)
+
+
+def check_disk(cfg: CaptureConfig, d_ins: dict[str, int], rows_left: int) -> None:
+    """Raises CaptureError when the disk under cfg.out lacks room for `rows_left` more rows of every hook."""
+    need = sum(rows_left * bytes_per_row(d, cfg.dtype) for d in d_ins.values())
+    free = shutil.disk_usage(cfg.out).free
+    if need > free:
+        gib = 1 << 30
+        raise CaptureError(
+            f"not enough disk space in {cfg.out}: the capture needs about {need / gib:.2f} GiB more but only "
+            f"{free / gib:.2f} GiB are free ({(need - free) / gib:.2f} GiB missing). Free space, lower --tokens, "
+            "use --dtype bfloat16, or choose another --out."
+        )
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str, Path]:
+    """Captures cfg.tokens rows at every hook of cfg.hooks; returns {hook: store directory}.
+
+    Resumes a partial capture in cfg.out (same settings), returns at once for a complete one. Under
+    torch.distributed (torchrun), each process runs the forward passes of its share of the batch grid and
+    writes its own shards; rank 0 writes the manifest. `progress(tokens_done, tokens_total)` is called after
+    every forward batch of this process. Raises CorpusExhausted (store kept, marked incomplete) if the corpus
+    is shorter than cfg.tokens, NonFiniteActivations on NaN/inf, CaptureError on missing disk space.
+    """
+    from saeforge.models import load_model
+
+    rank, world = _world()
+    out = Path(cfg.out)
+    dirs = {h: out / h for h in cfg.hooks}
+    status = store_status(cfg)
+    if all(s == "complete" for s in status.values()):
+        return dirs
+    if any(s == "complete" for s in status.values()):
+        done = [h for h, s in status.items() if s == "complete"]
+        raise CaptureError(
+            f"hooks {done} are already complete in {out}; capture the other hooks into another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    from saeforge.models import resolve_hook, run_hooks
+
+    for h in cfg.hooks:
+        resolve_hook(loaded.model, h)
+    writers = {h: _HookWriter(cfg, h, rank, world, _load_state(cfg, h, rank, world)) for h in cfg.hooks}
+    fingerprint = loaded.fingerprint
+    card = ModelCard(path=str(loaded.path), fingerprint=fingerprint, family=loaded.family, kind=loaded.kind)
+    tokenizer_name = str(getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__)
+    for w in writers.values():
+        w.card = (card, tokenizer_name)
+        saved = w.dir / MANIFEST
+        if saved.is_file() and (old := Manifest.read(saved)).model and old.model.fingerprint != fingerprint:
+            raise CaptureError(
+                f"{w.dir} was captured from a model with other weights (fingerprint {old.model.fingerprint[:12]} vs "
+                f"{fingerprint[:12]}); choose another --out"
+            )
+    start = min(w.state.next_batch for w in writers.values())
+    stream = ContextStream(
+        [(s.source, s.weight) for s in cfg.data],
+        loaded.tokenizer,
+        cfg.context_size,
+        cfg.tokens,
+        cfg.batch_size,
+        prepend_bos=cfg.prepend_bos,
+        exclude_special=cfg.exclude_special,
+        seed=cfg.seed,
+    )
+    checked = False
+    device = torch.device(cfg.device)
+    for batch in stream:
+        if batch.index % world != rank or batch.index < start:
+            continue
+        with torch.no_grad():
+            acts = run_hooks(
+                loaded, batch.tokens.to(device), torch.ones_like(batch.tokens).to(device), cfg.hooks
+            )
+        if not checked:
+            rows_left = (cfg.tokens - sum(w.state.count for w in writers.values()) // len(writers)) // world
+            check_disk(cfg, {h: a.shape[-1] for h, a in acts.items()}, rows_left)
+            checked = True
+        for h, w in writers.items():
+            w.add(batch, acts[h].detach().cpu())
+            w.flush()
+            w.prune_contexts()
+        if progress is not None:
+            progress(stream.seen, cfg.tokens)
+    for w in writers.values():
+        w.flush(final=True)
+        if w.d_in is None:
+            w.d_in = loaded.d_model
+    return _finish(cfg, writers, stream, card, tokenizer_name, rank, world, dirs)
+
+
+def _finish(cfg, writers, stream, card, tokenizer_name, rank, world, dirs) -> dict[str, Path]:
+    exhausted = stream.exhausted
+    for h, w in writers.items():
+        if world == 1:
+            states = [w.state]
+        else:
+            import torch.distributed as dist
+
+            w.save_progress()
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, (w.state.model_dump(), w.d_in))
+            states = [RankProgress.model_validate(g[0]) for g in gathered]
+            w.d_in = next((g[1] for g in gathered if g[1] is not None), w.d_in)
+        if rank == 0:
+            manifest = _manifest(
+                cfg,
+                h,
+                w.d_in,
+                states,
+                complete=not exhausted,
+                stream=stream,
+                model_card=card,
+                tokenizer=tokenizer_name,
+                exhausted=exhausted,
+            )
+            manifest.write(w.dir / MANIFEST)
+            if not exhausted:
+                for f in w.dir.glob("progress-rank*.json"):
+                    f.unlink()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if exhausted:
+        rows = {h: sum(s.rows for s in w.state.shards) for h, w in writers.items()}
+        raise CorpusExhausted(
+            f"the corpus ran out ({stream.exhausted_source} ended) after {stream.seen} of the {cfg.tokens} "
+            f"tokens asked for. The rows captured so far are kept in {Path(cfg.out)} (rows of this process: {rows}) "
+            "as an incomplete store; give more text or a smaller --tokens in a new --out."
+        )
+    return dirs
+
+
+__all__ = [
+    "CaptureConfig",
+    "CaptureError",
+    "CorpusExhausted",
+    "CorpusSource",
+    "NonFiniteActivations",
+    "bytes_per_row",
+    "capture",
+    "check_disk",
+    "store_status",
+]

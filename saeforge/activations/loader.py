@@ -1,0 +1,191 @@
+"""ActivationLoader: globally shuffled training batches from a store's memory-mapped shards, exactly resumable.
+
+Each epoch draws one permutation of all rows of all shards from (seed, epoch); global batch `p` of the epoch is
+permutation[p * batch_size : (p + 1) * batch_size] (the last incomplete batch of an epoch is skipped), and rank
+r of world_size takes the r-th contiguous slice of batch_size // world_size rows. The state is (epoch,
+position), so a loader restored from `state_dict()` yields exactly the batches the original would have.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from saeforge.activations.shards import as_tensor
+from saeforge.activations.store import ST_NAMES, ActivationStore, StoreError
+
+_SCALE_SAMPLE = 4096
+
+
+def estimate_mean_norm(store: ActivationStore, rows: int = _SCALE_SAMPLE) -> float:
+    """E||x|| over up to `rows` rows spread evenly through the store (float64)."""
+    n = store.num_rows
+    take = np.unique(np.linspace(0, n - 1, num=min(rows, n)).astype(np.int64))
+    x = gather_rows(store, take, torch.float64)
+    return float(x.norm(dim=1).mean())
+
+
+def gather_rows(store: ActivationStore, rows: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """Rows `rows` (global row indices) of the store as [len(rows), d_in], in increasing row order.
+
+    Indices are sorted and split per shard; each shard's rows are gathered straight into the output (numpy
+    fancy indexing on the memmap: one copy, reads in increasing file offset).
+    """
+    gather_dtype = dtype if dtype in (torch.float32, torch.float64, torch.float16) else torch.float32
+    out = torch.empty((len(rows), store.d_in), dtype=gather_dtype)
+    out_np = out.numpy()
+    sorted_rows = np.sort(rows)
+    shard_of = np.searchsorted(store.row_offsets, sorted_rows, side="right") - 1
+    bounds = np.searchsorted(shard_of, np.arange(store.num_shards + 1))
+    st_dtype = ST_NAMES[store.manifest.dtype]
+    same = _NP_OF[st_dtype] == out_np.dtype
+    for s in range(store.num_shards):
+        a, b = int(bounds[s]), int(bounds[s + 1])
+        if a == b:
+            continue
+        local = sorted_rows[a:b] - store.row_offsets[s]
+        if same:
+            np.take(store.activations_array(s), local, axis=0, out=out_np[a:b])
+        else:
+            part = as_tensor(np.take(store.activations_array(s), local, axis=0), st_dtype)
+            out[a:b] = part.to(gather_dtype)
+    return out.to(dtype)
+
+
+_NP_OF = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(np.uint16)}
+
+
+class ActivationLoader:
+    """Infinite iterator of training batches [batch_size // world_size, d_in] from an activation store.
+
+    Which rows form a batch is random (a slice of the epoch's permutation); inside a batch the rows come in
+    store order (sorted by shard and row), which makes the gather a sequential sweep of each shard. Shuffle
+    inside the batch if its order matters to you (SAE losses are means over the batch, so it does not).
+
+    Args:
+        store: an opened ActivationStore.
+        batch_size: the GLOBAL batch size; each rank gets batch_size // world_size rows of every batch.
+        seed: permutation seed; epoch e uses the permutation drawn from (seed, e).
+        rank, world_size: this process's slice of each global batch (data parallel training).
+        dtype: dtype of the yielded batches.
+        verify: check every shard's sha256 before serving any data (a corrupted shard is never served).
+    """
+
+    def __init__(
+        self,
+        store: ActivationStore,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        verify: bool = True,
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if batch_size <= 0 or batch_size % world_size:
+            raise ValueError(
+                f"batch_size {batch_size} must be a positive multiple of world_size {world_size}"
+            )
+        if store.num_rows < batch_size:
+            raise StoreError(
+                f"{store.path} holds {store.num_rows} rows, fewer than one batch of {batch_size}; "
+                "capture more tokens or lower the batch size"
+            )
+        if verify and (bad := store.verify()):
+            raise StoreError(
+                "refusing to serve corrupted shards: "
+                + "; ".join(bad)
+                + ". Run `saeforge verify` and recapture."
+            )
+        self.store = store
+        self.batch_size = batch_size
+        self.local_batch_size = batch_size // world_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.dtype = dtype
+        self.batches_per_epoch = store.num_rows // batch_size
+        self.epoch = 0
+        self.position = 0
+        self._perm: np.ndarray | None = None
+        self._perm_epoch = -1
+        self._last: np.ndarray | None = None
+        self._scale: float | None = None
+
+    # -- shuffling ---------------------------------------------------------------------------------------
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The global row permutation of `epoch` (int64 [num_rows]), identical on every rank."""
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.store.num_rows)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch_rows(self, epoch: int, position: int) -> np.ndarray:
+        """Global row indices this rank gets for batch `position` of `epoch`."""
+        start = position * self.batch_size + self.rank * self.local_batch_size
+        return self.permutation(epoch)[start : start + self.local_batch_size]
+
+    # -- iteration ---------------------------------------------------------------------------------------
+    def __iter__(self) -> ActivationLoader:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        rows = self.batch_rows(self.epoch, self.position)
+        self._last = rows
+        batch = gather_rows(self.store, rows, self.dtype)
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict:
+        """JSON-able state: the next batch is batch `position` of epoch `epoch`."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "batch_size"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"loader state was saved with {key}={state[key]} but this loader has {key}="
+                    f"{getattr(self, key)}; resume with the same {key}"
+                )
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if not 0 <= position < self.batches_per_epoch:
+            raise ValueError(f"loader position {position} is outside [0, {self.batches_per_epoch})")
+        self.epoch, self.position = epoch, position
+
+    def last_source(self) -> list[tuple[str, list[int]]]:
+        """For the last batch: [(shard path, row indices inside that shard)], for error messages."""
+        if self._last is None:
+            return []
+        rows = np.sort(self._last)
+        shard_of = np.searchsorted(self.store.row_offsets, rows, side="right") - 1
+        out = []
+        for s in np.unique(shard_of):
+            local = rows[shard_of == s] - self.store.row_offsets[s]
+            out.append((str(self.store.shard_path(int(s))), local.tolist()))
+        return out
+
+    @property
+    def activation_scale(self) -> float:
+        """sqrt(d_in) / E||x||: multiply activations by it to bring their mean norm to sqrt(d_in).
+
+        From the manifest's statistics when present, else estimated from a sample of rows."""
+        if self._scale is None:
+            stats = self.store.stats
+            if stats is not None and stats.mean_norm:
+                mean_norm = stats.mean_norm
+            elif stats is not None and stats.mean_sq_norm > 0:
+                mean_norm = math.sqrt(stats.mean_sq_norm)
+            else:
+                mean_norm = estimate_mean_norm(self.store)
+            self._scale = math.sqrt(self.store.d_in) / mean_norm if mean_norm > 0 else 1.0
+        return self._scale

@@ -1,0 +1,126 @@
+"""Estimates before spending: store disk size, SAE + Adam memory, capture and training time on this machine.
+
+Times come from a short timed run here: a few truncated forward passes of the model to the hook, and a few
+dense SAE training steps (encode, ReLU, decode, backward, Adam) of the planned size. The dense step is an upper
+bound for TopK with a sparse decoder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from saeforge.activations.capture import bytes_per_row
+
+_TRAIN_BATCH = 1024
+
+
+class Plan(BaseModel):
+    hook: str
+    d_in: int
+    d_sae: int
+    tokens: int
+    dtype: str
+    store_bytes: int
+    free_bytes: int | None
+    sae_params: int
+    sae_adam_bytes: int
+    batch_bytes: int
+    forward_tokens_per_s: float
+    train_tokens_per_s: float
+    capture_seconds: float
+    train_seconds: float
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def time_sae_step(d_in: int, d_sae: int, batch: int = _TRAIN_BATCH, repeats: int = 2) -> float:
+    """Seconds of one dense SAE training step (forward, backward, Adam) on a [batch, d_in] batch."""
+    g = torch.Generator().manual_seed(0)
+    W_enc = torch.randn(d_in, d_sae, generator=g).div_(d_in**0.5).requires_grad_()
+    W_dec = torch.randn(d_sae, d_in, generator=g).div_(d_sae**0.5).requires_grad_()
+    b_enc = torch.zeros(d_sae, requires_grad=True)
+    b_dec = torch.zeros(d_in, requires_grad=True)
+    x = torch.randn(batch, d_in, generator=g)
+    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=1e-4)
+
+    def step():
+        opt.zero_grad()
+        f = torch.relu((x - b_dec) @ W_enc + b_enc)
+        loss = ((f @ W_dec + b_dec - x) ** 2).sum(-1).mean() + f.abs().sum(-1).mean()
+        loss.backward()
+        opt.step()
+
+    return _timed(step, repeats)
+
+
+def plan(
+    model: str | Path,
+    hook: str,
+    tokens: int,
+    dtype: str = "float32",
+    expansion_factor: float = 16.0,
+    context_size: int = 128,
+    batch_size: int = 8,
+    out: str | Path | None = None,
+    device: str = "cpu",
+) -> Plan:
+    """Plans a capture of `tokens` rows at `hook` and the training of an SAE with d_sae = expansion_factor * d_in."""
+    from saeforge.models import load_model, resolve_hook, run_hooks
+
+    loaded = load_model(model, device=device)
+    resolve_hook(loaded.model, hook)
+    vocab = int(getattr(loaded.model.config, "vocab_size", 0) or len(loaded.tokenizer))
+    ids = torch.randint(
+        0,
+        min(vocab, len(loaded.tokenizer)),
+        (batch_size, context_size),
+        generator=torch.Generator().manual_seed(0),
+    )
+    ids = ids.to(loaded.device)
+    mask = torch.ones_like(ids)
+    shape: list[int] = []
+
+    def forward():
+        with torch.no_grad():
+            shape[:] = next(iter(run_hooks(loaded, ids, mask, [hook]).values())).shape
+
+    forward_s = _timed(forward, 2)
+    d_in = int(shape[-1])
+    d_sae = int(round(expansion_factor * d_in))
+    step_s = time_sae_step(d_in, d_sae)
+    params = 2 * d_in * d_sae + d_sae + d_in
+    forward_tps = batch_size * context_size / forward_s
+    train_tps = _TRAIN_BATCH / step_s
+    free = None
+    if out is not None:
+        probe = Path(out)
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+    return Plan(
+        hook=hook,
+        d_in=d_in,
+        d_sae=d_sae,
+        tokens=tokens,
+        dtype=dtype,
+        store_bytes=tokens * bytes_per_row(d_in, dtype),
+        free_bytes=free,
+        sae_params=params,
+        sae_adam_bytes=params * 4 * 4,
+        batch_bytes=4096 * (2 * d_sae + 3 * d_in) * 4,
+        forward_tokens_per_s=forward_tps,
+        train_tokens_per_s=train_tps,
+        capture_seconds=tokens / forward_tps,
+        train_seconds=tokens / train_tps,
+    )

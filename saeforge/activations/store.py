@@ -1,0 +1,199 @@
+"""ActivationStore: a directory of safetensors shards described by `manifest.json`, read through memmaps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saeforge.activations.manifest import MANIFEST, Manifest, Stats
+from saeforge.activations.shards import (
+    ST_DTYPES,
+    ShardError,
+    memmap_array,
+    memmap_tensor,
+    read_header,
+    sha256_file,
+)
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ST_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+class StoreError(ValueError):
+    """The directory is not a usable activation store; the message says why and what to do."""
+
+
+def find_stores(path: Path) -> list[Path]:
+    """Store directories at `path`: itself if it has a manifest, else its subdirectories that have one."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if (p / MANIFEST).is_file())
+
+
+def verify_shards(path: Path, manifest: Manifest) -> list[str]:
+    """Checks each shard of `manifest` under `path` (header against the manifest, then sha256 when recorded);
+    returns one line per bad shard ("path: reason"), in manifest order."""
+    bad = []
+    for i, entry in enumerate(manifest.shards):
+        try:
+            ActivationStore._check_header(path, manifest, i)
+        except ShardError as e:
+            bad.append(str(e))
+            continue
+        if entry.sha256 is not None and sha256_file(path / entry.path) != entry.sha256:
+            bad.append(f"{path / entry.path}: sha256 mismatch (corrupted)")
+    return bad
+
+
+class ActivationStore:
+    """An opened activation store.
+
+    `open` reads the manifest and every shard's safetensors header (no data) and checks that each shard's
+    `activations` is [rows, d_in] of the manifest's dtype; `verify()` additionally checks each sha256.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, headers: list[tuple[dict, int]]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._headers = headers
+        self._shards: dict[int, dict[str, torch.Tensor]] = {}
+        self._arrays: dict[int, np.ndarray] = {}
+        self._context_index: dict[int, tuple[int, int]] | None = None
+        offsets = np.zeros(len(manifest.shards) + 1, dtype=np.int64)
+        np.cumsum([s.rows for s in manifest.shards], out=offsets[1:])
+        self.row_offsets = offsets
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = False) -> ActivationStore:
+        """Opens the store at `path`, or the single store inside `path` (capture writes OUT/<hook name>)."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(
+                f"activation store {path} does not exist; run `saeforge capture ... --out {path}`"
+            )
+        stores = find_stores(path)
+        if not stores:
+            raise StoreError(
+                f"{path} holds no {MANIFEST}: it is not an activation store (nor a capture output)"
+            )
+        if len(stores) > 1:
+            names = ", ".join(str(s) for s in stores)
+            raise StoreError(f"{path} holds {len(stores)} stores (one per hook); open one of: {names}")
+        path = stores[0]
+        manifest = Manifest.read(path / MANIFEST)
+        headers = [cls._check_header(path, manifest, i) for i in range(len(manifest.shards))]
+        store = cls(path, manifest, headers)
+        if verify and (bad := store.verify()):
+            raise StoreError("corrupted shards: " + "; ".join(bad) + ". Recapture or restore these files.")
+        return store
+
+    @staticmethod
+    def _check_header(path: Path, manifest: Manifest, i: int) -> tuple[dict, int]:
+        entry = manifest.shards[i]
+        file = path / entry.path
+        header, start = read_header(file)
+        acts = header.get("activations")
+        if acts is None:
+            raise ShardError(f"{file}: no `activations` tensor")
+        expect = [entry.rows, manifest.d_in]
+        if list(acts["shape"]) != expect:
+            raise ShardError(
+                f"{file}: `activations` is {acts['shape']}, manifest says {expect} ([rows, d_in])"
+            )
+        if acts["dtype"] != ST_NAMES[manifest.dtype]:
+            raise ShardError(f"{file}: `activations` is {acts['dtype']}, manifest says {manifest.dtype}")
+        return header, start
+
+    # -- properties ---------------------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.manifest.d_in
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.manifest.dtype]
+
+    @property
+    def hook(self) -> str:
+        return self.manifest.hook
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.row_offsets[-1])
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest.shards)
+
+    @property
+    def stats(self) -> Stats | None:
+        return self.manifest.stats
+
+    def shard_path(self, i: int) -> Path:
+        return self.path / self.manifest.shards[i].path
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def shard(self, i: int) -> dict[str, torch.Tensor]:
+        """Memory-mapped tensors of shard i: `activations` [rows, d_in] and, when written by saeforge,
+        `token_ids` [rows], `positions` [rows, 2] (sequence, position), `contexts` [n_seq, context_size],
+        `context_ids` [n_seq]."""
+        if i not in self._shards:
+            header, start = self._headers[i]
+            file = self.shard_path(i)
+            tensors = {}
+            for name, info in header.items():
+                if info["dtype"] not in ST_DTYPES:
+                    continue
+                tensors[name] = memmap_tensor(file, info, start)
+            self._shards[i] = tensors
+        return self._shards[i]
+
+    def activations_array(self, i: int) -> np.ndarray:
+        """Read-only numpy memmap of shard i's activations [rows, d_in] (bfloat16 as uint16), for fast gathers."""
+        if i not in self._arrays:
+            header, start = self._headers[i]
+            self._arrays[i] = memmap_array(self.shard_path(i), header["activations"], start)
+        return self._arrays[i]
+
+    def verify(self) -> list[str]:
+        """Checks every shard's header and sha256; returns one line per bad shard ("path: reason")."""
+        return verify_shards(self.path, self.manifest)
+
+    def iter_batches(self, batch_size: int, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """Yields all rows once, in store order, as [<=batch_size, d_in] tensors (for evaluation)."""
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        pending: list[torch.Tensor] = []
+        have = 0
+        for i in range(self.num_shards):
+            acts = self.shard(i)["activations"]
+            start = 0
+            while start < acts.shape[0]:
+                take = min(batch_size - have, acts.shape[0] - start)
+                pending.append(acts[start : start + take].to(dtype, copy=True))
+                have += take
+                start += take
+                if have == batch_size:
+                    yield torch.cat(pending) if len(pending) > 1 else pending[0]
+                    pending, have = [], 0
+        if pending:
+            yield torch.cat(pending)
+
+    def context(self, seq_id: int) -> torch.Tensor | None:
+        """Token ids [context_size] of stored sequence `seq_id`, or None if the store keeps no contexts."""
+        if self._context_index is None:
+            self._context_index = {}
+            for i in range(self.num_shards):
+                ids = self.shard(i).get("context_ids")
+                for j, s in enumerate(ids.tolist() if ids is not None else []):
+                    self._context_index.setdefault(s, (i, j))
+        where = self._context_index.get(int(seq_id))
+        if where is None:
+            return None
+        return self.shard(where[0])["contexts"][where[1]].clone()

