@@ -1,6 +1,6 @@
 """Every architecture on the same synthetic ground truth, equal tokens, similar L0.
 
-    python bench/architectures.py [--steps 3000] [--batch-size 512] [--seeds 0 1 2]
+    PYTHONPATH=. python bench/architectures.py [--steps 1500] [--seeds 0 1 2]
 
 Prints a Markdown table (feature recovery, FVU, L0, dead %) averaged over seeds; docs/architectures.md records
 its output. The training loop is deliberately plain (Adam, linear sparsity warm-up, dead = no firing in the last
@@ -84,14 +84,15 @@ def fit_and_measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per SAE")
-    parser.add_argument("--batch-size", type=int, default=512, help="tokens per step")
-    parser.add_argument("--d-in", type=int, default=64, help="activation width")
-    parser.add_argument("--n-features", type=int, default=256, help="true features (superposition: > d_in)")
-    parser.add_argument("--d-sae", type=int, default=256, help="SAE latents")
+    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps per SAE")
+    parser.add_argument("--batch-size", type=int, default=256, help="tokens per step")
+    parser.add_argument("--d-in", type=int, default=32, help="activation width")
+    parser.add_argument("--n-features", type=int, default=48, help="true features (superposition: > d_in)")
+    parser.add_argument("--d-sae", type=int, default=48, help="SAE latents")
     parser.add_argument(
-        "--l0", type=float, default=8.0, help="true features firing per token; also k/target L0"
+        "--l0", type=float, default=3.0, help="true features firing per token; also k/target L0"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to average over")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

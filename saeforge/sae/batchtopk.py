@@ -42,6 +42,10 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         pre = self.pre_acts(x)
         return pre.relu() * (pre > self.threshold)
 
+    def _extras(self) -> dict[str, Tensor]:
+        """For the trainer's logs: the inference threshold estimate."""
+        return {"threshold": self.threshold.detach().clone()}
+
     def _inference_state(self, s: float) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.double().expand(self.d_sae).clone()}
 
@@ -96,4 +100,4 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
         losses = {"mse": mse, "auxk": auxk}
         fired = self._fired(idx, vals, self.d_sae)
-        return TrainStepOutput(x_hat, mse + auxk, losses, fired, fired.sum() / x.shape[0])
+        return TrainStepOutput(x_hat, mse + auxk, losses, fired, fired.sum() / x.shape[0], self._extras())

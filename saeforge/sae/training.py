@@ -185,6 +185,10 @@ class PenaltySAE(TrainingSAE):
         """The penalty weight for this step (no grad)."""
         return self.sparsity_coefficient * float(inp.sparsity_warmup)
 
+    def _extras(self) -> dict[str, Tensor]:
+        """For the trainer's logs: the current lambda (before warm-up)."""
+        return {"sparsity_coefficient": self.sparsity_coefficient.detach().clone()}
+
     @torch.no_grad()
     def _adapt(self, inp: TrainStepInput, l0: Tensor) -> None:
         if self.cfg.target_l0 is None or inp.sparsity_warmup < 1.0 or not self.training:
