@@ -35,14 +35,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _train(
-    arch: str, steps: int = 600, batch_size: int = 256, dead_tokens: int = 2_000, warmup_fraction: float = 0.5
-):
-    torch.manual_seed(0)
-    data = SyntheticActivations(SyntheticConfig(d_in=D_IN, n_features=N_FEATURES, l0=TRUE_L0, seed=0))
+def _train(arch: str, steps: int = 600, batch_size: int = 256, dead_tokens: int = 2_000, seed: int = 0):
+    torch.manual_seed(seed)
+    data = SyntheticActivations(SyntheticConfig(d_in=D_IN, n_features=N_FEATURES, l0=TRUE_L0, seed=seed))
     sample = data.sample(4096)
     scale = D_IN**0.5 / sample.norm(dim=1).mean().item()
-    cfg = dict(architecture=arch, d_in=D_IN, d_sae=N_FEATURES, target_l0=None, **SETTINGS[arch])
+    cfg = dict(architecture=arch, d_in=D_IN, d_sae=N_FEATURES, target_l0=None, seed=seed, **SETTINGS[arch])
     if arch in ("standard", "jumprelu", "gated"):
         cfg["target_l0"] = TRUE_L0
     sae = create_training_sae({k: v for k, v in cfg.items() if v is not None})
@@ -50,7 +48,7 @@ def _train(
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     since_fired = torch.zeros(N_FEATURES)
     for step in range(steps):
-        warmup = min(1.0, (step + 1) / (warmup_fraction * steps))
+        warmup = min(1.0, (step + 1) / (0.5 * steps))
         out = sae.training_forward(
             TrainStepInput(x=scale * data.sample(batch_size), step=step, dead_mask=since_fired >= dead_tokens,
                            sparsity_warmup=warmup)
