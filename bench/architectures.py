@@ -1,6 +1,6 @@
 """Every architecture on the same synthetic ground truth, equal tokens, similar L0.
 
-    python bench/architectures.py [--steps 3000] [--batch-size 512] [--seeds 0 1 2]
+    PYTHONPATH=. python bench/architectures.py [--steps 1500] [--seeds 0 1 2]
 
 Prints a Markdown table (feature recovery, FVU, L0, dead %) averaged over seeds; docs/architectures.md records
 its output. The training loop is deliberately plain (Adam, linear sparsity warm-up, dead = no firing in the last
@@ -17,7 +17,15 @@ import torch
 from saeforge.sae import TrainStepInput, create_training_sae
 from saeforge.synthetic import SyntheticActivations, SyntheticConfig, feature_recovery
 
-ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
+# Per-architecture settings beyond the shared d_sae and k / target_l0 (as in tests/sae/test_quality.py).
+SETTINGS: dict[str, dict] = {
+    "standard": {},
+    "topk": {"aux_coefficient": 0.25},
+    "batchtopk": {"aux_coefficient": 0.25},
+    "jumprelu": {},
+    "gated": {},
+    "matryoshka": {"aux_coefficient": 0.25},
+}
 
 
 def fit_and_measure(
@@ -27,9 +35,9 @@ def fit_and_measure(
     k: int,
     steps: int,
     batch_size: int,
-    lr: float = 3e-3,
-    warmup_fraction: float = 0.1,
-    dead_tokens: int = 20_000,
+    lr: float = 1e-2,
+    warmup_fraction: float = 0.5,
+    dead_tokens: int = 2_000,
     seed: int = 0,
     **cfg: object,
 ) -> dict[str, float]:
@@ -38,7 +46,10 @@ def fit_and_measure(
     d_in = data.cfg.d_in
     sample = data.sample(8192)
     scale = d_in**0.5 / sample.norm(dim=1).mean().item()
-    sae = create_training_sae(dict(architecture=architecture, d_in=d_in, d_sae=d_sae, k=k, seed=seed, **cfg))
+    sparsity = {"k": k} if architecture in ("topk", "batchtopk", "matryoshka") else {"target_l0": k}
+    sae = create_training_sae(
+        dict(architecture=architecture, d_in=d_in, d_sae=d_sae, seed=seed, **sparsity, **cfg)
+    )
     sae.init_from_data(scale * sample)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae)
@@ -73,16 +84,18 @@ def fit_and_measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps per SAE")
-    parser.add_argument("--batch-size", type=int, default=512, help="tokens per step")
-    parser.add_argument("--d-in", type=int, default=64, help="activation width")
-    parser.add_argument("--n-features", type=int, default=256, help="true features (superposition: > d_in)")
-    parser.add_argument("--d-sae", type=int, default=256, help="SAE latents")
+    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps per SAE")
+    parser.add_argument("--batch-size", type=int, default=256, help="tokens per step")
+    parser.add_argument("--d-in", type=int, default=32, help="activation width")
+    parser.add_argument("--n-features", type=int, default=48, help="true features (superposition: > d_in)")
+    parser.add_argument("--d-sae", type=int, default=48, help="SAE latents")
     parser.add_argument(
-        "--l0", type=float, default=8.0, help="true features firing per token; also k/target L0"
+        "--l0", type=float, default=3.0, help="true features firing per token; also k/target L0"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to average over")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     k = round(args.l0)
     print(
         f"d_in={args.d_in} n_features={args.n_features} d_sae={args.d_sae} true L0={args.l0} k=target_l0={k}"
@@ -90,13 +103,17 @@ def main() -> None:
     print(f"tokens per SAE: {args.steps * args.batch_size:,}\n")
     print("| architecture | recovery | FVU | L0 | dead % | seconds |")
     print("|---|---|---|---|---|---|")
-    for arch in ARCHITECTURES:
+    for arch, settings in SETTINGS.items():
         rows, t0 = [], time.perf_counter()
         for seed in args.seeds:
             data = SyntheticActivations(
                 SyntheticConfig(d_in=args.d_in, n_features=args.n_features, l0=args.l0, seed=seed)
             )
-            rows.append(fit_and_measure(arch, data, args.d_sae, k, args.steps, args.batch_size, seed=seed))
+            if arch == "matryoshka":
+                settings = {**settings, "group_sizes": [args.d_sae - args.d_sae // 6, args.d_sae // 6]}
+            rows.append(
+                fit_and_measure(arch, data, args.d_sae, k, args.steps, args.batch_size, seed=seed, **settings)
+            )
         secs = (time.perf_counter() - t0) / len(args.seeds)
         mean = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
         print(

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.config import TrainingSAEConfig
-from saeforge.sae.training import PenaltySAE
+from saeforge.sae.training import PenaltySAE, _affine
 
 
 class GatedSAE(SAE):
@@ -69,8 +69,10 @@ class GatedTrainingSAE(PenaltySAE):
         return 1.0 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        xc = x - self.b_dec
-        return xc @ self.W_enc + self.b_gate, xc @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+        """(pi_gate, pi_mag) [..., d_sae]; b_dec folded into the biases (see TrainingSAE.pre_acts)."""
+        W_mag = self.W_enc * self.r_mag.exp()
+        pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_dec @ self.W_enc)
+        return pi_gate, _affine(x, W_mag, self.b_mag - self.b_dec @ W_mag)
 
     def encode(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self._paths(x)
@@ -110,4 +112,4 @@ class GatedTrainingSAE(PenaltySAE):
             l0 = active.sum(-1).float().mean()
             fired = active.sum(0).to(x.dtype)
         self._adapt(inp, l0)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())

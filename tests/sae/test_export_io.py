@@ -244,3 +244,22 @@ def test_saelens_loads_saeforge_sae_and_encodes_identically(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(theirs.encode(x), exported.encode(x), rtol=0, atol=1e-6)
             torch.testing.assert_close(theirs.decode(exported.encode(x)), exported.decode(exported.encode(x)))
+
+
+def test_failed_save_leaves_the_previous_files_and_no_temporaries(tmp_path, monkeypatch):
+    from saeforge.sae import io
+
+    first = _trained_like("topk").export()
+    save_sae(first, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken_save_file(tensors, path):
+        open(path, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io, "save_file", broken_save_file)
+    with pytest.raises(OSError, match="disk full"):
+        save_sae(_trained_like("standard").export(), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    x = torch.randn(4, D_IN)
+    assert torch.equal(load_sae(tmp_path).encode(x), first.encode(x))

@@ -141,6 +141,13 @@ def _check_topk(pre, k):
 
 def test_topk_select_random_rows():
     g = torch.Generator().manual_seed(0)
+    assert (kernels._group_size(1024, 8), kernels._group_size(1000, 8), kernels._group_size(100, 8)) == (
+        16,
+        8,
+        0,
+    )
+    _check_topk(torch.randn(64, 1024, generator=g), 8)
+    _check_topk(torch.randn(64, 1000, generator=g), 8)
     _check_topk(torch.randn(64, 4096, generator=g), 16)
     _check_topk(torch.randn(8, 24576, generator=g) + torch.randn(24576, generator=g), 64)
 
@@ -148,7 +155,7 @@ def test_topk_select_random_rows():
 def test_topk_select_crowded_groups_ties_and_masks():
     g = torch.Generator().manual_seed(1)
     d_sae, k = 2048, 8
-    groups = d_sae // 16
+    groups = d_sae // kernels._group_size(d_sae, k)
     pre = torch.randn(40, d_sae, generator=g)
     # rows 0-9: one strided group holds the 6 largest entries (forces the exact fallback)
     for r in range(10):
@@ -166,3 +173,136 @@ def test_topk_select_narrow_rows_use_reference():
     pre = torch.randn(4, 50)
     values, indices = kernels.topk_select(pre, 5)
     torch.testing.assert_close(values.sort(1).values, pre.topk(5, dim=1).values.sort(1).values)
+
+
+def test_topk_sae_step_matches_dense_reference_with_auxk():
+    """The TopK architecture's sparse step (selection, AuxK over dead latents, decoder-gradient projection)
+    equals the dense float64 expression of Gao et al.'s loss."""
+    from saeforge.sae.base import TrainStepInput
+    from saeforge.sae.registry import create_training_sae
+
+    d_in, d_sae, k, k_aux, B = 16, 2048, 8, 6, 32
+    sae = create_training_sae(
+        {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k, "k_aux": k_aux, "b_dec_init": "mean"}
+    ).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, d_in, generator=g, dtype=torch.float64) + 1.0
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g, dtype=torch.float64))
+        sae.b_dec.copy_(torch.randn(d_in, generator=g, dtype=torch.float64) * 0.1)
+    dead = torch.rand(d_sae, generator=g) < 0.3
+    out = sae.training_forward(TrainStepInput(x=x, dead_mask=dead))
+    out.loss.backward()
+    sae.before_optimizer_step()
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    params = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+    top = pre.topk(k, dim=1).indices
+    z = torch.zeros_like(pre).scatter(1, top, pre.gather(1, top)).relu()
+    x_hat = z @ params["W_dec"] + params["b_dec"]
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    masked = pre.masked_fill(~dead, float("-inf"))
+    aux_idx = masked.topk(k_aux, dim=1).indices
+    z_aux = torch.zeros_like(pre).scatter(1, aux_idx, pre.gather(1, aux_idx)).relu()
+    auxk = (x - x_hat.detach() - z_aux @ params["W_dec"]).pow(2).sum(-1).mean() / 32
+    (mse + auxk).backward()
+    W = params["W_dec"].detach()
+    G = params["W_dec"].grad
+    params["W_dec"].grad = G - (G * W).sum(1, keepdim=True) * W / W.pow(2).sum(1, keepdim=True)
+
+    torch.testing.assert_close(out.losses["mse"], mse)
+    torch.testing.assert_close(out.losses["auxk"], auxk)
+    for name, p in params.items():
+        torch.testing.assert_close(fast[name], p.grad, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+def test_adam_matches_torch_adam(column_major):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(24, 7, generator=g)
+    init = [base.t() if column_major else base.t().contiguous(), torch.randn(7, generator=g)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    storage = [p.data_ptr() for p in ours]
+    opt_ours = kernels.Adam(ours, lr=1e-2, betas=(0.8, 0.99), eps=1e-6)
+    opt_ref = torch.optim.Adam(ref, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, foreach=False)
+    for _ in range(4):
+        # gradients in the parameter's layout, as autograd hands them over
+        grads = [torch.randn(p.shape, generator=g).as_strided(p.shape, p.stride()) for p in ours]
+        for params, opt in ((ours, opt_ours), (ref, opt_ref)):
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = gr.clone()
+            opt.step()
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    assert [p.data_ptr() for p in ours] == storage
+    assert ours[0].stride() == init[0].stride()
+
+
+@pytest.mark.parametrize("case", ["random", "saturated", "few_positive"])
+def test_batchtopk_selection_matches_flat_topk(case):
+    """BatchTopK's row-wise exact selection keeps the same (token, latent) set as one top-(k*B) over the batch."""
+    from saeforge.sae.base import Collectives
+    from saeforge.sae.registry import create_training_sae
+
+    B, d_sae, k = 48, 2048, 8
+    sae = create_training_sae({"architecture": "batchtopk", "d_in": 8, "d_sae": d_sae, "k": k})
+    g = torch.Generator().manual_seed(7)
+    pre = torch.randn(B, d_sae, generator=g)
+    if case == "saturated":
+        pre[3] += 6.0  # one token holds far more than 2k of the batch's top k*B
+        pre[5, :40] = 9.0
+    if case == "few_positive":
+        pre = pre - 3.5
+    idx, keep = sae._select(pre, Collectives())
+
+    acts = pre.relu()
+    tau = acts.flatten().topk(k * B).values[-1]
+    expected = ((acts >= tau) & (acts > 0)).nonzero().tolist()
+    rows = torch.arange(B).unsqueeze(1).expand_as(idx)
+    got = sorted(zip(rows[keep].tolist(), idx[keep].tolist(), strict=True))
+    assert got == sorted(map(tuple, expected))
+    assert keep.any(1).sum() <= B and idx.shape[1] == int(keep.sum(1).max())
+    torch.testing.assert_close(sae.threshold, acts[(acts >= tau) & (acts > 0)].min())
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "gated"])
+def test_dense_architectures_fold_b_dec_without_changing_gradients(arch):
+    """Dense architectures compute x @ W_enc + (b - b_dec @ W_enc); loss and every gradient equal those of the
+    textbook (x - b_dec) @ W_enc + b (float64)."""
+    from saeforge.sae.base import TrainStepInput
+    from saeforge.sae.registry import create_training_sae
+
+    def textbook_pre(sae, x):
+        return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+
+    def textbook_paths(sae, x):
+        xc = x - sae.b_dec
+        return xc @ sae.W_enc + sae.b_gate, xc @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(16, 12, generator=g, dtype=torch.float64) + 2.0
+    runs = []
+    for textbook in (False, True):
+        sae = create_training_sae(
+            {"architecture": arch, "d_in": 12, "d_sae": 48, "sparsity_coefficient": 0.3, "seed": 4}
+        ).double()
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.add_(
+                    0.1
+                    * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype)
+                )
+        if textbook:
+            sae.pre_acts = lambda x, sae=sae: textbook_pre(sae, x)
+            if arch == "gated":
+                sae._paths = lambda x, sae=sae: textbook_paths(sae, x)
+        out = sae.training_forward(TrainStepInput(x=x))
+        out.loss.backward()
+        runs.append((out.loss.detach(), {n: p.grad.clone() for n, p in sae.named_parameters()}))
+    (loss, grads), (ref_loss, ref_grads) = runs
+    torch.testing.assert_close(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], msg=lambda m, name=name: f"grad {name}: {m}")

@@ -114,6 +114,7 @@ def test_controller_waits_for_warmup_and_lives_in_a_buffer():
     assert sae.sparsity_coefficient.item() == lam0
     out = sae.training_forward(TrainStepInput(x=x, sparsity_warmup=1.0))
     assert out.l0 > 1 and sae.sparsity_coefficient.item() > lam0
+    assert out.extras["sparsity_coefficient"].item() == sae.sparsity_coefficient.item()
     assert "sparsity_coefficient" in sae.state_dict()
     fixed = create_training_sae(
         dict(architecture="jumprelu", d_in=D_IN, d_sae=D_SAE, sparsity_coefficient=0.2)

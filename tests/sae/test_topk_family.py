@@ -175,8 +175,9 @@ def test_batchtopk_threshold_is_a_moving_average():
     sae.training_forward(TrainStepInput(x=x))
     first = sae.threshold.clone()
     _, _, m2 = _reference(_sae("batchtopk"), 2 * x, dead, "batchtopk")
-    sae.training_forward(TrainStepInput(x=2 * x))
+    out = sae.training_forward(TrainStepInput(x=2 * x))
     torch.testing.assert_close(sae.threshold, 0.9 * first + 0.1 * m2.to(first))
+    torch.testing.assert_close(out.extras["threshold"], sae.threshold)
 
 
 def test_unit_norm_decoder_hooks():
