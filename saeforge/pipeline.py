@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -156,11 +157,34 @@ def resolve(run: RunConfig) -> StagePlan:
             )
         except ValidationError as e:
             raise _err(e, "train") from e
+    _check_saes(run, model_dir, trains)
     try:
         EvalConfig(saes=[out], activations=out, **run.eval)
     except ValidationError as e:
         raise _err(e, "eval") from e
     return StagePlan(run=run, model_dir=model_dir, capture_train=cap, capture_heldout=heldout, train=trains)
+
+
+_CANONICAL_HOOK = re.compile(r"^layers\.\d+\.(resid_pre|resid_post|mlp_out|attn_out)$")
+
+
+def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig]) -> None:
+    """Checks the SAE specs (architecture names, k against d_sae, ...) before the capture spends any time.
+
+    Canonical hooks carry the model's hidden size, read from its config.json; for module-path hooks the width is
+    known only after capture, where the trainer checks it again.
+    """
+    from transformers import AutoConfig
+
+    from saeforge.train.trainer import validate_specs
+
+    hidden = getattr(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), "hidden_size", None)
+    for hook, cfg in trains.items():
+        if hidden is not None and _CANONICAL_HOOK.match(hook):
+            try:
+                validate_specs(cfg, hidden, f"hook {hook} of {model_dir}")
+            except ValueError as e:
+                raise ConfigError(f"train.{e}") from e
 
 
 def resolve_model(model: str) -> Path:
