@@ -5,5 +5,6 @@ from saeforge.cli import (
     features,  # noqa: F401
     interpret,  # noqa: F401
     plan,  # noqa: F401
+    steer,  # noqa: F401
     verify,  # noqa: F401
 )

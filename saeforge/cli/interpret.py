@@ -187,3 +187,75 @@ def interpret(
             f"unparseable answers {j['n_unparseable']}/{j['n_answers']}"
         )
     typer.echo(f"wrote {out / 'latents.json'}, {index}, {db}")
+
+
+@app.command()
+def attribute(
+    model: Path = typer.Option(..., "--model", help="Local causal LM directory."),
+    sae: Path = typer.Option(..., "--sae", help="SAE directory (cfg.json + sae_weights.safetensors)."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt whose next-token logit is explained."),
+    target: str = typer.Option(
+        ..., "--target", help="Target token (a single token; mind the leading space)."
+    ),
+    top: int = typer.Option(
+        10, "--top", help="Latents shown that raise the logit most, and as many lowering it."
+    ),
+    ablate: int = typer.Option(
+        5, "--ablate", help="Re-run the prompt without each of the N largest |direct|."
+    ),
+    hook: str = typer.Option(None, "--hook", help="Hook of the SAE (default: its hook_name)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="An interpret --out directory: adds this attribution to latents.json and its dashboard "
+        "(any other directory gets attribution.json).",
+    ),
+    device: str = typer.Option("cpu", "--device", help="Device for the model and SAE (cpu, cuda, ...)."),
+) -> None:
+    """Latents that most raise or lower TARGET's logit after PROMPT: direct effect (activation x decoder
+    direction x unembedding, through the final norm with its scale frozen) and ablation effect."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from saeforge.interpret.attribution import attribute as run_attribute
+    from saeforge.interpret.dashboard import write_dashboard
+    from saeforge.interpret.records import load_interpretation, save_interpretation, write_text_atomic
+    from saeforge.models import HookError, load_model
+    from saeforge.sae import load_sae
+
+    if top <= 0 or ablate < 0:
+        _fail("--top must be positive and --ablate >= 0")
+    try:
+        sae_obj = load_sae(sae, device=device)
+        loaded = load_model(model, device=device)
+        res = run_attribute(loaded, sae_obj, prompt, target, hook=hook, top=top, ablate=ablate)
+    except (FileNotFoundError, HookError, ValueError) as e:
+        _fail(str(e))
+    table = Table(
+        "latent",
+        "activation",
+        "direct Δ logit",
+        "ablation Δ logit",
+        title=f"{prompt!r} → {target!r} (logit {res.target_logit:.4g}, hook {res.hook})",
+    )
+    for r in res.rows:
+        table.add_row(
+            str(r.latent),
+            f"{r.activation:.4g}",
+            f"{r.direct:+.4g}",
+            "–" if r.ablation is None else f"{r.ablation:+.4g}",
+        )
+    Console(width=120).print(table)
+    if out is None:
+        return
+    if (out / "latents.json").exists():
+        interp = load_interpretation(out)
+        interp.attributions.append(res.to_dict())
+        save_interpretation(interp, out / "latents.json")
+        write_dashboard(interp, out)
+        typer.echo(f"added to {out / 'latents.json'} and {out / 'attribution.html'}")
+    else:
+        write_text_atomic(out / "attribution.json", json.dumps(res.to_dict(), indent=1))
+        typer.echo(f"wrote {out / 'attribution.json'}")
