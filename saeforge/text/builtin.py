@@ -5,7 +5,9 @@ Two sources, both shipped with every CPython install, so the corpus needs no dow
 - `pydoc_data.topics.topics`: the language reference and library topics that `help()` shows, cut into
   documents of whole paragraphs (about `_CHUNK_CHARS` characters each);
 - the docstrings of the modules, classes and functions of a fixed list of standard-library modules
-  (`MODULES`), read from their source files with `ast` (nothing is imported, so no module side effects).
+  (`MODULES`), read from their source files with `ast` (nothing is imported, so no module side effects);
+- the docstrings of the built-in (C) modules in `C_MODULES`, their functions, classes and methods
+  (`str.split`, `math.gcd`, `os.stat` via `posix`, ...), which have no source file.
 
 Cleaning is light: heading rules (`****`) go, runs of whitespace collapse to one space and documents shorter than `MIN_CHARS`
 characters are dropped; exact duplicates are kept once. Each document falls into the held-out part when the
@@ -18,6 +20,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib
+import inspect
 import re
 import sysconfig
 from collections.abc import Iterator
@@ -42,6 +46,11 @@ MODULES = (
     "tarfile tempfile textwrap threading timeit token tokenize tomllib trace traceback tracemalloc tty types "
     "typing unittest urllib uuid warnings wave weakref webbrowser wsgiref xml xmlrpc zipapp zipfile zipimport "
     "zoneinfo"
+).split()
+
+C_MODULES = (
+    "builtins math cmath itertools sys time gc array binascii zlib unicodedata select mmap posix nt "
+    "_io _collections _functools _operator _socket _struct _json _pickle _csv _random _sqlite3"
 ).split()
 
 _WS = re.compile(r"\s+")
@@ -98,11 +107,36 @@ def _docstring_documents() -> Iterator[str]:
                         yield doc
 
 
+def _c_documents() -> Iterator[str]:
+    for name in C_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        objects = [module]
+        for key, value in sorted(vars(module).items()):
+            if key.startswith("_"):
+                continue
+            if inspect.isroutine(value):
+                objects.append(value)
+            elif inspect.isclass(value) and value.__module__ == module.__name__:
+                objects.append(value)
+                objects += [
+                    v
+                    for k, v in sorted(vars(value).items())
+                    if not k.startswith("_") and inspect.isroutine(v)
+                ]
+        for obj in objects:
+            doc = obj.__doc__
+            if isinstance(doc, str):
+                yield doc
+
+
 @functools.lru_cache(maxsize=1)
 def _documents() -> tuple[tuple[str, ...], tuple[str, ...]]:
     seen: set[str] = set()
     parts: dict[str, list[str]] = {"train": [], "heldout": []}
-    for raw in (*_topic_documents(), *_docstring_documents()):
+    for raw in (*_topic_documents(), *_docstring_documents(), *_c_documents()):
         text = clean(raw)
         if len(text) < MIN_CHARS or text in seen:
             continue

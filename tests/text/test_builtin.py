@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 
-from saeforge.text import builtin_documents, read_texts
+from saeforge.text import builtin, builtin_documents, read_texts
 from saeforge.text.builtin import MIN_CHARS
 
 
@@ -33,12 +34,22 @@ def test_builtin_is_cleaned_english_of_useful_size():
 
 
 def test_builtin_is_identical_in_a_fresh_process():
+    # Loads builtin.py alone (no torch import) under another string-hash seed.
     code = (
-        "import hashlib; from saeforge.text import builtin_documents as b\n"
-        "print(hashlib.sha256('\\x00'.join(b('train')).encode()).hexdigest())"
+        "import hashlib, importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('builtin_corpus', sys.argv[1])\n"
+        "mod = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(mod)\n"
+        "print(hashlib.sha256('\\x00'.join(mod.builtin_documents('train')).encode()).hexdigest())"
     )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code, builtin.__file__],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
     )
     here = hashlib.sha256("\x00".join(builtin_documents("train")).encode()).hexdigest()
     assert out.stdout.strip() == here
