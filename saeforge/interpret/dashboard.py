@@ -217,17 +217,17 @@ def index_page(interp: Interpretation, sub: str) -> str:
 
 
 def attribution_page(interp: Interpretation, sub: str) -> str:
+    known = {r.latent for r in interp.latents}
+
+    def cell(latent: int) -> str:
+        return f"<a href='latents/{latent}.html'>{latent}</a>" if latent in known else str(latent)
+
     parts = []
     for a in interp.attributions:
         head = (
             f"<h2>Prompt {escape(json.dumps(a['prompt']))} → target {escape(repr(a['target']))}</h2>"
             f"<p>target logit {a['target_logit']:.4g}; direct contributions sum {a['direct_sum']:.4g}</p>"
         )
-        known = {r.latent for r in interp.latents}
-
-        def cell(latent: int) -> str:
-            return f"<a href='latents/{latent}.html'>{latent}</a>" if latent in known else str(latent)
-
         rows = "".join(
             f"<tr><td class='num'>{cell(r['latent'])}</td>"
             f"<td class='num'>{r['activation']:.4g}</td><td class='num'>{r['direct']:+.4g}</td>"
