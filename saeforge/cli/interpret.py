@@ -87,7 +87,7 @@ def interpret(
     from saeforge.interpret.dashboard import write_dashboard
     from saeforge.interpret.index import build_index
     from saeforge.interpret.judge import JudgeClient, JudgeError
-    from saeforge.interpret.pipeline import choose_latents
+    from saeforge.interpret.pipeline import add_judgements, choose_latents
     from saeforge.interpret.pipeline import interpret as run_interpret
     from saeforge.interpret.records import save_interpretation
     from saeforge.interpret.source import store_batches
@@ -131,48 +131,55 @@ def interpret(
     if sae_hook and store.hook and sae_hook != store.hook:
         _fail(f"the SAE was trained at hook {sae_hook!r} but the store holds {store.hook!r}")
     model_dir = _model_dir(model, store.manifest)
-    lm, decode = None, None
+    lm, decode, vocab = None, None, None
     if model_dir is not None:
         from saeforge.models import load_model
 
         loaded = load_model(model_dir, device=device)
         decode = tokenizer_decode(loaded.tokenizer)
+        vocab = len(loaded.tokenizer)
         if loaded.kind == "causal" and not no_logits:
             lm = loaded.model
     typer.echo(f"interpreting {len(chosen)} latents of {sae} over {store.num_rows:,} rows of {activations}")
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("judge requests", total=None) if judge else None
-        try:
-            result = run_interpret(
-                sae_obj,
-                batches,
-                chosen,
-                k=top_k,
-                before=before,
-                after=after,
-                n_bands=bands,
-                per_band=per_band,
-                n_negatives=negatives,
-                tokens_of=store.context,
-                decode=decode,
-                model=lm,
-                through_norm=through_norm,
-                judge=judge,
-                judge_examples=judge_examples,
-                progress=(lambda n: bar.advance(task, n)) if judge else None,
-                seed=seed,
-            )
-        except JudgeError as e:
-            _fail(str(e))
+    result = run_interpret(
+        sae_obj,
+        batches,
+        chosen,
+        k=top_k,
+        before=before,
+        after=after,
+        n_bands=bands,
+        per_band=per_band,
+        n_negatives=negatives,
+        tokens_of=store.context,
+        decode=decode,
+        model=lm,
+        through_norm=through_norm,
+        vocab_size=vocab,
+        seed=seed,
+    )
     result.meta.update(
         sae=str(sae), activations=str(activations), model=str(model_dir) if model_dir else None
     )
     out.mkdir(parents=True, exist_ok=True)
-    save_interpretation(result, out / "latents.json")
-    index = write_dashboard(result, out)
-    db = build_index(result.latents, out)
+
+    def write() -> tuple[Path, Path]:
+        save_interpretation(result, out / "latents.json")
+        return write_dashboard(result, out), build_index(result.latents, out)
+
+    index, db = write()
+    if judge is not None:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("judge requests", total=None)
+            try:
+                add_judgements(
+                    result, judge, judge_examples, bands * per_band, lambda n: bar.advance(task, n)
+                )
+            except JudgeError as e:
+                _fail(f"{e}\n(statistics and contexts were written to {out}; explanations are missing)")
+        index, db = write()
     alive = sum(r.n_active > 0 for r in result.latents)
     typer.echo(f"{alive}/{len(result.latents)} chosen latents fire on these rows")
     j = result.meta.get("judge")

@@ -30,8 +30,18 @@ def default_decode(ids: list[int]) -> list[str]:
 def tokenizer_decode(tokenizer) -> Decode:
     """Per-token strings from a Hugging Face tokenizer (each id decoded alone, so byte-level BPE reads well)."""
 
+    def one(i: int) -> str:
+        if i < 0:
+            return "?"
+        text = tokenizer.decode([i])
+        if text and "\ufffd" not in text:
+            return text
+        # A byte fragment of a multi-byte character, or an id past the tokenizer's vocabulary.
+        raw = tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else None
+        return raw or f"<{i}>"
+
     def decode(ids: list[int]) -> list[str]:
-        return [tokenizer.decode([i]) if i >= 0 else "?" for i in ids]
+        return [one(i) for i in ids]
 
     return decode
 

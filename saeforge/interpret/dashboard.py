@@ -88,8 +88,14 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}g}"
 
 
+def _show(tok: str) -> str:
+    """Display form of a token: newlines as ↵, tabs as →, other control characters as \\xNN; escaped."""
+    out = tok.replace("\n", "↵").replace("\t", "→")
+    return escape("".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in out))
+
+
 def _token_span(tok: str, a: float | None, max_act: float, centre: bool) -> str:
-    shown = escape(tok.replace("\n", "↵"))
+    shown = _show(tok)
     if a is None:
         return f"<span class='t' title='no activation stored'>{shown}</span>"
     alpha = 0.0 if max_act <= 0 else max(0.0, min(1.0, a / max_act))

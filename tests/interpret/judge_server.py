@@ -1,8 +1,8 @@
-"""A deterministic OpenAI-compatible chat-completions server on 127.0.0.1 for the judge tests.
+r"""A deterministic OpenAI-compatible chat-completions server on 127.0.0.1 for the judge tests.
 
 Explainer requests: answers "the word X" with X the most frequent <<marked>> token, or UNCLEAR when X marks
 fewer than `clear_share` of the examples. Detection requests: YES when X appears in the excerpt, NO otherwise,
-and a malformed answer when the excerpt contains `garble_token`. The first `fail_first` requests get HTTP 500.
+and a malformed answer when the excerpt contains `garble_token`. Only word tokens (\w+) get explained. The first `fail_first` requests get HTTP 500.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class JudgeServer:
         examples = [line for line in user.splitlines() if line.startswith("Example")]
         firsts = [m.group(1).strip() for e in examples if (m := re.search(r"<<(.*?)>>", e))]
         word, n = collections.Counter(firsts).most_common(1)[0]
-        return f"the word {word}" if n >= self.clear_share * len(examples) else "UNCLEAR"
+        clear = word and re.fullmatch(r"\w+", word) and n >= self.clear_share * len(examples)
+        return f"the word {word}" if clear else "UNCLEAR"
 
     def __enter__(self):
         self.thread.start()
