@@ -13,11 +13,19 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from saeforge.interpret.collect import Batch, LatentStats, RowHit, collect_stats, iter_chunks, latent_acts
+from saeforge.interpret.collect import (
+    POS_BITS,
+    Batch,
+    LatentStats,
+    RowHit,
+    collect_stats,
+    iter_chunks,
+    latent_acts,
+    pack_rows,
+    unpack_row,
+)
 from saeforge.interpret.records import LatentRecord, TokenContext
 from saeforge.sae.base import SAE
-
-_POS_BITS = 24
 
 TokensOf = Callable[[int], "Tensor | None"]
 Decode = Callable[[list[int]], list[str]]
@@ -44,10 +52,6 @@ def tokenizer_decode(tokenizer) -> Decode:
         return [one(i) for i in ids]
 
     return decode
-
-
-def _key(seq: Tensor, pos: Tensor) -> Tensor:
-    return (seq << _POS_BITS) | pos
 
 
 def dedupe_windows(hits: Sequence[RowHit], k: int, before: int, after: int) -> list[RowHit]:
@@ -115,14 +119,14 @@ def fill_windows(
                 end = min(end, int(ctx.shape[0]))
         windows.append((start, end))
         for p in range(start, end):
-            need.setdefault((h.seq << _POS_BITS) | p, []).append(r)
+            need.setdefault((h.seq << POS_BITS) | p, []).append(r)
     tok = [[-1] * (e - s) for s, e in windows]
     acts: list[list[float | None]] = [[None] * (e - s) for s, e in windows]
     if need:
         keys = torch.tensor(sorted(need), dtype=torch.long)
         ids = torch.tensor(latent_ids, dtype=torch.long)
         for chunk in iter_chunks(batches, sae.d_in, max_rows):
-            row_keys = _key(chunk.positions[:, 0], chunk.positions[:, 1])
+            row_keys = pack_rows(chunk.positions)
             m = torch.isin(row_keys, keys)
             if not m.any():
                 continue
@@ -130,7 +134,7 @@ def fill_windows(
             for key, t, zrow in zip(
                 row_keys[m].tolist(), chunk.token_ids[m].tolist(), z.tolist(), strict=True
             ):
-                pos = key & ((1 << _POS_BITS) - 1)
+                _, pos = unpack_row(key)
                 for r in need.get(key, ()):
                     off = pos - windows[r][0]
                     tok[r][off] = t
