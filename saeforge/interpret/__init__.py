@@ -16,7 +16,7 @@ from saeforge.interpret.records import (
     load_interpretation,
     save_interpretation,
 )
-from saeforge.interpret.source import StoreBatches, store_batches
+from saeforge.interpret.source import StoreBatches, store_batches, store_top_contexts
 
 __all__ = [
     "Batch",
@@ -38,6 +38,7 @@ __all__ = [
     "save_interpretation",
     "search",
     "store_batches",
+    "store_top_contexts",
     "tokenizer_decode",
     "top_contexts",
     "write_dashboard",

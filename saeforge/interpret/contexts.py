@@ -8,6 +8,7 @@ given (a store's contexts), and have activation None.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -22,7 +23,6 @@ from saeforge.interpret.collect import (
     iter_chunks,
     latent_acts,
     pack_rows,
-    unpack_row,
 )
 from saeforge.interpret.records import LatentRecord, TokenContext
 from saeforge.sae.base import SAE
@@ -101,58 +101,67 @@ def fill_windows(
     before: int,
     after: int,
     tokens_of: TokensOf | None = None,
-    max_rows: int = 8192,
+    max_chunk_elems: int = 1 << 24,
 ) -> list[tuple[int, list[int], list[float | None]]]:
     """Second pass: for each request (latent index j into latent_ids, centre row) -> (start, token_ids, acts).
 
-    Only rows inside some window are encoded. Window positions with no row and no `tokens_of` entry are
-    trimmed at the ends and get token id -1 inside.
+    Only rows inside some window are encoded; matching rows to window slots is vectorised (sorted keys and
+    searchsorted). Window positions with no row and no `tokens_of` entry are trimmed at the ends and get token
+    id -1 inside.
     """
-    need: dict[int, list[int]] = {}
     windows = []
-    for r, (_, h) in enumerate(requests):
+    ctxs = []
+    for _, h in requests:
         start = max(0, h.pos - before)
         end = h.pos + after + 1
-        if tokens_of is not None:
-            ctx = tokens_of(h.seq)
-            if ctx is not None:
-                end = min(end, int(ctx.shape[0]))
+        ctx = tokens_of(h.seq) if tokens_of is not None else None
+        if ctx is not None:
+            end = min(end, int(ctx.shape[0]))
         windows.append((start, end))
-        for p in range(start, end):
-            need.setdefault((h.seq << POS_BITS) | p, []).append(r)
-    tok = [[-1] * (e - s) for s, e in windows]
-    acts: list[list[float | None]] = [[None] * (e - s) for s, e in windows]
-    if need:
-        keys = torch.tensor(sorted(need), dtype=torch.long)
+        ctxs.append(ctx)
+    lengths = torch.tensor([e - s for s, e in windows], dtype=torch.long)
+    n_slots = int(lengths.sum())
+    tok_out = torch.full((n_slots,), -1, dtype=torch.long)
+    act_out = torch.full((n_slots,), math.nan)
+    if n_slots:
+        req = torch.repeat_interleave(torch.arange(len(requests)), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        seq = torch.tensor([h.seq for _, h in requests], dtype=torch.long)
+        start = torch.tensor([s for s, _ in windows], dtype=torch.long)
+        slot_pos = start[req] + torch.arange(n_slots) - first[req]
+        slot_key = (seq[req] << POS_BITS) | slot_pos
+        slot_j = torch.tensor([j for j, _ in requests], dtype=torch.long)[req]
+        wanted = torch.unique(slot_key)
         ids = torch.tensor(latent_ids, dtype=torch.long)
+        max_rows = max(1, max_chunk_elems // max(len(latent_ids), sae.d_sae))
         for chunk in iter_chunks(batches, sae.d_in, max_rows):
             row_keys = pack_rows(chunk.positions)
-            m = torch.isin(row_keys, keys)
+            m = torch.isin(row_keys, wanted)
             if not m.any():
                 continue
             z = latent_acts(sae, chunk.activations[m], ids)
-            for key, t, zrow in zip(
-                row_keys[m].tolist(), chunk.token_ids[m].tolist(), z.tolist(), strict=True
-            ):
-                _, pos = unpack_row(key)
-                for r in need.get(key, ()):
-                    off = pos - windows[r][0]
-                    tok[r][off] = t
-                    acts[r][off] = zrow[requests[r][0]]
+            sorted_keys, perm = row_keys[m].sort()
+            at = torch.searchsorted(sorted_keys, slot_key).clamp_(max=sorted_keys.shape[0] - 1)
+            hit = sorted_keys[at] == slot_key
+            rows = perm[at[hit]]
+            act_out[hit] = z[rows, slot_j[hit]]
+            tok_out[hit] = chunk.token_ids[m][rows]
     out = []
+    bounds = torch.cumsum(lengths, 0).tolist()
     for r, (_, h) in enumerate(requests):
-        start, _ = windows[r]
-        t, a = tok[r], acts[r]
-        if tokens_of is not None:
-            ctx = tokens_of(h.seq)
-            if ctx is not None:
-                t = [int(ctx[start + i]) if v < 0 else v for i, v in enumerate(t)]
+        start_r = windows[r][0]
+        lo_slot = bounds[r] - (windows[r][1] - start_r)
+        t = tok_out[lo_slot : bounds[r]].tolist()
+        a = [None if math.isnan(v) else v for v in act_out[lo_slot : bounds[r]].tolist()]
+        ctx = ctxs[r]
+        if ctx is not None:
+            t = [int(ctx[start_r + i]) if v < 0 else v for i, v in enumerate(t)]
         lo, hi = 0, len(t)
-        while lo < h.pos - start and t[lo] < 0:
+        while lo < h.pos - start_r and t[lo] < 0:
             lo += 1
-        while hi > h.pos - start + 1 and t[hi - 1] < 0:
+        while hi > h.pos - start_r + 1 and t[hi - 1] < 0:
             hi -= 1
-        out.append((start + lo, t[lo:hi], a[lo:hi]))
+        out.append((start_r + lo, t[lo:hi], a[lo:hi]))
     return out
 
 
