@@ -105,8 +105,8 @@ def fill_windows(
 ) -> list[tuple[int, list[int], list[float | None]]]:
     """Second pass: for each request (latent index j into latent_ids, centre row) -> (start, token_ids, acts).
 
-    Only rows inside some window are encoded; matching rows to window slots is vectorised (sorted keys and
-    searchsorted). Window positions with no row and no `tokens_of` entry are trimmed at the ends and get token
+    Only rows inside some window are encoded; rows find their window slots by binary search in the sorted
+    slot keys, so each chunk costs O(rows log slots) whatever the number of windows. Window positions with no row and no `tokens_of` entry are trimmed at the ends and get token
     id -1 inside.
     """
     windows = []
@@ -131,28 +131,36 @@ def fill_windows(
         slot_pos = start[req] + torch.arange(n_slots) - first[req]
         slot_key = (seq[req] << POS_BITS) | slot_pos
         slot_j = torch.tensor([j for j, _ in requests], dtype=torch.long)[req]
-        wanted = torch.unique(slot_key)
+        order = slot_key.argsort()
+        sorted_keys = slot_key[order]
         ids = torch.tensor(latent_ids, dtype=torch.long)
         max_rows = max(1, max_chunk_elems // max(len(latent_ids), sae.d_sae))
         for chunk in iter_chunks(batches, sae.d_in, max_rows):
             row_keys = pack_rows(chunk.positions)
-            m = torch.isin(row_keys, wanted)
+            lo = torch.searchsorted(sorted_keys, row_keys)
+            count = torch.searchsorted(sorted_keys, row_keys, right=True) - lo
+            m = count > 0
             if not m.any():
                 continue
             z = latent_acts(sae, chunk.activations[m], ids)
-            sorted_keys, perm = row_keys[m].sort()
-            at = torch.searchsorted(sorted_keys, slot_key).clamp_(max=sorted_keys.shape[0] - 1)
-            hit = sorted_keys[at] == slot_key
-            rows = perm[at[hit]]
-            act_out[hit] = z[rows, slot_j[hit]]
-            tok_out[hit] = chunk.token_ids[m][rows]
+            count, lo = count[m], lo[m]
+            # Every slot of every matched row: row r owns sorted slots lo[r] .. lo[r] + count[r] - 1.
+            row = torch.repeat_interleave(torch.arange(count.shape[0]), count)
+            within = torch.arange(row.shape[0]) - torch.repeat_interleave(
+                torch.cumsum(count, 0) - count, count
+            )
+            slots = order[lo[row] + within]
+            act_out[slots] = z[row, slot_j[slots]]
+            tok_out[slots] = chunk.token_ids[m][row]
     out = []
     bounds = torch.cumsum(lengths, 0).tolist()
+    all_tok = tok_out.tolist()
+    all_act = [None if math.isnan(v) else v for v in act_out.tolist()]
     for r, (_, h) in enumerate(requests):
         start_r = windows[r][0]
         lo_slot = bounds[r] - (windows[r][1] - start_r)
-        t = tok_out[lo_slot : bounds[r]].tolist()
-        a = [None if math.isnan(v) else v for v in act_out[lo_slot : bounds[r]].tolist()]
+        t = all_tok[lo_slot : bounds[r]]
+        a = all_act[lo_slot : bounds[r]]
         ctx = ctxs[r]
         if ctx is not None:
             t = [int(ctx[start_r + i]) if v < 0 else v for i, v in enumerate(t)]
