@@ -237,7 +237,7 @@ def attribution_page(interp: Interpretation, sub: str) -> str:
         rows = "".join(
             f"<tr><td class='num'>{cell(r['latent'])}</td>"
             f"<td class='num'>{r['activation']:.4g}</td><td class='num'>{r['direct']:+.4g}</td>"
-            f"<td class='num'>{_fmt(r.get('ablation'), 4)}</td></tr>"
+            f"<td class='num'>{'–' if r.get('ablation') is None else format(r['ablation'], '+.4g')}</td></tr>"
             for r in a["rows"]
         )
         parts.append(
