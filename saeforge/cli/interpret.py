@@ -78,10 +78,13 @@ def interpret(
     device: str = typer.Option("cpu", "--device", help="Device for the SAE and the model (cpu, cuda, ...)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent sample and the reservoirs."),
 ) -> None:
-    """Top activating contexts, quantile samples, density and histogram per latent in one streaming pass;
-    writes latents.json, a static dashboard and a searchable feature index. With --judge-url, an LLM judge
-    explains each latent and is scored by detection (balanced accuracy, F1). The key comes from
-    OPENAI_API_KEY."""
+    """Describe latents: top contexts, quantile samples, logits; dashboard, feature index, LLM judge.
+
+    One streaming pass collects per latent the top activating contexts, samples across activation quantiles,
+    density and the activation histogram; writes latents.json, a static dashboard (index.html) and a
+    searchable feature index (features.sqlite). With --judge-url, an LLM judge explains each latent and is
+    scored by detection (balanced accuracy, F1); the key comes from OPENAI_API_KEY.
+    """
     from saeforge.activations.store import ActivationStore
     from saeforge.interpret.contexts import tokenizer_decode
     from saeforge.interpret.dashboard import write_dashboard
@@ -219,8 +222,11 @@ def attribute(
     ),
     device: str = typer.Option("cpu", "--device", help="Device for the model and SAE (cpu, cuda, ...)."),
 ) -> None:
-    """Latents that most raise or lower TARGET's logit after PROMPT: direct effect (activation x decoder
-    direction x unembedding, through the final norm with its scale frozen) and ablation effect."""
+    """Latents that most raise or lower a target token's logit after a prompt.
+
+    Direct effect: activation x decoder direction x unembedding, through the final norm with its scale frozen
+    at the prompt's last position. Ablation effect: the prompt re-run with the latent's contribution removed.
+    """
     import json
 
     from rich.console import Console

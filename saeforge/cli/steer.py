@@ -50,8 +50,12 @@ def steer(
     ),
     device: str = typer.Option("cpu", "--device", help="Device for the model and SAE (cpu, cuda, ...)."),
 ) -> None:
-    """Greedy generations steered along latent I's decoder direction (one per coefficient, plus the plain
-    one for comparison), or with the latent clamped; --export writes the direction for other tools."""
+    """Generate from a causal LM steered along an SAE latent (sweeps, clamping), or export its direction.
+
+    One greedy generation per coefficient adds C x W_dec[latent] at the SAE's hook (plus the plain one for
+    comparison); --clamp sets the latent through the SAE instead, keeping the SAE's error term; --export
+    writes the direction as .npy and .safetensors.
+    """
     from saeforge.sae import load_sae
     from saeforge.steer import clamping, decoder_direction, export_direction, generate
     from saeforge.steer import sweep as run_sweep
