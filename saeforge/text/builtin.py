@@ -6,7 +6,7 @@ Two sources, both shipped with every CPython install, so the corpus needs no dow
   documents of whole paragraphs (about `_CHUNK_CHARS` characters each);
 - the docstrings of the modules, classes and functions of a fixed list of standard-library modules
   (`MODULES`), read from their source files with `ast` (nothing is imported, so no module side effects);
-- the docstrings of the built-in (C) modules in `C_MODULES`, their functions, classes and methods
+- the docstrings of the built-in (C) modules in `C_MODULES`: their own functions, classes and methods
   (`str.split`, `math.gcd`, `os.stat` via `posix`, ...), which have no source file.
 
 Cleaning is light: heading rules (`****`) go, runs of whitespace collapse to one space and documents shorter than `MIN_CHARS`
@@ -49,7 +49,7 @@ MODULES = (
 ).split()
 
 C_MODULES = (
-    "builtins math cmath itertools sys time gc array binascii zlib unicodedata select mmap posix nt "
+    "builtins math cmath itertools time gc array binascii zlib unicodedata select mmap posix nt "
     "_io _collections _functools _operator _socket _struct _json _pickle _csv _random _sqlite3"
 ).split()
 
@@ -115,11 +115,12 @@ def _c_documents() -> Iterator[str]:
             continue
         objects = [module]
         for key, value in sorted(vars(module).items()):
-            if key.startswith("_"):
+            # Only the module's own C objects: tools replace some at run time (pytest: sys.unraisablehook).
+            if key.startswith("_") or getattr(value, "__module__", None) != name:
                 continue
-            if inspect.isroutine(value):
+            if inspect.isbuiltin(value):
                 objects.append(value)
-            elif inspect.isclass(value) and value.__module__ == module.__name__:
+            elif inspect.isclass(value):
                 objects.append(value)
                 objects += [
                     v

@@ -51,13 +51,10 @@ def packing_tokens(tokenizer, prepend_bos: bool = True) -> PackingTokens:
     return PackingTokens(start=bos_id if prepend_bos else None, separator=separator)
 
 
-def _token_stream(texts: Iterable[str], tokenizer, separator: int) -> Iterator[int]:
+def _tokenized(texts: Iterable[str], tokenizer) -> Iterator[list[int]]:
     docs = iter(texts)
     while batch := list(islice(docs, _TOKENIZE_BATCH)):
-        encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
-        for ids in encoded:
-            yield from ids
-            yield separator
+        yield from tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def pack(
@@ -74,10 +71,15 @@ def pack(
         raise ValueError(
             f"context_size must leave room for at least one token after the start token; got {context_size}"
         )
-    stream = _token_stream(texts, tokenizer, tokens.separator)
     prefix = [] if tokens.start is None else [tokens.start]
-    while len(chunk := list(islice(stream, body))) == body:
-        yield torch.tensor(prefix + chunk, dtype=torch.long)
+    stream: list[int] = []
+    for ids in _tokenized(texts, tokenizer):
+        stream += ids
+        stream.append(tokens.separator)
+        full = len(stream) // body
+        for j in range(full):
+            yield torch.tensor(prefix + stream[j * body : (j + 1) * body], dtype=torch.long)
+        stream = stream[full * body :]
 
 
 def special_ids(tokenizer) -> list[int]:

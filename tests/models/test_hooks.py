@@ -249,6 +249,7 @@ def test_tuple_or_tensor_outputs_and_keyword_or_positional_inputs(returns_tuple,
 
 def test_minilm_layer3_resid_post():
     loaded = load_model(builtin_example_model())
+    assert list_hooks(loaded) == [f"layers.{i}.{s}" for i in range(6) for s in SITES]
     enc = loaded.tokenizer(TEXT, return_tensors="pt", padding=True)
     acts = run_hooks(loaded, enc["input_ids"], enc["attention_mask"], ["layers.3.resid_post"])
     with torch.no_grad():
