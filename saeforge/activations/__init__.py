@@ -1,1 +1,43 @@
-"""saeforge.activations"""
+"""saeforge.activations: capture activations into checksummed shards, read them back, shuffle them for training.
+
+capture(CaptureConfig) -> one store per hook; ActivationStore.open(dir) reads one; ActivationLoader serves
+globally shuffled, exactly resumable training batches from it; StreamingSource serves the same batches computed
+live from the model. Formats: docs/formats.md.
+"""
+
+from saeforge.activations.capture import (
+    CaptureConfig,
+    CaptureError,
+    CorpusExhausted,
+    CorpusSource,
+    NonFiniteActivations,
+    capture,
+    store_status,
+)
+from saeforge.activations.loader import ActivationLoader
+from saeforge.activations.manifest import Manifest, ShardEntry, Stats
+from saeforge.activations.shards import ShardError
+from saeforge.activations.store import ActivationStore, StoreError, find_stores, verify_shards
+from saeforge.activations.streaming import StreamingSource
+from saeforge.activations.writer import write_store
+
+__all__ = [
+    "ActivationLoader",
+    "ActivationStore",
+    "CaptureConfig",
+    "CaptureError",
+    "CorpusExhausted",
+    "CorpusSource",
+    "Manifest",
+    "NonFiniteActivations",
+    "ShardEntry",
+    "ShardError",
+    "Stats",
+    "StoreError",
+    "StreamingSource",
+    "capture",
+    "find_stores",
+    "store_status",
+    "verify_shards",
+    "write_store",
+]

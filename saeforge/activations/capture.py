@@ -181,8 +181,10 @@ class _HookWriter:
     def rows_pending(self) -> int:
         return sum(t.shape[0] for t in self.pending["acts"])
 
-    def add(self, batch: ContextBatch, acts: torch.Tensor, rows_budget_left: int | None = None) -> None:
+    def add(self, batch: ContextBatch, acts: torch.Tensor) -> None:
         """Adds the candidate rows of `batch` (acts [n, context_size, d_in]) not yet committed."""
+        if batch.index < self.state.next_batch:
+            return
         if self.d_in is None:
             self.d_in = acts.shape[-1]
         elif acts.shape[-1] != self.d_in:

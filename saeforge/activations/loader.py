@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from saeforge.activations.store import ActivationStore, StoreError
+from saeforge.activations.shards import as_tensor
+from saeforge.activations.store import ST_NAMES, ActivationStore, StoreError
 
 _SCALE_SAMPLE = 4096
 
@@ -27,29 +28,41 @@ def estimate_mean_norm(store: ActivationStore, rows: int = _SCALE_SAMPLE) -> flo
 
 
 def gather_rows(store: ActivationStore, rows: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """Rows `rows` (global row indices, any order) of the store as [len(rows), d_in] in that order.
+    """Rows `rows` (global row indices) of the store as [len(rows), d_in], in increasing row order.
 
-    Indices are sorted and split per shard so each shard is read in increasing offset order, then scattered
-    back to the requested order.
+    Indices are sorted and split per shard; each shard's rows are gathered straight into the output (numpy
+    fancy indexing on the memmap: one copy, reads in increasing file offset).
     """
-    out = torch.empty((len(rows), store.d_in), dtype=dtype)
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
+    gather_dtype = dtype if dtype in (torch.float32, torch.float64, torch.float16) else torch.float32
+    out = torch.empty((len(rows), store.d_in), dtype=gather_dtype)
+    out_np = out.numpy()
+    sorted_rows = np.sort(rows)
     shard_of = np.searchsorted(store.row_offsets, sorted_rows, side="right") - 1
     bounds = np.searchsorted(shard_of, np.arange(store.num_shards + 1))
-    order_t = torch.from_numpy(order)
+    st_dtype = ST_NAMES[store.manifest.dtype]
+    same = _NP_OF[st_dtype] == out_np.dtype
     for s in range(store.num_shards):
         a, b = int(bounds[s]), int(bounds[s + 1])
         if a == b:
             continue
-        local = torch.from_numpy(sorted_rows[a:b] - store.row_offsets[s])
-        acts = store.shard(s)["activations"]
-        out.index_copy_(0, order_t[a:b], acts.index_select(0, local).to(dtype))
-    return out
+        local = sorted_rows[a:b] - store.row_offsets[s]
+        if same:
+            np.take(store.activations_array(s), local, axis=0, out=out_np[a:b])
+        else:
+            part = as_tensor(np.take(store.activations_array(s), local, axis=0), st_dtype)
+            out[a:b] = part.to(gather_dtype)
+    return out.to(dtype)
+
+
+_NP_OF = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(np.uint16)}
 
 
 class ActivationLoader:
     """Infinite iterator of training batches [batch_size // world_size, d_in] from an activation store.
+
+    Which rows form a batch is random (a slice of the epoch's permutation); inside a batch the rows come in
+    store order (sorted by shard and row), which makes the gather a sequential sweep of each shard. Shuffle
+    inside the batch if its order matters to you (SAE losses are means over the batch, so it does not).
 
     Args:
         store: an opened ActivationStore.

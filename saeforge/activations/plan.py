@@ -93,7 +93,7 @@ def plan(
 
     def forward():
         with torch.no_grad():
-            shape[:] = run_hooks(loaded, ids, mask, [hook])[hook].shape
+            shape[:] = next(iter(run_hooks(loaded, ids, mask, [hook]).values())).shape
 
     forward_s = _timed(forward, 2)
     d_in = int(shape[-1])

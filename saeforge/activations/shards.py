@@ -133,8 +133,11 @@ def read_header(path: Path) -> tuple[dict[str, dict], int]:
     return header, data_start
 
 
-def memmap_tensor(path: Path, info: dict, data_start: int) -> torch.Tensor:
-    """Memory-maps one tensor of a safetensors file (copy-on-write, so the file itself is never modified)."""
+def memmap_array(path: Path, info: dict, data_start: int, writable: bool = False) -> np.ndarray:
+    """Memory-maps one tensor of a safetensors file as a numpy array (bfloat16 as uint16).
+
+    Read-only by default; `writable=True` maps copy-on-write, so writes never reach the file.
+    """
     if info["dtype"] not in _NP_DTYPES:
         raise ShardError(f"{path}: unsupported dtype {info['dtype']}")
     begin, end = info["data_offsets"]
@@ -143,10 +146,21 @@ def memmap_tensor(path: Path, info: dict, data_start: int) -> torch.Tensor:
     if end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize:
         raise ShardError(f"{path}: tensor byte range does not match its shape {list(shape)}")
     if end == begin:
-        return torch.empty(shape, dtype=ST_DTYPES[info["dtype"]])
-    arr = np.memmap(path, dtype=np_dtype, mode="c", offset=data_start + begin, shape=shape)
+        return np.empty(shape, dtype=np_dtype)
+    return np.memmap(
+        path, dtype=np_dtype, mode="c" if writable else "r", offset=data_start + begin, shape=shape
+    )
+
+
+def as_tensor(arr: np.ndarray, st_dtype: str) -> torch.Tensor:
+    """A torch view of a writable numpy array from `memmap_array` (or a copy of one), bfloat16 restored."""
     t = torch.from_numpy(arr)
-    return t.view(torch.bfloat16) if info["dtype"] == "BF16" else t
+    return t.view(torch.bfloat16) if st_dtype == "BF16" else t
+
+
+def memmap_tensor(path: Path, info: dict, data_start: int) -> torch.Tensor:
+    """Memory-maps one tensor of a safetensors file (copy-on-write, so the file itself is never modified)."""
+    return as_tensor(memmap_array(path, info, data_start, writable=True), info["dtype"])
 
 
 def sha256_file(path: Path) -> str:

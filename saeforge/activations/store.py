@@ -9,10 +9,17 @@ import numpy as np
 import torch
 
 from saeforge.activations.manifest import MANIFEST, Manifest, Stats
-from saeforge.activations.shards import ST_DTYPES, ShardError, memmap_tensor, read_header, sha256_file
+from saeforge.activations.shards import (
+    ST_DTYPES,
+    ShardError,
+    memmap_array,
+    memmap_tensor,
+    read_header,
+    sha256_file,
+)
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_ST_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+ST_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 class StoreError(ValueError):
@@ -56,6 +63,7 @@ class ActivationStore:
         self.manifest = manifest
         self._headers = headers
         self._shards: dict[int, dict[str, torch.Tensor]] = {}
+        self._arrays: dict[int, np.ndarray] = {}
         self._context_index: dict[int, tuple[int, int]] | None = None
         offsets = np.zeros(len(manifest.shards) + 1, dtype=np.int64)
         np.cumsum([s.rows for s in manifest.shards], out=offsets[1:])
@@ -98,7 +106,7 @@ class ActivationStore:
             raise ShardError(
                 f"{file}: `activations` is {acts['shape']}, manifest says {expect} ([rows, d_in])"
             )
-        if acts["dtype"] != _ST_OF[manifest.dtype]:
+        if acts["dtype"] != ST_NAMES[manifest.dtype]:
             raise ShardError(f"{file}: `activations` is {acts['dtype']}, manifest says {manifest.dtype}")
         return header, start
 
@@ -146,6 +154,13 @@ class ActivationStore:
             self._shards[i] = tensors
         return self._shards[i]
 
+    def activations_array(self, i: int) -> np.ndarray:
+        """Read-only numpy memmap of shard i's activations [rows, d_in] (bfloat16 as uint16), for fast gathers."""
+        if i not in self._arrays:
+            header, start = self._headers[i]
+            self._arrays[i] = memmap_array(self.shard_path(i), header["activations"], start)
+        return self._arrays[i]
+
     def verify(self) -> list[str]:
         """Checks every shard's header and sha256; returns one line per bad shard ("path: reason")."""
         return verify_shards(self.path, self.manifest)
@@ -161,7 +176,7 @@ class ActivationStore:
             start = 0
             while start < acts.shape[0]:
                 take = min(batch_size - have, acts.shape[0] - start)
-                pending.append(acts[start : start + take].to(dtype))
+                pending.append(acts[start : start + take].to(dtype, copy=True))
                 have += take
                 start += take
                 if have == batch_size:

@@ -2,9 +2,11 @@
 
 from saeforge.cli import (
     capture,  # noqa: F401
+    eval,  # noqa: F401
     features,  # noqa: F401
     interpret,  # noqa: F401
     plan,  # noqa: F401
     steer,  # noqa: F401
+    train,  # noqa: F401
     verify,  # noqa: F401
 )

@@ -8,7 +8,7 @@ An SAE maps activations x [..., d_in] to latents z [..., d_sae] and back:
 
 Weights follow SAELens' names and shapes: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
 b_dec [d_in]. An *inference* SAE (what `load_sae` returns and what is saved) takes raw activations: any
-scaling used in training is folded into the weights at export (see `fold_activation_scale`).
+scaling used in training is folded into the weights at export (see `TrainingSAE.export` in sae/training.py).
 
 A *training* SAE adds `training_forward`, which returns the loss as named terms, plus hooks the trainer
 calls around the optimiser step. Training-only state (thresholds being estimated, dead-latent masks) lives
@@ -33,7 +33,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 class SAEConfig(BaseModel):
-    """What `cfg.json` holds (SAELens layout). Unknown keys in a file are kept in `extra` on load."""
+    """What `cfg.json` holds (SAELens layout). Unknown keys in a file are kept in `metadata` on load."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -15,9 +15,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saeforge.sae import kernels
 from saeforge.sae.base import Collectives, TrainStepInput, TrainStepOutput
 from saeforge.sae.config import TrainingSAEConfig
 from saeforge.sae.training import TopKFamilySAE
+
+
+def _kth_largest(values: Tensor, k: int) -> Tensor:
+    """The k-th largest entry of 1-D `values` (its smallest when it holds k entries or fewer)."""
+    if values.numel() <= k:
+        return values.min()
+    return values.kthvalue(values.numel() - k + 1).values
 
 
 class BatchTopKTrainingSAE(TopKFamilySAE):
@@ -34,6 +42,10 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         pre = self.pre_acts(x)
         return pre.relu() * (pre > self.threshold)
 
+    def _extras(self) -> dict[str, Tensor]:
+        """For the trainer's logs: the inference threshold estimate."""
+        return {"threshold": self.threshold.detach().clone()}
+
     def _inference_state(self, s: float) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.double().expand(self.d_sae).clone()}
 
@@ -41,24 +53,41 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
     def _select(self, pre: Tensor, collectives: Collectives) -> tuple[Tensor, Tensor]:
         """Batch top-k over all ranks: pre [B, d_sae] -> idx [B, w], keep [B, w] bool (w = most kept in a row).
 
+        Exact without a top-k over the whole batch: each row offers its m = 2k largest pre-activations, and tau,
+        the (k * B_global)-th largest offer, is the batch threshold unless a row's smallest offer is itself
+        >= tau (it might hold more above tau); such rows then offer every entry >= tau and tau is recomputed.
         Also moves the threshold estimate towards the smallest kept activation of the global batch.
         """
-        acts = pre.relu()
-        n_global = int(collectives.all_reduce_sum(torch.tensor(pre.shape[0], device=pre.device)))
+        n_rows, d_sae = pre.shape
+        n_global = int(collectives.all_reduce_sum(torch.tensor(n_rows, device=pre.device)))
         n_keep = self.cfg.k * n_global
-        local_top = acts.flatten().topk(min(n_keep, acts.numel())).values
-        candidates = collectives.all_gather_cat(local_top)
-        tau = candidates.topk(min(n_keep, candidates.numel())).values[-1]
-        width = max(1, int(((acts >= tau) & (acts > 0)).sum(1).max()))
-        top = acts.topk(width, dim=1)
-        keep = (top.values >= tau) & (top.values > 0)
-        local_min = torch.where(keep, top.values, torch.inf).min().reshape(1)
+        vals, idx = kernels.topk_select(pre, min(2 * self.cfg.k, d_sae))
+        tau = _kth_largest(collectives.all_gather_cat(vals.flatten()), n_keep)
+        last = vals.amin(1)
+        saturated = ((last >= tau) & (last > 0)).nonzero().squeeze(1)
+        if vals.shape[1] < d_sae and int(collectives.all_reduce_sum(saturated.new_tensor(len(saturated)))):
+            width = max(vals.shape[1], int((pre[saturated] >= tau).sum(1).max())) if len(saturated) else 0
+            wide_vals = torch.full(
+                (n_rows, max(width, vals.shape[1])), -torch.inf, dtype=pre.dtype, device=pre.device
+            )
+            wide_idx = torch.zeros(wide_vals.shape, dtype=idx.dtype, device=idx.device)
+            wide_vals[:, : vals.shape[1]], wide_idx[:, : vals.shape[1]] = vals, idx
+            if len(saturated):
+                wide_vals[saturated], wide_idx[saturated] = pre[saturated].topk(width, dim=1)
+            vals, idx = wide_vals, wide_idx
+            tau = _kth_largest(collectives.all_gather_cat(vals[vals > -torch.inf]), n_keep)
+        keep = (vals >= tau) & (vals > 0)
+        width = max(1, int(keep.sum(1).max()))
+        slot = torch.where(keep, keep.cumsum(1) - 1, width)
+        out_idx = idx.new_zeros(n_rows, width + 1).scatter_(1, slot, idx)[:, :width]
+        out_keep = keep.new_zeros(n_rows, width + 1).scatter_(1, slot, keep)[:, :width]
+        local_min = torch.where(keep, vals, torch.inf).min().reshape(1)
         smallest = collectives.all_gather_cat(local_min).min()
         if torch.isfinite(smallest) and self.training:
             m = self.cfg.threshold_momentum if self.threshold_updates > 0 else 0.0
             self.threshold.mul_(m).add_((1.0 - m) * smallest)
             self.threshold_updates += 1
-        return top.indices, keep
+        return out_idx, out_keep
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         x = inp.x
@@ -71,4 +100,4 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
         losses = {"mse": mse, "auxk": auxk}
         fired = self._fired(idx, vals, self.d_sae)
-        return TrainStepOutput(x_hat, mse + auxk, losses, fired, fired.sum() / x.shape[0])
+        return TrainStepOutput(x_hat, mse + auxk, losses, fired, fired.sum() / x.shape[0], self._extras())

@@ -10,6 +10,7 @@ TRAINING_ARCHITECTURE_NAMES = ("standard", "topk", "batchtopk", "jumprelu", "gat
 ARCHITECTURE_ALIASES = {"relu": "standard"}
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 PENALTY_FAMILY = ("standard", "jumprelu", "gated")
+DEFAULT_K = 32
 
 
 def canonical_architecture(name: str, valid: tuple[str, ...] = TRAINING_ARCHITECTURE_NAMES) -> str:
@@ -29,7 +30,8 @@ class TrainingSAEConfig(BaseModel):
 
     Sparsity is set by `k` for the TopK family (topk, batchtopk, matryoshka) and by `sparsity_coefficient` or
     `target_l0` for the penalty architectures (standard, jumprelu, gated). With neither given, the penalty
-    architectures aim at `target_l0 = k`, so every architecture defaults to the same L0.
+    architectures aim at `target_l0 = k` (k defaults to 32, or d_sae // 2 for penalty SAEs narrower than 64), so
+    every architecture defaults to the same L0.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -39,7 +41,11 @@ class TrainingSAEConfig(BaseModel):
     )
     d_in: int = Field(gt=0, description="input width")
     d_sae: int = Field(gt=0, description="number of latents")
-    k: int = Field(default=32, gt=0, description="active latents per token (TopK family; default target_l0)")
+    k: int | None = Field(
+        default=None,
+        gt=0,
+        description=f"active latents per token (TopK family, default {DEFAULT_K}); default target_l0",
+    )
     k_aux: int | None = Field(
         default=None, gt=0, description="AuxK latents per token; default d_in // 2, capped at the dead count"
     )
@@ -86,8 +92,11 @@ class TrainingSAEConfig(BaseModel):
     def _check(self) -> TrainingSAEConfig:
         self.architecture = canonical_architecture(self.architecture)
         arch = self.architecture
-        if self.k > self.d_sae:
-            raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}; choose k <= d_sae")
+        k_note = ""
+        if self.k is None and arch in TOPK_FAMILY:
+            self.k, k_note = DEFAULT_K, " (the default)"
+        if self.k is not None and self.k > self.d_sae:
+            raise ValueError(f"k={self.k}{k_note} is larger than d_sae={self.d_sae}; choose k <= d_sae")
         if self.k_aux is not None and self.k_aux > self.d_sae:
             raise ValueError(f"k_aux={self.k_aux} is larger than d_sae={self.d_sae}; choose k_aux <= d_sae")
         if self.sparsity_coefficient is not None and self.target_l0 is not None:
@@ -97,7 +106,7 @@ class TrainingSAEConfig(BaseModel):
         if self.target_l0 is not None and self.target_l0 > self.d_sae:
             raise ValueError(f"target_l0={self.target_l0} is larger than d_sae={self.d_sae}")
         if arch in PENALTY_FAMILY and self.sparsity_coefficient is None and self.target_l0 is None:
-            self.target_l0 = float(self.k)
+            self.target_l0 = float(self.k or min(DEFAULT_K, max(1, self.d_sae // 2)))
         if self.group_sizes is not None and arch != "matryoshka":
             raise ValueError("group_sizes only applies to architecture 'matryoshka'")
         if arch == "matryoshka":

@@ -10,7 +10,11 @@ A gate decides which latents fire, a magnitude path how much; both share W_enc, 
             + lambda * mean_b sum_i ReLU(pi_gate)_i ||W_dec[i]||                 (L1 on the gate)
             + mean_b ||x - (ReLU(pi_gate) @ sg(W_dec) + sg(b_dec))||^2           (aux, stop-gradient decoder)
 
-The gate's step function passes no gradient; the L1 and auxiliary terms train the gate path.
+The gate's step function passes no gradient; the L1 and auxiliary terms train the gate path. As in the paper,
+decoder rows are kept at unit norm (gradient component parallel to each row removed, rows renormalised after the
+step), so the decoder-norm weight is 1; it stays in the formula so the penalty cannot be lowered by shrinking W_dec.
+Without the constraint the frozen-decoder auxiliary term and the L1 term chase each other: W_dec shrinks, the gate
+grows to compensate, and the SAE collapses.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.config import TrainingSAEConfig
-from saeforge.sae.training import PenaltySAE
+from saeforge.sae.training import PenaltySAE, _affine
 
 
 class GatedSAE(SAE):
@@ -47,6 +51,7 @@ class GatedSAE(SAE):
 class GatedTrainingSAE(PenaltySAE):
     architecture = "gated"
     inference_architecture = "gated"
+    unit_norm_decoder = True
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
@@ -64,8 +69,10 @@ class GatedTrainingSAE(PenaltySAE):
         return 1.0 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        xc = x - self.b_dec
-        return xc @ self.W_enc + self.b_gate, xc @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+        """(pi_gate, pi_mag) [..., d_sae]; b_dec folded into the biases (see TrainingSAE.pre_acts)."""
+        W_mag = self.W_enc * self.r_mag.exp()
+        pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_dec @ self.W_enc)
+        return pi_gate, _affine(x, W_mag, self.b_mag - self.b_dec @ W_mag)
 
     def encode(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self._paths(x)
@@ -105,4 +112,4 @@ class GatedTrainingSAE(PenaltySAE):
             l0 = active.sum(-1).float().mean()
             fired = active.sum(0).to(x.dtype)
         self._adapt(inp, l0)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())

@@ -116,4 +116,4 @@ class JumpReLUTrainingSAE(PenaltySAE):
             l0 = active.sum(-1).float().mean()
             fired = active.sum(0).to(x.dtype)
         self._adapt(inp, l0)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())

@@ -35,7 +35,9 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
         pre = self._pre_no_grad(xc)
         idx, keep = self._select(pre, inp.collectives)
         vals = self._gather(xc, pre, idx).relu() * keep
-        group = torch.bucketize(idx, torch.tensor(self.prefix_ends, device=idx.device), right=True)
+        group = torch.bucketize(
+            idx.contiguous(), torch.tensor(self.prefix_ends, device=idx.device), right=True
+        )
         losses: dict[str, Tensor] = {}
         x_hat = self.b_dec.expand_as(x)
         for g, end in enumerate(self.prefix_ends):
@@ -43,4 +45,6 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
             losses[f"mse_prefix_{end}"] = (x_hat - x).pow(2).sum(-1).mean()
         losses["auxk"] = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
         fired = self._fired(idx, vals, self.d_sae)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, fired.sum() / x.shape[0])
+        return TrainStepOutput(
+            x_hat, sum(losses.values()), losses, fired, fired.sum() / x.shape[0], self._extras()
+        )

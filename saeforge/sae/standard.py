@@ -55,4 +55,4 @@ class StandardTrainingSAE(PenaltySAE):
             l0 = active.sum(-1).float().mean()
             fired = active.sum(0).to(x.dtype)
         self._adapt(inp, l0)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.training import TopKFamilySAE
 
@@ -49,7 +50,7 @@ class TopKTrainingSAE(TopKFamilySAE):
         x = inp.x
         xc = x - self.b_dec
         pre = self._pre_no_grad(xc)
-        idx = pre.topk(self.cfg.k, dim=1, sorted=False).indices
+        idx = kernels.topk_select(pre, self.cfg.k)[1]
         vals = self._gather(xc, pre, idx).relu()
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
         mse = (x_hat - x).pow(2).sum(-1).mean()

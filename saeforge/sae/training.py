@@ -41,6 +41,11 @@ def geometric_median(x: Tensor, max_iter: int = 200, tol: float = 1e-7) -> Tenso
     return m.to(x.dtype)
 
 
+def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """x [..., d_in] @ W [d_in, d] + b [d] -> [..., d] in one addmm."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
+
+
 class TrainingSAE(nn.Module):
     """Base of the training architectures. Subclasses set `architecture` and implement `training_forward`,
     `encode` and `_inference_state` (what `export` writes)."""
@@ -84,10 +89,11 @@ class TrainingSAE(nn.Module):
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        """Unit-norm decoders: removes the component of W_dec's gradient parallel to each row."""
+        """Unit-norm decoders: removes the component of W_dec's gradient parallel to each row (in place)."""
         if self.unit_norm_decoder and self.W_dec.grad is not None:
-            W = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
-            self.W_dec.grad -= (self.W_dec.grad * W).sum(1, keepdim=True) * W
+            W, G = self.W_dec, self.W_dec.grad
+            coef = torch.linalg.vecdot(G, W, dim=1).div_(torch.linalg.vector_norm(W, dim=1).square_())
+            G.addcmul_(W, coef.unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -96,8 +102,12 @@ class TrainingSAE(nn.Module):
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """[..., d_in] -> [..., d_sae] encoder pre-activations (dense, differentiable)."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """[..., d_in] -> [..., d_sae] encoder pre-activations (dense, differentiable).
+
+        Computed as x @ W_enc + (b_enc - b_dec @ W_enc), the same value as (x - b_dec) @ W_enc + b_enc: with x
+        data, b_dec's gradient is then a matvec instead of a [B, d_sae] x [d_sae, d_in] matmul.
+        """
+        return _affine(x, self.W_enc, self.b_enc - self.b_dec @ self.W_enc)
 
     def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """[..., d_in] (scaled space) -> [..., d_sae], the per-token rule an exported SAE uses."""
@@ -175,6 +185,10 @@ class PenaltySAE(TrainingSAE):
         """The penalty weight for this step (no grad)."""
         return self.sparsity_coefficient * float(inp.sparsity_warmup)
 
+    def _extras(self) -> dict[str, Tensor]:
+        """For the trainer's logs: the current lambda (before warm-up)."""
+        return {"sparsity_coefficient": self.sparsity_coefficient.detach().clone()}
+
     @torch.no_grad()
     def _adapt(self, inp: TrainStepInput, l0: Tensor) -> None:
         if self.cfg.target_l0 is None or inp.sparsity_warmup < 1.0 or not self.training:
@@ -201,11 +215,17 @@ class TopKFamilySAE(TrainingSAE):
     @torch.no_grad()
     def _pre_no_grad(self, xc: Tensor) -> Tensor:
         """xc [B, d_in] (x - b_dec) -> [B, d_sae] pre-activations without autograd history."""
-        return xc @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, xc, self.W_enc)
 
     def _gather(self, xc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-        """[B, w] differentiable pre-activations of the selected latents."""
-        return kernels.gather_preacts(xc, self.W_enc, self.b_enc, pre, idx)
+        """[B, w] differentiable pre-activations of the selected latents.
+
+        b_dec's gradient through xc = x - b_dec is -sum_b d/dxc[b] = -W_enc @ (b_enc's gradient): it is routed
+        through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
+        product as large as the encoder's weight gradient.
+        """
+        b_enc = self.b_enc - self.b_dec @ self.W_enc.detach()
+        return kernels.gather_preacts(xc.detach(), self.W_enc, b_enc, pre, idx)
 
     def _decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:
         """idx, vals [B, w] -> [B, d_in] (without b_dec)."""
@@ -221,7 +241,8 @@ class TopKFamilySAE(TrainingSAE):
             return residual.new_zeros(())
         k_aux = min(self.k_aux, n_dead)
         with torch.no_grad():
-            idx = pre.masked_fill(~dead_mask.to(pre.device), -torch.inf).topk(k_aux, dim=1).indices
+            dead = dead_mask.to(pre.device).nonzero().squeeze(1)
+            idx = dead[kernels.topk_select(pre.index_select(1, dead), k_aux)[1]]
         vals = self._gather(xc, pre, idx).relu()
         e_hat = self._decode_sparse(idx, vals)
         return self.aux_coefficient * (residual - e_hat).pow(2).sum(-1).mean()

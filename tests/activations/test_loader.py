@@ -68,7 +68,7 @@ def test_rank_slices_are_disjoint_and_cover_the_global_batch(store):
     for _ in range(12):
         parts = [_ids(next(r)) for r in ranks]
         assert all(len(p) == 40 for p in parts)
-        assert sum(parts, []) == _ids(next(full))
+        assert sorted(sum(parts, [])) == sorted(_ids(next(full)))
         assert not set(parts[0]) & set(parts[1])
     with pytest.raises(ValueError, match="multiple of world_size"):
         ActivationLoader(store, batch_size=100, world_size=3)

@@ -1,0 +1,80 @@
+"""Peak memory of training steps, measured in a fresh process (torch's allocations are invisible to tracemalloc).
+
+`python -m bench.memory ARCH B D_IN D_SAE K [STEPS] [ADAM]` builds the SAE and its optimiser, creates Adam's
+moments with a zero-gradient step, records the resident set size (the weights + optimiser state baseline), runs
+STEPS training steps and prints JSON with the baseline, the peak resident set size (`ru_maxrss`) and their
+difference: the memory a step needs on top of weights and optimiser state.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+GIB = 1024**3
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _probe(arch: str, B: int, d_in: int, d_sae: int, k: int, steps: int, adam: str) -> dict[str, float]:
+    from bench.steps import SaeforgeStep, Shape, _init_adam_state, activations, build_saeforge, make_adam
+
+    shape = Shape("probe", B, d_in, d_sae, k)
+    xs = activations(shape)
+    model = build_saeforge(arch, shape)
+    model.init_from_data(xs[0])
+    opt = make_adam([p for p in model.parameters() if p.requires_grad], adam)
+    _init_adam_state(model, opt)
+    baseline = _rss_bytes()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    step = SaeforgeStep(model, opt, xs)
+    for _ in range(steps):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    state_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) * 3
+    return {
+        "arch": arch,
+        "weights_and_adam_bytes": state_bytes,
+        "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": peak,
+        "setup_peak_rss_bytes": peak_before,
+        "step_peak_over_baseline_gib": (peak - baseline) / GIB,
+    }
+
+
+def measure_memory(arch: str, B: int, d_in: int, d_sae: int, k: int, steps: int = 3, adam: str = "saeforge"):
+    """Runs the probe in a fresh interpreter; returns its JSON result as a dict."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.memory",
+        arch,
+        str(B),
+        str(d_in),
+        str(d_sae),
+        str(k),
+        str(steps),
+        adam,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe {' '.join(cmd[2:])} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    print(
+        json.dumps(
+            _probe(
+                a[0], *map(int, a[1:5]), int(a[5]) if len(a) > 5 else 3, a[6] if len(a) > 6 else "saeforge"
+            )
+        )
+    )

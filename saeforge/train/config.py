@@ -1,0 +1,187 @@
+"""`TrainConfig`: what a training run is, as one typed object read from YAML or built from CLI flags.
+
+A run trains one SAE or a sweep of them on the same activation batches. Per-SAE settings live in `SAESpec`;
+any optimisation field left unset takes its architecture's default (see `saeforge.train.defaults` and
+docs/training.md). Validation that needs the data (d_in, the architecture registry) happens in
+`saeforge.train.trainer` before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+LrSchedule = Literal["constant", "cosine", "linear"]
+LoggerName = Literal["jsonl", "tensorboard", "mlflow", "wandb"]
+
+# Fields of TrainConfig that may change between a run and its resumption (they do not change the weights).
+OPERATIONAL_FIELDS = frozenset(
+    {
+        "out",
+        "resume",
+        "device",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "loggers",
+        "log_every",
+        "plots",
+        "wandb_project",
+        "evaluation_datasets",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before training starts; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SAESpec(_Strict):
+    """One SAE of a run. Unset optimisation fields (None) take the architecture's default."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="directory name of this SAE under `out` (letters, digits, . _ -)",
+    )
+    architecture: str = Field(description="a training architecture: topk, batchtopk, jumprelu, standard, ...")
+    d_in: int | None = Field(default=None, gt=0, description="input width; checked against the activations")
+    d_sae: int | None = Field(default=None, gt=0, description="number of latents (or give expansion_factor)")
+    expansion_factor: float | None = Field(default=None, gt=0, description="d_sae = expansion_factor * d_in")
+    k: int | None = Field(default=None, gt=0, description="active latents per token (TopK family)")
+    k_aux: int | None = Field(default=None, gt=0, description="latents in the AuxK loss (TopK family)")
+    sparsity_coefficient: float | None = Field(
+        default=None, ge=0, description="L1 / L0 penalty weight (penalty architectures)"
+    )
+    target_l0: float | None = Field(default=None, gt=0, description="instead of sparsity_coefficient")
+    bandwidth: float | None = Field(default=None, gt=0, description="JumpReLU straight-through bandwidth")
+    group_sizes: list[int] | None = Field(default=None, description="Matryoshka nested group sizes")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="further fields of the architecture's TrainingSAEConfig"
+    )
+    seed: int = Field(default=0, description="seed of this SAE's initialisation")
+    lr: float | None = Field(default=None, gt=0, description="peak learning rate")
+    betas: tuple[float, float] | None = Field(default=None, description="Adam (beta1, beta2)")
+    eps: float | None = Field(default=None, gt=0, description="Adam epsilon")
+    lr_schedule: LrSchedule | None = Field(default=None, description="constant, cosine or linear decay")
+    lr_warmup_steps: int | None = Field(default=None, ge=0, description="linear warm-up from 0")
+    lr_decay_steps: int | None = Field(
+        default=None,
+        ge=0,
+        description="linear schedule: decay over the last N steps (default: all after warm-up)",
+    )
+    lr_end_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="cosine/linear: final lr as a fraction of the peak"
+    )
+    sparsity_warmup_steps: int | None = Field(
+        default=None, ge=0, description="linear warm-up of the sparsity penalty from 0"
+    )
+    grad_clip_norm: float | None = Field(default=None, ge=0, description="max gradient norm; 0 disables")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SAESpec:
+        if self.d_sae is not None and self.expansion_factor is not None:
+            raise ValueError("give either d_sae or expansion_factor, not both")
+        if self.sparsity_coefficient is not None and self.target_l0 is not None:
+            raise ValueError("give either sparsity_coefficient or target_l0, not both")
+        if self.betas is not None and not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
+        return self
+
+    def resolved_d_sae(self, d_in: int) -> int:
+        if self.d_sae is not None:
+            return self.d_sae
+        return max(1, round((self.expansion_factor if self.expansion_factor is not None else 16) * d_in))
+
+
+class TrainConfig(_Strict):
+    """A training run: the data, its length, the output directory and the SAEs it trains."""
+
+    activations: Path | None = Field(
+        default=None,
+        description="activation store directory (optional when a batch source is passed in Python)",
+    )
+    tokens: int = Field(gt=0, description="training tokens (activation rows); steps = tokens // batch_size")
+    batch_size: int = Field(default=4096, gt=0, description="global batch size in tokens")
+    out: Path = Field(description="run directory: checkpoints, metrics, plots and one folder per SAE")
+    saes: list[SAESpec] = Field(min_length=1, description="the SAEs trained on the same batches")
+    seed: int = Field(default=0, description="seed of the data order and of training randomness")
+    resume: bool = Field(default=False, description="continue from the latest checkpoint in out/checkpoints")
+    dead_tokens: int = Field(
+        default=10_000_000, gt=0, description="a latent is dead after this many tokens without firing"
+    )
+    normalize_activations: Literal["expected_norm", "none"] = Field(
+        default="expected_norm",
+        description="expected_norm: scale inputs so that E||x|| = sqrt(d_in) (folded away at export)",
+    )
+    checkpoint_every: int | None = Field(default=None, gt=0, description="save a checkpoint every N steps")
+    keep_checkpoints: int = Field(default=3, ge=1, description="checkpoints kept on disk (newest)")
+    loggers: list[LoggerName] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="jsonl always; tensorboard, mlflow (sqlite), wandb (offline)",
+    )
+    wandb_project: str = Field(default="saeforge", description="wandb project name")
+    log_every: int = Field(default=10, gt=0, description="steps between metric records")
+    plots: bool = Field(default=True, description="write curves.png in the run directory at the end")
+    device: str = Field(default="auto", description="cpu, cuda, cuda:N or auto (cuda when available)")
+    dtype: Literal["float32", "float64"] = Field(default="float32", description="parameter dtype")
+    autocast: Literal["none", "bfloat16"] = Field(default="none", description="autocast the forward pass")
+    evaluation_datasets: list[str] = Field(
+        default_factory=list, description="evaluation data of these SAEs, recorded in the run card"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        names = [s.name for s in self.saes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(
+                f"saes: duplicate SAE names {dupes}; every SAE needs its own name (its output folder)"
+            )
+        if self.tokens < self.batch_size:
+            raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Reads a YAML file; `overrides` (e.g. out=..., resume=True) replace top-level keys."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {path} does not exist") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path} must hold a mapping with keys activations, tokens, batch_size, out, saes"
+            )
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Validates a dict, turning pydantic's errors into one ConfigError naming each field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, source)) from None
+
+
+def format_validation_error(e: ValidationError, source: str, prefix: str = "") -> str:
+    """One line per error, each naming its field as `prefix.loc` (e.g. `saes.0.k`)."""
+    lines = [f"invalid {source}:"]
+    for err in e.errors():
+        loc = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"])) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)

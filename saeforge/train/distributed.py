@@ -1,0 +1,133 @@
+"""Data parallelism over torch.distributed (torchrun): NCCL on GPU, gloo on CPU.
+
+Every rank holds a full copy of every SAE and reads its own slice of each global batch. Gradients are summed
+over ranks and divided by the world size, which equals one process's gradient on the global batch because
+each rank's loss is a mean over an equal-sized slice. Batch-wide statistics go through `TorchCollectives`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from saeforge.sae.base import Collectives
+
+
+class TorchCollectives(Collectives):
+    """`Collectives` over the default torch.distributed process group."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        out = t.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def all_gather_cat(self, t: Tensor) -> Tensor:
+        """Concatenation along dim 0 in rank order; ranks may hold different numbers of rows."""
+        t = t.detach().contiguous()
+        n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
+        sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
+        dist.all_gather(sizes, n)
+        rows = [int(s.item()) for s in sizes]
+        padded = t.new_zeros((max(rows), *t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:r] for p, r in zip(parts, rows, strict=True)], dim=0)
+
+
+@dataclass
+class DistContext:
+    """This process's place in the run: rank 0 of 1 unless launched by torchrun with WORLD_SIZE > 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+    collectives: Collectives = field(default_factory=Collectives)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> DistContext:
+        """Joins the torchrun process group if WORLD_SIZE > 1 (NCCL for CUDA devices, gloo otherwise)."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        owns = False
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+            owns = True
+        return cls(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            owns_group=owns,
+            collectives=TorchCollectives(dist.get_world_size()),
+        )
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Replaces each gradient by its mean over ranks (one flattened all-reduce)."""
+        if not self.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True if `flag` is true on any rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def all_reduce_(self, t: Tensor) -> Tensor:
+        """Sums `t` over ranks in place and returns it."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (JSON-able), in rank order."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Copies rank 0's parameters and buffers to every rank."""
+        if not self.enabled:
+            return
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()

@@ -1,0 +1,109 @@
+"""The run card: how an SAE was made, written into its `cfg.json` metadata and into the run directory.
+
+Data fields (model and fingerprint, hook, context size, tokenizer, corpora, preprocessing, token counts) come
+from the activation store's manifest; training fields from the resolved configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import saeforge
+from saeforge.train.config import SAESpec, TrainConfig
+from saeforge.train.defaults import OptimSettings
+
+SPARSITY_MECHANISMS = {
+    "topk": "top-k latents per token, AuxK loss on dead latents",
+    "batchtopk": "top k*B latents over the batch; a threshold estimated in training is used at inference",
+    "matryoshka": "batch top-k with nested prefix reconstruction losses",
+    "jumprelu": "JumpReLU thresholds with an L0 penalty (straight-through estimator)",
+    "gated": "gated encoder with an L1 penalty on the gate",
+    "standard": "ReLU with an L1 penalty weighted by decoder row norms",
+}
+SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth", "group_sizes")
+_PENALTY = ("sparsity_coefficient", "target_l0", "l0_controller_rate", "initial_sparsity_coefficient")
+# The TrainingSAEConfig fields that set each architecture's sparsity (the others do not apply to it).
+SPARSITY_SETTINGS = {
+    "topk": ("k", "k_aux", "aux_coefficient"),
+    "batchtopk": ("k", "k_aux", "aux_coefficient", "threshold_momentum"),
+    "matryoshka": ("k", "k_aux", "aux_coefficient", "threshold_momentum", "group_sizes"),
+    "standard": _PENALTY,
+    "gated": (*_PENALTY, "aux_coefficient"),
+    "jumprelu": (*_PENALTY, "bandwidth", "initial_threshold"),
+}
+INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
+# Manifest fields that describe how activations were collected, not where the shards are.
+_NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}
+
+
+def data_card(manifest: Any | None) -> dict[str, Any]:
+    """The data part of the card from a store manifest (a pydantic model or dict), or {} without one."""
+    if manifest is None:
+        return {}
+    data = manifest.model_dump(mode="json") if hasattr(manifest, "model_dump") else dict(manifest)
+    return {k: v for k, v in data.items() if k not in _NOT_CARD and v is not None}
+
+
+def run_card(
+    cfg: TrainConfig,
+    spec: SAESpec,
+    *,
+    sae_config: dict[str, Any],
+    optim: OptimSettings,
+    data: dict[str, Any],
+    activation_scale: float,
+    world_size: int,
+    steps: int,
+    device: str,
+    num_rows: int | None = None,
+) -> dict[str, Any]:
+    """The run card of one SAE. num_rows: rows in the store (to report how many epochs the run covers)."""
+    architecture = sae_config["architecture"]
+    keys = SPARSITY_SETTINGS.get(architecture, tuple(sae_config))
+    sparsity = {k: sae_config[k] for k in keys if sae_config.get(k) is not None}
+    model = data.get("model") or {}
+    return {
+        "saeforge_version": saeforge.__version__,
+        "name": spec.name,
+        "architecture": architecture,
+        "model": model.get("path"),
+        "model_fingerprint": model.get("fingerprint"),
+        "hook_name": data.get("hook"),
+        "d_in": sae_config["d_in"],
+        "d_sae": sae_config["d_sae"],
+        "sparsity": {
+            "mechanism": SPARSITY_MECHANISMS.get(architecture, architecture),
+            **sparsity,
+        },
+        "initialisation": {k: sae_config[k] for k in INIT_SETTINGS if k in sae_config},
+        "training": {
+            "tokens": steps * cfg.batch_size,
+            "steps": steps,
+            "batch_size": cfg.batch_size,
+            "batch_size_per_rank": cfg.batch_size // world_size,
+            "world_size": world_size,
+            "optimizer": {"name": "adam", "lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps},
+            "schedule": {
+                "lr_schedule": optim.lr_schedule,
+                "lr_warmup_steps": optim.lr_warmup_steps,
+                "lr_decay_steps": optim.lr_decay_steps,
+                "lr_end_fraction": optim.lr_end_fraction,
+                "sparsity_warmup_steps": optim.sparsity_warmup_steps,
+            },
+            "grad_clip_norm": optim.grad_clip_norm,
+            "dead_tokens": cfg.dead_tokens,
+            "normalize_activations": cfg.normalize_activations,
+            "activation_scale": activation_scale,
+            "data_seed": cfg.seed,
+            "dtype": cfg.dtype,
+            "autocast": cfg.autocast,
+            "device": device,
+        },
+        "data": {
+            "activations": str(cfg.activations) if cfg.activations else None,
+            "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
+            **data,
+        },
+        "context_size": data.get("context_size"),
+        "evaluation_datasets": list(cfg.evaluation_datasets),
+    }

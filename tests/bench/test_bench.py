@@ -1,0 +1,96 @@
+"""The benchmark harness runs and writes sane JSON (`python -m bench --quick`); no speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bench import harness
+from bench.report import phase_floors
+from tests.conftest import REPO, cli_env
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--json", str(out), "--archs", "topk,standard"]
+    cmd += ["--sections", "training,phases,adam,memory,loop"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_quick_run_prints_tables_and_writes_json(quick_run):
+    stdout, res = quick_run
+    for title in (
+        "Floors measured",
+        "Training steps",
+        "Phases of a saeforge topk step",
+        "Adam step",
+        "Peak memory",
+    ):
+        assert title in stdout
+    assert res["machine"]["torch_threads"] >= 1 and res["machine"]["cpu_count"] >= 1
+    floors = res["floors"]["quick"]
+    assert floors["gemm"]["gflops"] > 0 and floors["copy"]["gbytes_per_s"] > 0
+
+
+def test_training_rows_cover_both_implementations(quick_run):
+    _, res = quick_run
+    seen = {(r["arch"], r["impl"], r["adam"]) for r in res["training"]}
+    assert {
+        ("topk", "saeforge", "default"),
+        ("topk", "plain", "default"),
+        ("topk", "saeforge", "saeforge"),
+    } <= seen
+    assert {("standard", "saeforge", "default"), ("standard", "plain", "default")} <= seen
+    for r in res["training"]:
+        st = r["step"]
+        assert 0 < st["min"] <= st["median"] <= st["max"] and st["n"] == 2
+        assert math.isclose(r["tokens_per_s"], 256 / st["median"], rel_tol=1e-9)
+
+
+def test_phases_split_the_step(quick_run):
+    _, res = quick_run
+    (topk,) = res["phases"]
+    phases = topk["phases"]
+    for name in ("encoder matmul", "top-k selection", "sparse decode", "backward", "optimizer"):
+        assert phases[name] > 0, name
+    total = sum(phases.values())
+    # the instrumented step and the plain timed step measure the same work
+    assert 0.2 * topk["step"]["median"] < total < 5 * topk["step"]["median"]
+
+
+def test_memory_and_loop_sections(quick_run):
+    _, res = quick_run
+    (mem,) = res["memory"]
+    assert mem["peak_rss_bytes"] >= mem["baseline_rss_bytes"] > mem["weights_and_adam_bytes"] > 0
+    loop = res["loop"]
+    assert loop["loop_tokens_per_s"] > 0 and loop["bare_step_tokens_per_s"] > 0
+    assert math.isclose(loop["loop_over_bare"], loop["loop_tokens_per_s"] / loop["bare_step_tokens_per_s"])
+    assert set(res["adam"]) == {"default", "foreach", "fused", "saeforge"}
+
+
+def test_phase_clock_charges_exclusive_time(monkeypatch):
+    ticks = iter(range(100))
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: float(next(ticks)))
+    clock = harness.PhaseClock()  # t=0
+    clock.enter("outer")  # t=1
+    inner = clock.wrap("inner", lambda: None)
+    inner()  # enter t=2, exit t=3
+    clock.exit()  # t=4
+    assert clock.phases == {"outer": 2.0, "inner": 1.0}
+
+
+def test_phase_floors_follow_the_shape():
+    shape = {"B": 4096, "d_in": 768, "d_sae": 24576, "k": 64}
+    floors = phase_floors(shape, gflops=204.0, gbytes_per_s=20.0)
+    assert math.isclose(floors["encoder matmul"], 2 * 4096 * 768 * 24576 / 204e9)
+    assert math.isclose(floors["optimizer"], 28 * (2 * 768 * 24576 + 24576 + 768) / 20e9)
+    doubled = phase_floors({**shape, "B": 8192}, gflops=204.0, gbytes_per_s=20.0)
+    assert math.isclose(doubled["encoder matmul"], 2 * floors["encoder matmul"])
+    assert doubled["optimizer"] == floors["optimizer"]

@@ -1,0 +1,146 @@
+"""Standard, JumpReLU and Gated: loss terms against hand-written formulas, STE gradients, the L0 controller."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saeforge.sae import TrainStepInput, create_training_sae
+from saeforge.sae.jumprelu import JumpReLUFunction, StepFunction
+from saeforge.synthetic import SyntheticActivations, SyntheticConfig
+
+D_IN, D_SAE = 6, 10
+
+
+def _sae(arch, **cfg):
+    sae = create_training_sae(dict(architecture=arch, d_in=D_IN, d_sae=D_SAE, seed=0, **cfg)).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return sae
+
+
+def test_standard_l1_is_weighted_by_decoder_norms():
+    sae = _sae("standard", sparsity_coefficient=0.7)
+    x = torch.randn(5, D_IN, dtype=torch.float64)
+    out = sae.training_forward(TrainStepInput(x=x, sparsity_warmup=0.5))
+    with torch.no_grad():
+        l1 = sum(
+            max(0.0, float((x[b] - sae.b_dec) @ sae.W_enc[:, i] + sae.b_enc[i])) * float(sae.W_dec[i].norm())
+            for b in range(5)
+            for i in range(D_SAE)
+        )
+    assert out.losses["l1"].item() == pytest.approx(0.35 * l1 / 5)
+    assert out.loss.item() == pytest.approx(out.losses["mse"].item() + out.losses["l1"].item())
+
+
+def test_jumprelu_ste_gradients_match_the_paper():
+    eps = 0.1
+    pre = torch.tensor(
+        [[0.22, 0.46, 0.60, -1.0], [0.53, 0.10, 0.30, 0.02]], dtype=torch.float64, requires_grad=True
+    )
+    theta = torch.tensor([0.25, 0.5, 0.3, 0.0], dtype=torch.float64, requires_grad=True)
+    g = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]], dtype=torch.float64)
+    out = JumpReLUFunction.apply(pre, theta, eps)
+    torch.testing.assert_close(out, pre.detach() * (pre.detach() > theta.detach()))
+    out.backward(g)
+    expected_theta = torch.zeros(4, dtype=torch.float64)
+    expected_step = torch.zeros(4, dtype=torch.float64)
+    for b in range(2):
+        for i in range(4):
+            if abs(pre[b, i].item() - theta[i].item()) < eps / 2:
+                expected_theta[i] -= theta[i].item() / eps * g[b, i].item()
+                expected_step[i] -= 1.0 / eps * g[b, i].item()
+    assert (expected_step != 0).all() and (expected_theta != 0).sum() == 3
+    torch.testing.assert_close(theta.grad, expected_theta)
+    torch.testing.assert_close(pre.grad, g * (pre.detach() > theta.detach()))
+    theta.grad = None
+    pre.grad = None
+    StepFunction.apply(pre, theta, eps).backward(g)
+    torch.testing.assert_close(theta.grad, expected_step)
+    assert pre.grad is None
+
+
+def test_jumprelu_threshold_moves_under_adam_and_stays_nonnegative():
+    sae = create_training_sae(dict(architecture="jumprelu", d_in=D_IN, d_sae=D_SAE, sparsity_coefficient=1.0))
+    start = sae.threshold.detach().clone()
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(50):
+        out = sae.training_forward(TrainStepInput(x=torch.randn(64, D_IN)))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        sae.after_optimizer_step()
+    assert (sae.threshold - start).abs().max() > 0.1
+    assert (sae.threshold >= 0).all()
+
+
+def _train_l0(arch: str, steps: int, lr: float, **cfg) -> float:
+    torch.manual_seed(0)
+    data = SyntheticActivations(SyntheticConfig(d_in=16, n_features=32, l0=3, seed=0))
+    scale = 4.0 / data.sample(2048).norm(dim=1).mean().item()
+    sae = create_training_sae(dict(architecture=arch, d_in=16, d_sae=32, **cfg))
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    for step in range(steps):
+        out = sae.training_forward(
+            TrainStepInput(x=scale * data.sample(256), sparsity_warmup=min(1.0, step / 30))
+        )
+        opt.zero_grad()
+        out.loss.backward()
+        sae.before_optimizer_step()
+        opt.step()
+        sae.after_optimizer_step()
+    with torch.no_grad():
+        return float((sae.encode(scale * data.sample(4096)) > 0).sum(1).float().mean())
+
+
+def test_jumprelu_larger_lambda_gives_lower_l0():
+    l0s = [_train_l0("jumprelu", 150, 1e-2, sparsity_coefficient=lam) for lam in (0.01, 0.1, 1.0)]
+    assert l0s[0] > 1.5 * l0s[1] > 1.5 * 1.5 * l0s[2], l0s
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "gated"])
+def test_target_l0_controller_reaches_target(arch):
+    l0 = _train_l0(arch, 300, 3e-3, target_l0=6)
+    assert 4 < l0 < 9, l0
+
+
+def test_controller_waits_for_warmup_and_lives_in_a_buffer():
+    sae = create_training_sae(dict(architecture="jumprelu", d_in=D_IN, d_sae=D_SAE, target_l0=1))
+    lam0 = sae.sparsity_coefficient.item()
+    x = torch.randn(32, D_IN)
+    sae.training_forward(TrainStepInput(x=x, sparsity_warmup=0.5))
+    assert sae.sparsity_coefficient.item() == lam0
+    out = sae.training_forward(TrainStepInput(x=x, sparsity_warmup=1.0))
+    assert out.l0 > 1 and sae.sparsity_coefficient.item() > lam0
+    assert out.extras["sparsity_coefficient"].item() == sae.sparsity_coefficient.item()
+    assert "sparsity_coefficient" in sae.state_dict()
+    fixed = create_training_sae(
+        dict(architecture="jumprelu", d_in=D_IN, d_sae=D_SAE, sparsity_coefficient=0.2)
+    )
+    fixed.training_forward(TrainStepInput(x=x))
+    assert fixed.sparsity_coefficient.item() == pytest.approx(0.2)
+
+
+def test_gated_aux_uses_a_stop_gradient_decoder():
+    sae = _sae("gated", sparsity_coefficient=0.5)
+    x = torch.randn(8, D_IN, dtype=torch.float64)
+    out = sae.training_forward(TrainStepInput(x=x))
+    out.losses["aux"].backward()
+    assert sae.W_dec.grad is None or sae.W_dec.grad.abs().sum() == 0
+    assert sae.b_dec.grad is not None and sae.W_enc.grad.abs().sum() > 0
+    assert sae.r_mag.grad is None or sae.r_mag.grad.abs().sum() == 0
+    xc = x - sae.b_dec
+    gate = (xc @ sae.W_enc + sae.b_gate).relu()
+    expected = (x - gate @ sae.W_dec - sae.b_dec).pow(2).sum(-1).mean()
+    assert out.losses["aux"].item() == pytest.approx(expected.item())
+
+
+def test_gated_magnitude_path_is_tied_through_r_mag():
+    sae = _sae("gated", sparsity_coefficient=0.5)
+    x = torch.randn(8, D_IN, dtype=torch.float64)
+    xc = x - sae.b_dec
+    mag = (xc @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag).relu()
+    expected = ((xc @ sae.W_enc + sae.b_gate) > 0) * mag
+    torch.testing.assert_close(sae.encode(x), expected)

@@ -1,0 +1,102 @@
+"""Test support for the trainer: a synthetic batch source and a worker entry point for subprocess tests.
+
+python tests/train/_support.py SPEC.json     runs `train` as SPEC describes (see `main`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+class SyntheticSource:
+    """Deterministic global batches of sparse combinations of planted directions, sliced by rank.
+
+    Global batch i: [batch_size, d_in]; rank r of w yields rows [r * b / w, (r + 1) * b / w).
+    nan_at: global batch index whose first row is NaN (fault tests).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        nan_at: int | None = None,
+        n_features: int = 48,
+    ):
+        self.d_in, self.batch_size, self.seed = d_in, batch_size, seed
+        self.rank, self.world_size, self.nan_at = rank, world_size, nan_at
+        g = torch.Generator().manual_seed(1234)
+        feats = torch.randn(n_features, d_in, generator=g)
+        self.features = feats / feats.norm(dim=-1, keepdim=True)
+        self.position = 0
+
+    def global_batch(self, i: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        n = self.features.shape[0]
+        active = torch.rand(self.batch_size, n, generator=g) < 4 / n
+        mags = torch.rand(self.batch_size, n, generator=g) * 3 + 0.5
+        x = (active * mags) @ self.features + 0.05 * torch.randn(self.batch_size, self.d_in, generator=g)
+        if self.nan_at == i:
+            x[0, 0] = float("nan")
+        return x + 2.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Tensor:
+        x = self.global_batch(self.position)
+        self.position += 1
+        per = self.batch_size // self.world_size
+        return x[self.rank * per : (self.rank + 1) * per]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = state["position"]
+
+    def last_source(self) -> str:
+        return f"synthetic batch {self.position - 1}"
+
+
+def main(spec_path: str) -> None:
+    """Runs `train` on a SyntheticSource. SPEC: {"config": TrainConfig dict, "source": SyntheticSource kwargs,
+    "action_at": step, "action": "sigterm" | "block"}. Under torchrun each rank reads its slice."""
+    from saeforge.train import TrainConfig, TrainingInterrupted, train
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    source = SyntheticSource(**spec["source"], rank=rank, world_size=world)
+    action_at, action = spec.get("action_at"), spec.get("action")
+
+    def progress(event):
+        if event.step == action_at and action == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif event.step == action_at and action == "block":
+            print("BLOCKED", flush=True)
+            time.sleep(600)
+
+    try:
+        results = train(TrainConfig.parse(spec["config"]), source=source, progress=progress)
+    except TrainingInterrupted as e:
+        print(f"INTERRUPTED {e}", flush=True)
+        sys.exit(3)
+    print("DONE " + json.dumps({r.name: r.metrics for r in results}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
