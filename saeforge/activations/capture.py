@@ -276,9 +276,11 @@ class _HookWriter:
         self.save_progress()
 
     def prune_contexts(self) -> None:
-        live = set()
-        for p in self.pending["pos"]:
-            live.update(p[:, 0].tolist())
+        """Forgets the contexts of sequences that no pending row belongs to."""
+        if not self.pending["pos"]:
+            self.contexts = {}
+            return
+        live = set(torch.unique(torch.cat([p[:, 0] for p in self.pending["pos"]])).tolist())
         self.contexts = {s: c for s, c in self.contexts.items() if s in live}
 
     def save_progress(self) -> None:

@@ -12,6 +12,7 @@ from saeforge.activations.manifest import MANIFEST, Manifest, Stats
 from saeforge.activations.shards import (
     ST_DTYPES,
     ShardError,
+    as_tensor,
     memmap_array,
     memmap_tensor,
     read_header,
@@ -158,7 +159,8 @@ class ActivationStore:
         """Read-only numpy memmap of shard i's activations [rows, d_in] (bfloat16 as uint16), for fast gathers."""
         if i not in self._arrays:
             header, start = self._headers[i]
-            self._arrays[i] = memmap_array(self.shard_path(i), header["activations"], start)
+            # A plain ndarray view (not the np.memmap subclass): fancy indexing on it is faster.
+            self._arrays[i] = np.asarray(memmap_array(self.shard_path(i), header["activations"], start))
         return self._arrays[i]
 
     def verify(self) -> list[str]:
@@ -166,24 +168,24 @@ class ActivationStore:
         return verify_shards(self.path, self.manifest)
 
     def iter_batches(self, batch_size: int, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
-        """Yields all rows once, in store order, as [<=batch_size, d_in] tensors (for evaluation)."""
+        """Yields all rows once, in store order, as fresh [<=batch_size, d_in] tensors (for evaluation)."""
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        pending: list[torch.Tensor] = []
-        have = 0
-        for i in range(self.num_shards):
-            acts = self.shard(i)["activations"]
-            start = 0
-            while start < acts.shape[0]:
-                take = min(batch_size - have, acts.shape[0] - start)
-                pending.append(acts[start : start + take].to(dtype, copy=True))
-                have += take
-                start += take
-                if have == batch_size:
-                    yield torch.cat(pending) if len(pending) > 1 else pending[0]
-                    pending, have = [], 0
-        if pending:
-            yield torch.cat(pending)
+        st_dtype = ST_NAMES[self.manifest.dtype]
+        arrays = [self.activations_array(i) for i in range(self.num_shards)]
+        n = self.num_rows
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            buf = np.empty((stop - start, self.d_in), dtype=arrays[0].dtype if arrays else np.float32)
+            first = int(np.searchsorted(self.row_offsets, start, side="right")) - 1
+            at, s = 0, first
+            while at < len(buf):
+                lo = start + at - int(self.row_offsets[s])
+                take = min(len(buf) - at, arrays[s].shape[0] - lo)
+                buf[at : at + take] = arrays[s][lo : lo + take]
+                at, s = at + take, s + 1
+            batch = as_tensor(buf, st_dtype)
+            yield batch if batch.dtype == dtype else batch.to(dtype)
 
     def context(self, seq_id: int) -> torch.Tensor | None:
         """Token ids [context_size] of stored sequence `seq_id`, or None if the store keeps no contexts."""

@@ -75,8 +75,7 @@ def capture(
 ) -> None:
     """Capture activations into checksummed shards; rerun the same command to resume after a crash.
 
-    Under `torchrun --nproc_per_node N -m saeforge capture ...` the processes split the forward passes and one
-    manifest per hook results.
+    Under `torchrun --nproc_per_node N -m saeforge capture ...` the processes split the forward passes; one manifest per hook results.
     """
     from pydantic import ValidationError
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
