@@ -2,7 +2,7 @@ r"""A deterministic OpenAI-compatible chat-completions server on 127.0.0.1 for t
 
 Explainer requests: answers "the word X" with X the most frequent <<marked>> token, or UNCLEAR when X marks
 fewer than `clear_share` of the examples. Detection requests: YES when X appears in the excerpt, NO otherwise,
-and a malformed answer when the excerpt contains `garble_token`. Whitespace tokens are not explained. The first `fail_first` requests get HTTP 500.
+and a malformed answer when the excerpt contains `garble_token`. Whitespace and non-printable tokens are not explained. The first `fail_first` requests get HTTP 500.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class JudgeServer:
         examples = [line for line in user.splitlines() if line.startswith("Example")]
         firsts = [m.group(1).strip() for e in examples if (m := re.search(r"<<(.*?)>>", e))]
         word, n = collections.Counter(firsts).most_common(1)[0]
-        clear = word and re.fullmatch(r"\S+", word) and n >= self.clear_share * len(examples)
+        printable = word.isprintable() and re.fullmatch(r"\S+", word)
+        clear = printable and n >= self.clear_share * len(examples)
         return f"the word {word}" if clear else "UNCLEAR"
 
     def __enter__(self):

@@ -86,7 +86,9 @@ def test_cli_errors_before_work(tiny_model, sae_dir, tmp_path):
     model = tiny_model("gpt2")
     bad = run_inproc("steer", "--model", model, "--sae", sae_dir, "--latent", "3", "--prompt", "x")
     assert bad.exit_code == 2 and "--coefficient" in bad.output
-    bad = run_inproc("steer", "--sae", sae_dir, "--latent", "3", "--prompt", "x", "-c", "-1", "--sweep", "-20,5")
+    bad = run_inproc(
+        "steer", "--sae", sae_dir, "--latent", "3", "--prompt", "x", "-c", "-1", "--sweep", "-20,5"
+    )
     assert bad.exit_code == 2 and "--model and --prompt" in bad.output
     bad = run_inproc("steer", "--sae", sae_dir, "--latent", "99", "--export", tmp_path)
     assert bad.exit_code == 2 and "d_sae=32" in bad.output
