@@ -78,16 +78,19 @@ def interpret(
     device: str = typer.Option("cpu", "--device", help="Device for the SAE and the model (cpu, cuda, ...)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent sample and the reservoirs."),
 ) -> None:
-    """Top activating contexts, quantile samples, density and histogram per latent in one streaming pass;
-    writes latents.json, a static dashboard and a searchable feature index. With --judge-url, an LLM judge
-    explains each latent and is scored by detection (balanced accuracy, F1). The key comes from
-    OPENAI_API_KEY."""
+    """Describe latents: top contexts, quantile samples, logits; dashboard, feature index, LLM judge.
+
+    One streaming pass collects per latent the top activating contexts, samples across activation quantiles,
+    density and the activation histogram; writes latents.json, a static dashboard (index.html) and a
+    searchable feature index (features.sqlite). With --judge-url, an LLM judge explains each latent and is
+    scored by detection (balanced accuracy, F1); the key comes from OPENAI_API_KEY.
+    """
     from saeforge.activations.store import ActivationStore
     from saeforge.interpret.contexts import tokenizer_decode
     from saeforge.interpret.dashboard import write_dashboard
     from saeforge.interpret.index import build_index
     from saeforge.interpret.judge import JudgeClient, JudgeError
-    from saeforge.interpret.pipeline import choose_latents
+    from saeforge.interpret.pipeline import add_judgements, choose_latents
     from saeforge.interpret.pipeline import interpret as run_interpret
     from saeforge.interpret.records import save_interpretation
     from saeforge.interpret.source import store_batches
@@ -131,48 +134,55 @@ def interpret(
     if sae_hook and store.hook and sae_hook != store.hook:
         _fail(f"the SAE was trained at hook {sae_hook!r} but the store holds {store.hook!r}")
     model_dir = _model_dir(model, store.manifest)
-    lm, decode = None, None
+    lm, decode, vocab = None, None, None
     if model_dir is not None:
         from saeforge.models import load_model
 
         loaded = load_model(model_dir, device=device)
         decode = tokenizer_decode(loaded.tokenizer)
+        vocab = len(loaded.tokenizer)
         if loaded.kind == "causal" and not no_logits:
             lm = loaded.model
     typer.echo(f"interpreting {len(chosen)} latents of {sae} over {store.num_rows:,} rows of {activations}")
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("judge requests", total=None) if judge else None
-        try:
-            result = run_interpret(
-                sae_obj,
-                batches,
-                chosen,
-                k=top_k,
-                before=before,
-                after=after,
-                n_bands=bands,
-                per_band=per_band,
-                n_negatives=negatives,
-                tokens_of=store.context,
-                decode=decode,
-                model=lm,
-                through_norm=through_norm,
-                judge=judge,
-                judge_examples=judge_examples,
-                progress=(lambda n: bar.advance(task, n)) if judge else None,
-                seed=seed,
-            )
-        except JudgeError as e:
-            _fail(str(e))
+    result = run_interpret(
+        sae_obj,
+        batches,
+        chosen,
+        k=top_k,
+        before=before,
+        after=after,
+        n_bands=bands,
+        per_band=per_band,
+        n_negatives=negatives,
+        tokens_of=store.context,
+        decode=decode,
+        model=lm,
+        through_norm=through_norm,
+        vocab_size=vocab,
+        seed=seed,
+    )
     result.meta.update(
         sae=str(sae), activations=str(activations), model=str(model_dir) if model_dir else None
     )
     out.mkdir(parents=True, exist_ok=True)
-    save_interpretation(result, out / "latents.json")
-    index = write_dashboard(result, out)
-    db = build_index(result.latents, out)
+
+    def write() -> tuple[Path, Path]:
+        save_interpretation(result, out / "latents.json")
+        return write_dashboard(result, out), build_index(result.latents, out)
+
+    index, db = write()
+    if judge is not None:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("judge requests", total=None)
+            try:
+                add_judgements(
+                    result, judge, judge_examples, bands * per_band, lambda n: bar.advance(task, n)
+                )
+            except JudgeError as e:
+                _fail(f"{e}\n(statistics and contexts were written to {out}; explanations are missing)")
+        index, db = write()
     alive = sum(r.n_active > 0 for r in result.latents)
     typer.echo(f"{alive}/{len(result.latents)} chosen latents fire on these rows")
     j = result.meta.get("judge")
@@ -187,3 +197,78 @@ def interpret(
             f"unparseable answers {j['n_unparseable']}/{j['n_answers']}"
         )
     typer.echo(f"wrote {out / 'latents.json'}, {index}, {db}")
+
+
+@app.command()
+def attribute(
+    model: Path = typer.Option(..., "--model", help="Local causal LM directory."),
+    sae: Path = typer.Option(..., "--sae", help="SAE directory (cfg.json + sae_weights.safetensors)."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt whose next-token logit is explained."),
+    target: str = typer.Option(
+        ..., "--target", help="Target token (a single token; mind the leading space)."
+    ),
+    top: int = typer.Option(
+        10, "--top", help="Latents shown that raise the logit most, and as many lowering it."
+    ),
+    ablate: int = typer.Option(
+        5, "--ablate", help="Re-run the prompt without each of the N largest |direct|."
+    ),
+    hook: str = typer.Option(None, "--hook", help="Hook of the SAE (default: its hook_name)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="An interpret --out directory: adds this attribution to latents.json and its dashboard "
+        "(any other directory gets attribution.json).",
+    ),
+    device: str = typer.Option("cpu", "--device", help="Device for the model and SAE (cpu, cuda, ...)."),
+) -> None:
+    """Latents that most raise or lower a target token's logit after a prompt.
+
+    Direct effect: activation x decoder direction x unembedding, through the final norm with its scale frozen
+    at the prompt's last position. Ablation effect: the prompt re-run with the latent's contribution removed.
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from saeforge.interpret.attribution import attribute as run_attribute
+    from saeforge.interpret.dashboard import write_dashboard
+    from saeforge.interpret.records import load_interpretation, save_interpretation, write_text_atomic
+    from saeforge.models import HookError, load_model
+    from saeforge.sae import load_sae
+
+    if top <= 0 or ablate < 0:
+        _fail("--top must be positive and --ablate >= 0")
+    try:
+        sae_obj = load_sae(sae, device=device)
+        loaded = load_model(model, device=device)
+        res = run_attribute(loaded, sae_obj, prompt, target, hook=hook, top=top, ablate=ablate)
+    except (FileNotFoundError, HookError, ValueError) as e:
+        _fail(str(e))
+    table = Table(
+        "latent",
+        "activation",
+        "direct Δ logit",
+        "ablation Δ logit",
+        title=f"{prompt!r} → {target!r} (logit {res.target_logit:.4g}, hook {res.hook})",
+    )
+    for r in res.rows:
+        table.add_row(
+            str(r.latent),
+            f"{r.activation:.4g}",
+            f"{r.direct:+.4g}",
+            "–" if r.ablation is None else f"{r.ablation:+.4g}",
+        )
+    Console(width=120).print(table)
+    if out is None:
+        return
+    if (out / "latents.json").exists():
+        interp = load_interpretation(out)
+        interp.attributions.append(res.to_dict())
+        save_interpretation(interp, out / "latents.json")
+        write_dashboard(interp, out)
+        typer.echo(f"added to {out / 'latents.json'} and {out / 'attribution.html'}")
+    else:
+        write_text_atomic(out / "attribution.json", json.dumps(res.to_dict(), indent=1))
+        typer.echo(f"wrote {out / 'attribution.json'}")

@@ -123,30 +123,49 @@ def latent_acts(sae: SAE, x: Tensor, latent_ids: Tensor) -> Tensor:
     return z[:, latent_ids.to(z.device)].float().cpu()
 
 
-class _Reservoir:
-    """Per-latent uniform sample of the rows where `mask` holds: keeps the `size` smallest random keys."""
+POS_BITS = 24
+
+
+def pack_rows(positions: Tensor) -> Tensor:
+    """positions [n, 2] (sequence, position) -> [n] int64 keys seq << 24 | pos."""
+    if positions.numel() and int(positions[:, 1].max()) >= 1 << POS_BITS:
+        raise ValueError(f"positions >= 2^{POS_BITS} are not supported (context too long)")
+    return (positions[:, 0] << POS_BITS) | positions[:, 1]
+
+
+def unpack_row(key: int) -> tuple[int, int]:
+    return key >> POS_BITS, key & ((1 << POS_BITS) - 1)
+
+
+class _Keeper:
+    """Per latent, the `size` rows of largest score seen so far (with their activation and row key).
+
+    Each chunk is first reduced to its own top `size` per latent, so the merge touches 2 * size entries per
+    latent whatever the chunk length. Entries with score -inf are empty slots.
+    """
 
     def __init__(self, n_latents: int, size: int):
-        self.keys = torch.full((n_latents, size), math.inf)
+        self.scores = torch.full((n_latents, size), -math.inf)
         self.vals = torch.zeros(n_latents, size)
-        self.rows = torch.full((n_latents, size, 2), -1, dtype=torch.long)
+        self.rows = torch.full((n_latents, size), -1, dtype=torch.long)
 
-    def update(self, z: Tensor, rows: Tensor, mask: Tensor, gen: torch.Generator) -> None:
-        """z [n, L], rows [n, 2], mask [n, L] bool."""
-        n, n_lat = z.shape
-        keys = torch.rand(n, n_lat, generator=gen).masked_fill_(~mask, math.inf)
-        all_keys = torch.cat([self.keys, keys.T], dim=1)
-        all_vals = torch.cat([self.vals, z.T], dim=1)
-        all_rows = torch.cat([self.rows, rows.unsqueeze(0).expand(n_lat, n, 2)], dim=1)
-        self.keys, idx = all_keys.topk(self.keys.shape[1], dim=1, largest=False)
-        self.vals = all_vals.gather(1, idx)
-        self.rows = all_rows.gather(1, idx.unsqueeze(-1).expand(-1, -1, 2))
+    def update(self, scores: Tensor, vals: Tensor, rows: Tensor) -> None:
+        """scores, vals [L, n]; rows [n] packed row keys."""
+        size = self.scores.shape[1]
+        cand, idx = scores.topk(min(size, scores.shape[1]), dim=1)
+        all_scores = torch.cat([self.scores, cand], dim=1)
+        all_vals = torch.cat([self.vals, vals.gather(1, idx)], dim=1)
+        all_rows = torch.cat([self.rows, rows[idx]], dim=1)
+        self.scores, keep = all_scores.topk(size, dim=1)
+        self.vals = all_vals.gather(1, keep)
+        self.rows = all_rows.gather(1, keep)
 
     def hits(self, j: int) -> list[RowHit]:
-        keep = torch.isfinite(self.keys[j])
+        """Filled slots of latent j, by decreasing score."""
+        ok = self.scores[j] > -math.inf
         return [
-            RowHit(int(r[0]), int(r[1]), float(v))
-            for r, v in zip(self.rows[j][keep].tolist(), self.vals[j][keep].tolist(), strict=True)
+            RowHit(*unpack_row(r), float(v))
+            for r, v in zip(self.rows[j][ok].tolist(), self.vals[j][ok].tolist(), strict=True)
         ]
 
 
@@ -177,18 +196,18 @@ class _Histograms:
         self.counts[j] = merged
         self.hi[j] = hi * f
 
-    def update(self, z: Tensor) -> None:
-        """z [n, L] float32."""
-        zmax = z.max(0).values
+    def update(self, zT: Tensor) -> None:
+        """zT [L, n] float32 (latent-major)."""
+        zmax = zT.max(1).values
         for j in torch.nonzero((zmax > 0) & (zmax.double() >= self.hi)).flatten().tolist():
             self._grow(j, float(zmax[j]))
-        active = z > 0
-        if not active.any():
-            return
-        cols = active.nonzero()[:, 1]
-        vals = z[active].double()
-        bins = (vals / self.hi[cols] * self.n_bins).floor().long().clamp_(0, self.n_bins - 1)
-        self.counts.view(-1).index_add_(0, cols * self.n_bins + bins, torch.ones_like(bins))
+        n_lat, nb = self.counts.shape
+        # hi and n_bins are powers of two, so z / hi * n_bins is exact in float32.
+        scale = (nb / self.hi.clamp(min=1e-30)).float().unsqueeze(1)
+        bins = (zT * scale).floor_().clamp_(0, nb - 1).long()
+        bins += torch.arange(n_lat).unsqueeze(1) * nb
+        bins.masked_fill_(zT <= 0, n_lat * nb)
+        self.counts += torch.bincount(bins.flatten(), minlength=n_lat * nb + 1)[:-1].view(n_lat, nb)
 
 
 @torch.no_grad()
@@ -208,7 +227,9 @@ def collect_stats(
 
     k: top rows kept per latent is 2k (windows are deduplicated later). sample_size: active-row reservoir per
     latent. inactive_size: inactive-row reservoir per latent. Rows are processed in chunks of at most
-    `max_chunk_elems / L` rows so that the [rows, L] activation block stays bounded.
+    `max_chunk_elems / max(L, d_sae)` rows so that the encoder's [rows, d_sae] output stays bounded.
+    Reservoirs: each (row, latent) draws a uniform key; the `size` largest keys among the rows where the latent
+    is active (inactive) are kept, which is a uniform sample without replacement of those rows.
     """
     if not latent_ids:
         raise ValueError("no latents chosen: pass --latents N or --latent-ids")
@@ -218,51 +239,42 @@ def collect_stats(
     ids = torch.tensor(latent_ids, dtype=torch.long)
     n_lat = len(latent_ids)
     gen = torch.Generator().manual_seed(seed)
-    n_top = 2 * k
-    top_vals = torch.full((n_lat, n_top), -math.inf)
-    top_rows = torch.full((n_lat, n_top, 2), -1, dtype=torch.long)
-    active_res = _Reservoir(n_lat, sample_size)
-    inactive_res = _Reservoir(n_lat, inactive_size)
+    top = _Keeper(n_lat, 2 * k)
+    active_res = _Keeper(n_lat, sample_size)
+    inactive_res = _Keeper(n_lat, inactive_size)
     hist = _Histograms(n_lat, hist_bins)
     n_active = torch.zeros(n_lat, dtype=torch.long)
     sum_active = torch.zeros(n_lat, dtype=torch.float64)
     n_rows = 0
-    max_rows = max(1, max_chunk_elems // n_lat)
+    max_rows = max(1, max_chunk_elems // max(n_lat, sae.d_sae))
     for chunk in iter_chunks(batches, sae.d_in, max_rows):
-        z = latent_acts(sae, chunk.activations, ids)
-        rows = chunk.positions
-        n = z.shape[0]
-        n_rows += n
-        active = z > 0
-        n_active += active.sum(0)
-        sum_active += (z * active).sum(0, dtype=torch.float64)
-        all_vals = torch.cat([top_vals, z.T], dim=1)
-        all_rows = torch.cat([top_rows, rows.unsqueeze(0).expand(n_lat, n, 2)], dim=1)
-        top_vals, idx = all_vals.topk(min(n_top, all_vals.shape[1]), dim=1)
-        top_rows = all_rows.gather(1, idx.unsqueeze(-1).expand(-1, -1, 2))
-        active_res.update(z, rows, active, gen)
-        inactive_res.update(z, rows, ~active, gen)
-        hist.update(z)
+        zT = latent_acts(sae, chunk.activations, ids).T.contiguous()
+        rows = pack_rows(chunk.positions)
+        n_rows += zT.shape[1]
+        active = zT > 0
+        n_active += active.sum(1)
+        sum_active += zT.clamp(min=0).sum(1, dtype=torch.float64)
+        top.update(torch.where(active, zT, -math.inf), zT, rows)
+        # One uniform key per (latent, row) serves both reservoirs: their masks are disjoint.
+        keys = torch.rand(zT.shape, generator=gen)
+        active_res.update(torch.where(active, keys, -math.inf), zT, rows)
+        inactive_res.update(torch.where(active, -math.inf, keys), zT, rows)
+        hist.update(zT)
     if n_rows == 0:
         raise ValueError("the activation source yielded no rows")
     out = []
     for j, latent in enumerate(latent_ids):
-        keep = top_vals[j] > 0
-        top = [
-            RowHit(int(r[0]), int(r[1]), float(v))
-            for r, v in zip(top_rows[j][keep].tolist(), top_vals[j][keep].tolist(), strict=True)
-        ]
-        sample = sorted(active_res.hits(j), key=lambda h: h.activation)
+        top_hits = top.hits(j)
         out.append(
             LatentStats(
                 latent=latent,
                 n_rows=n_rows,
                 n_active=int(n_active[j]),
                 sum_active=float(sum_active[j]),
-                max_activation=top[0].activation if top else 0.0,
+                max_activation=top_hits[0].activation if top_hits else 0.0,
                 histogram=Histogram(float(hist.hi[j]), hist.counts[j].tolist()),
-                top=top,
-                active_sample=sample,
+                top=top_hits,
+                active_sample=sorted(active_res.hits(j), key=lambda h: h.activation),
                 inactive_sample=inactive_res.hits(j),
             )
         )

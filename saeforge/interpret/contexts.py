@@ -8,16 +8,24 @@ given (a store's contexts), and have activation None.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-from saeforge.interpret.collect import Batch, LatentStats, RowHit, collect_stats, iter_chunks, latent_acts
+from saeforge.interpret.collect import (
+    POS_BITS,
+    Batch,
+    LatentStats,
+    RowHit,
+    collect_stats,
+    iter_chunks,
+    latent_acts,
+    pack_rows,
+)
 from saeforge.interpret.records import LatentRecord, TokenContext
 from saeforge.sae.base import SAE
-
-_POS_BITS = 24
 
 TokensOf = Callable[[int], "Tensor | None"]
 Decode = Callable[[list[int]], list[str]]
@@ -30,14 +38,20 @@ def default_decode(ids: list[int]) -> list[str]:
 def tokenizer_decode(tokenizer) -> Decode:
     """Per-token strings from a Hugging Face tokenizer (each id decoded alone, so byte-level BPE reads well)."""
 
+    def one(i: int) -> str:
+        if i < 0:
+            return "?"
+        text = tokenizer.decode([i])
+        if text and "\ufffd" not in text:
+            return text
+        # A byte fragment of a multi-byte character, or an id past the tokenizer's vocabulary.
+        raw = tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else None
+        return raw or f"<{i}>"
+
     def decode(ids: list[int]) -> list[str]:
-        return [tokenizer.decode([i]) if i >= 0 else "?" for i in ids]
+        return [one(i) for i in ids]
 
     return decode
-
-
-def _key(seq: Tensor, pos: Tensor) -> Tensor:
-    return (seq << _POS_BITS) | pos
 
 
 def dedupe_windows(hits: Sequence[RowHit], k: int, before: int, after: int) -> list[RowHit]:
@@ -87,58 +101,75 @@ def fill_windows(
     before: int,
     after: int,
     tokens_of: TokensOf | None = None,
-    max_rows: int = 8192,
+    max_chunk_elems: int = 1 << 24,
 ) -> list[tuple[int, list[int], list[float | None]]]:
     """Second pass: for each request (latent index j into latent_ids, centre row) -> (start, token_ids, acts).
 
-    Only rows inside some window are encoded. Window positions with no row and no `tokens_of` entry are
-    trimmed at the ends and get token id -1 inside.
+    Only rows inside some window are encoded; rows find their window slots by binary search in the sorted
+    slot keys, so each chunk costs O(rows log slots) whatever the number of windows. Window positions with no row and no `tokens_of` entry are trimmed at the ends and get token
+    id -1 inside.
     """
-    need: dict[int, list[int]] = {}
     windows = []
-    for r, (_, h) in enumerate(requests):
+    ctxs = []
+    for _, h in requests:
         start = max(0, h.pos - before)
         end = h.pos + after + 1
-        if tokens_of is not None:
-            ctx = tokens_of(h.seq)
-            if ctx is not None:
-                end = min(end, int(ctx.shape[0]))
+        ctx = tokens_of(h.seq) if tokens_of is not None else None
+        if ctx is not None:
+            end = min(end, int(ctx.shape[0]))
         windows.append((start, end))
-        for p in range(start, end):
-            need.setdefault((h.seq << _POS_BITS) | p, []).append(r)
-    tok = [[-1] * (e - s) for s, e in windows]
-    acts: list[list[float | None]] = [[None] * (e - s) for s, e in windows]
-    if need:
-        keys = torch.tensor(sorted(need), dtype=torch.long)
+        ctxs.append(ctx)
+    lengths = torch.tensor([e - s for s, e in windows], dtype=torch.long)
+    n_slots = int(lengths.sum())
+    tok_out = torch.full((n_slots,), -1, dtype=torch.long)
+    act_out = torch.full((n_slots,), math.nan)
+    if n_slots:
+        req = torch.repeat_interleave(torch.arange(len(requests)), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        seq = torch.tensor([h.seq for _, h in requests], dtype=torch.long)
+        start = torch.tensor([s for s, _ in windows], dtype=torch.long)
+        slot_pos = start[req] + torch.arange(n_slots) - first[req]
+        slot_key = (seq[req] << POS_BITS) | slot_pos
+        slot_j = torch.tensor([j for j, _ in requests], dtype=torch.long)[req]
+        order = slot_key.argsort()
+        sorted_keys = slot_key[order]
         ids = torch.tensor(latent_ids, dtype=torch.long)
+        max_rows = max(1, max_chunk_elems // max(len(latent_ids), sae.d_sae))
         for chunk in iter_chunks(batches, sae.d_in, max_rows):
-            row_keys = _key(chunk.positions[:, 0], chunk.positions[:, 1])
-            m = torch.isin(row_keys, keys)
+            row_keys = pack_rows(chunk.positions)
+            lo = torch.searchsorted(sorted_keys, row_keys)
+            count = torch.searchsorted(sorted_keys, row_keys, right=True) - lo
+            m = count > 0
             if not m.any():
                 continue
             z = latent_acts(sae, chunk.activations[m], ids)
-            for key, t, zrow in zip(
-                row_keys[m].tolist(), chunk.token_ids[m].tolist(), z.tolist(), strict=True
-            ):
-                pos = key & ((1 << _POS_BITS) - 1)
-                for r in need.get(key, ()):
-                    off = pos - windows[r][0]
-                    tok[r][off] = t
-                    acts[r][off] = zrow[requests[r][0]]
+            count, lo = count[m], lo[m]
+            # Every slot of every matched row: row r owns sorted slots lo[r] .. lo[r] + count[r] - 1.
+            row = torch.repeat_interleave(torch.arange(count.shape[0]), count)
+            within = torch.arange(row.shape[0]) - torch.repeat_interleave(
+                torch.cumsum(count, 0) - count, count
+            )
+            slots = order[lo[row] + within]
+            act_out[slots] = z[row, slot_j[slots]]
+            tok_out[slots] = chunk.token_ids[m][row]
     out = []
+    bounds = torch.cumsum(lengths, 0).tolist()
+    all_tok = tok_out.tolist()
+    all_act = [None if math.isnan(v) else v for v in act_out.tolist()]
     for r, (_, h) in enumerate(requests):
-        start, _ = windows[r]
-        t, a = tok[r], acts[r]
-        if tokens_of is not None:
-            ctx = tokens_of(h.seq)
-            if ctx is not None:
-                t = [int(ctx[start + i]) if v < 0 else v for i, v in enumerate(t)]
+        start_r = windows[r][0]
+        lo_slot = bounds[r] - (windows[r][1] - start_r)
+        t = all_tok[lo_slot : bounds[r]]
+        a = all_act[lo_slot : bounds[r]]
+        ctx = ctxs[r]
+        if ctx is not None:
+            t = [int(ctx[start_r + i]) if v < 0 else v for i, v in enumerate(t)]
         lo, hi = 0, len(t)
-        while lo < h.pos - start and t[lo] < 0:
+        while lo < h.pos - start_r and t[lo] < 0:
             lo += 1
-        while hi > h.pos - start + 1 and t[hi - 1] < 0:
+        while hi > h.pos - start_r + 1 and t[hi - 1] < 0:
             hi -= 1
-        out.append((start + lo, t[lo:hi], a[lo:hi]))
+        out.append((start_r + lo, t[lo:hi], a[lo:hi]))
     return out
 
 

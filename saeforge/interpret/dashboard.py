@@ -88,8 +88,14 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}g}"
 
 
+def _show(tok: str) -> str:
+    """Display form of a token: newlines as ↵, tabs as →, other control characters as \\xNN; escaped."""
+    out = tok.replace("\n", "↵").replace("\t", "→")
+    return escape("".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in out))
+
+
 def _token_span(tok: str, a: float | None, max_act: float, centre: bool) -> str:
-    shown = escape(tok.replace("\n", "↵"))
+    shown = _show(tok)
     if a is None:
         return f"<span class='t' title='no activation stored'>{shown}</span>"
     alpha = 0.0 if max_act <= 0 else max(0.0, min(1.0, a / max_act))
@@ -217,6 +223,11 @@ def index_page(interp: Interpretation, sub: str) -> str:
 
 
 def attribution_page(interp: Interpretation, sub: str) -> str:
+    known = {r.latent for r in interp.latents}
+
+    def cell(latent: int) -> str:
+        return f"<a href='latents/{latent}.html'>{latent}</a>" if latent in known else str(latent)
+
     parts = []
     for a in interp.attributions:
         head = (
@@ -224,9 +235,9 @@ def attribution_page(interp: Interpretation, sub: str) -> str:
             f"<p>target logit {a['target_logit']:.4g}; direct contributions sum {a['direct_sum']:.4g}</p>"
         )
         rows = "".join(
-            f"<tr><td class='num'><a href='latents/{r['latent']}.html'>{r['latent']}</a></td>"
+            f"<tr><td class='num'>{cell(r['latent'])}</td>"
             f"<td class='num'>{r['activation']:.4g}</td><td class='num'>{r['direct']:+.4g}</td>"
-            f"<td class='num'>{_fmt(r.get('ablation'), 4)}</td></tr>"
+            f"<td class='num'>{'–' if r.get('ablation') is None else format(r['ablation'], '+.4g')}</td></tr>"
             for r in a["rows"]
         )
         parts.append(

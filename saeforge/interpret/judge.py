@@ -155,7 +155,9 @@ def detect_prompt(explanation: str, ctx: TokenContext) -> list[dict[str, str]]:
 
 def parse_explanation(text: str) -> tuple[str, bool]:
     """Judge text -> (explanation, unclear)."""
-    text = text.strip().strip('"').strip()
+    text = text.strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
     if text.lower().startswith("explanation:"):
         text = text[len("explanation:") :].strip()
     unclear = not text or text.upper().rstrip(".") == "UNCLEAR"

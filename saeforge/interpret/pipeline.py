@@ -51,6 +51,7 @@ def interpret(
     model: nn.Module | None = None,
     n_logit_tokens: int = 10,
     through_norm: bool = True,
+    vocab_size: int | None = None,
     judge: JudgeClient | None = None,
     judge_examples: int = 10,
     progress: Callable[[int], None] | None = None,
@@ -58,7 +59,8 @@ def interpret(
 ) -> Interpretation:
     """Describes `latent_ids` of `sae` from a re-iterable activation source (see `top_contexts`).
 
-    model: a causal LM (HF) for promoted/suppressed tokens through its unembedding (skipped when None).
+    model: a causal LM (HF) for promoted/suppressed tokens through its unembedding (skipped when None);
+    vocab_size: only the first vocab_size ids are ranked (the tokenizer's; models pad their embeddings).
     judge: an OpenAI-compatible client; when given, latents get an explanation and detection scores.
     """
     decode = decode or default_decode
@@ -79,6 +81,8 @@ def interpret(
     if model is not None:
         ids = torch.tensor(latent_ids)
         logits = direction_logits(model, sae.W_dec.detach()[ids], through_norm=through_norm)
+        if vocab_size is not None:
+            logits = logits[:, :vocab_size]
         for rec, row in zip(records, logits, strict=True):
             rec.promoted, rec.suppressed = top_token_scores(row, decode, n_logit_tokens)
     meta = {
@@ -88,9 +92,21 @@ def interpret(
         "hook": sae.cfg.metadata.get("hook_name"),
         "logits_through_norm": through_norm if model is not None else None,
     }
+    interp = Interpretation(latents=records, meta=meta)
     if judge is not None:
-        summary = judge_latents(
-            judge, records, n_examples=judge_examples, n_detect=per_band * n_bands, progress=progress
-        )
-        meta["judge"] = {**asdict(summary), "unclear_share": summary.unclear_share, "model": judge.model}
-    return Interpretation(latents=records, meta=meta)
+        add_judgements(interp, judge, judge_examples, per_band * n_bands, progress)
+    return interp
+
+
+def add_judgements(
+    interp: Interpretation,
+    judge: JudgeClient,
+    n_examples: int = 10,
+    n_detect: int = 20,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Explains and detection-scores every latent of `interp` in place; the summary goes to meta["judge"]."""
+    summary = judge_latents(
+        judge, interp.latents, n_examples=n_examples, n_detect=n_detect, progress=progress
+    )
+    interp.meta["judge"] = {**asdict(summary), "unclear_share": summary.unclear_share, "model": judge.model}

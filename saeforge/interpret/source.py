@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from saeforge.activations.store import ActivationStore
 from saeforge.interpret.collect import Batch
+from saeforge.interpret.contexts import tokenizer_decode, top_contexts
+from saeforge.interpret.records import LatentRecord
+from saeforge.sae.base import SAE
 
 
 class StoreBatches:
@@ -44,3 +48,21 @@ class StoreBatches:
 def store_batches(store: ActivationStore, rows: int = 8192) -> StoreBatches:
     """`top_contexts(sae, store_batches(store), ids, tokens_of=store.context)` is all a store takes."""
     return StoreBatches(store, rows)
+
+
+def store_top_contexts(
+    sae: SAE,
+    store: ActivationStore | str | Path,
+    latent_ids: list[int],
+    k: int = 10,
+    tokenizer=None,
+    **kwargs,
+) -> list[LatentRecord]:
+    """`top_contexts` over a store (an ActivationStore or its directory): its saved contexts fill the windows,
+    `tokenizer` (a Hugging Face tokenizer) gives the token strings. kwargs go to `top_contexts`."""
+    if not isinstance(store, ActivationStore):
+        store = ActivationStore.open(store)
+    decode = tokenizer_decode(tokenizer) if tokenizer is not None else None
+    return top_contexts(
+        sae, store_batches(store), latent_ids, k, tokens_of=store.context, decode=decode, **kwargs
+    )

@@ -1,8 +1,8 @@
-"""A deterministic OpenAI-compatible chat-completions server on 127.0.0.1 for the judge tests.
+r"""A deterministic OpenAI-compatible chat-completions server on 127.0.0.1 for the judge tests.
 
 Explainer requests: answers "the word X" with X the most frequent <<marked>> token, or UNCLEAR when X marks
 fewer than `clear_share` of the examples. Detection requests: YES when X appears in the excerpt, NO otherwise,
-and a malformed answer when the excerpt contains `garble_token`. The first `fail_first` requests get HTTP 500.
+and a malformed answer when the excerpt contains `garble_token`. Whitespace and non-printable tokens are not explained. The first `fail_first` requests get HTTP 500.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def _whole(word: str) -> str:
+    """Regex for `word` not glued to word characters on either side."""
+    return rf"(?<!\w){re.escape(word)}(?!\w)"
 
 
 class JudgeServer:
@@ -77,15 +82,17 @@ class JudgeServer:
         if "Explanation:" in user and "Excerpt:" in user:
             word = re.search(r"Explanation: the word (\S+)", user).group(1)
             excerpt = user.split("Excerpt:", 1)[1]
-            if self.garble_token and re.search(rf"\b{self.garble_token}\b", excerpt):
+            if self.garble_token and re.search(_whole(self.garble_token), excerpt):
                 return "Hmm, it is hard to say."
-            return "YES" if re.search(rf"\b{re.escape(word)}\b", excerpt) else "NO"
+            return "YES" if re.search(_whole(word), excerpt) else "NO"
         with self.lock:
             self.explain_prompts.append(user)
         examples = [line for line in user.splitlines() if line.startswith("Example")]
         firsts = [m.group(1).strip() for e in examples if (m := re.search(r"<<(.*?)>>", e))]
         word, n = collections.Counter(firsts).most_common(1)[0]
-        return f"the word {word}" if n >= self.clear_share * len(examples) else "UNCLEAR"
+        printable = word.isprintable() and re.fullmatch(r"\S+", word)
+        clear = printable and n >= self.clear_share * len(examples)
+        return f"the word {word}" if clear else "UNCLEAR"
 
     def __enter__(self):
         self.thread.start()

@@ -92,3 +92,39 @@ def test_rmsnorm_frozen_map_and_unembedding_readout(tiny_model):
 def test_multi_token_target_is_rejected(gpt2):
     with pytest.raises(ValueError, match="single token"):
         target_token_id(gpt2.tokenizer, " documentation of modules")
+
+
+def test_interpret_on_model_activations_reads_logits_and_tokens(gpt2):
+    """Real activations of a tiny GPT-2: decoded windows match the tokenizer; promoted tokens match a float64
+    LayerNorm-then-unembed reference restricted to the tokenizer's vocabulary."""
+    from saeforge.interpret import Batch, interpret, tokenizer_decode
+    from saeforge.models import run_hooks
+
+    hook = "layers.1.resid_post"
+    texts = [
+        "The module defines functions and classes.",
+        "Return the value of the named attribute of object.",
+    ]
+    batches, contexts = [], []
+    for s, text in enumerate(texts):
+        ids = gpt2.tokenizer(text, return_tensors="pt")["input_ids"]
+        x = run_hooks(gpt2, ids, hooks=[hook])[hook][0]
+        n = ids.shape[1]
+        pos = torch.stack([torch.full((n,), s), torch.arange(n)], 1)
+        batches.append(Batch(x, ids[0], pos))
+        contexts.append(ids[0])
+    sae = relu_sae(64, 16, seed=4, hook=hook, b_enc=False)
+    vocab = len(gpt2.tokenizer)
+    decode = tokenizer_decode(gpt2.tokenizer)
+    res = interpret(sae, batches, [2, 9], k=3, model=gpt2.model, decode=decode, vocab_size=vocab)
+    ln, W_U = gpt2.model.transformer.ln_f, gpt2.model.lm_head.weight.detach().double()[:vocab].T
+    gamma = ln.weight.detach().double()
+    for rec in res.latents:
+        for c in rec.top:
+            assert c.token_ids == contexts[c.seq][c.start : c.start + len(c.token_ids)].tolist()
+            assert c.tokens == [gpt2.tokenizer.decode([t]) for t in c.token_ids]
+        d = sae.W_dec.detach()[rec.latent].double()
+        ref = (gamma * (d - d.mean()) / torch.sqrt(d.var(unbiased=False) + ln.eps)) @ W_U
+        assert [t.token_id for t in rec.promoted] == ref.topk(10).indices.tolist()
+        assert [t.token_id for t in rec.suppressed] == (-ref).topk(10).indices.tolist()
+        assert rec.promoted[0].value == pytest.approx(float(ref.max()), rel=1e-4)

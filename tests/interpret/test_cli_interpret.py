@@ -96,3 +96,18 @@ def test_interpret_cli_errors_before_work(setup, tmp_path):
     bad = run_inproc(*common, "--latent-ids", "x")
     assert bad.exit_code == 2 and "comma-separated integers" in bad.output
     assert not (tmp_path / "latents.json").exists()
+
+
+def test_store_top_contexts_api(setup):
+    """The one-call API the report uses: same records as top_contexts over the in-memory rows."""
+    from saeforge.interpret import store_top_contexts, top_contexts
+    from saeforge.sae import load_sae
+
+    sae = load_sae(setup / "sae")
+    got = store_top_contexts(sae, setup / "store", [1, 6], k=4)
+    batches, _ = planted_stream(n_seq=60)
+    ref = top_contexts(sae, batches, [1, 6], k=4)
+    assert [(c.seq, c.pos, c.token_ids) for r in got for c in r.top] == [
+        (c.seq, c.pos, c.token_ids) for r in ref for c in r.top
+    ]
+    assert [r.hist_counts for r in got] == [r.hist_counts for r in ref]

@@ -135,3 +135,21 @@ def test_errors_name_the_problem():
         top_contexts(identity_sae(4), batches, [0])
     with pytest.raises(TypeError, match="re-iterable"):
         top_contexts(identity_sae(8), iter(batches), [0])
+
+
+def test_windows_with_rows_missing_from_the_stream():
+    """Rows at position < 3 are not stored (like BOS): with the contexts they show their tokens with no
+    activation; without them the window starts at the first stored row."""
+    batches, tokens = planted_stream(n_seq=40, ctx=12)
+    kept = [Batch(*(t[b.positions[:, 1] >= 3] for t in b)) for b in batches]
+    sae = identity_sae(8)
+    with_ctx = top_contexts(sae, kept, [4], k=30, before=6, after=1, tokens_of=lambda s: tokens[s])[0]
+    without = top_contexts(sae, kept, [4], k=30, before=6, after=1)[0]
+    assert [(c.seq, c.pos) for c in with_ctx.top] == [(c.seq, c.pos) for c in without.top]
+    early = [(a, b) for a, b in zip(with_ctx.top, without.top, strict=True) if a.pos < 9]
+    assert early, "some windows reach the unstored positions"
+    for a, b in early:
+        assert a.start == max(0, a.pos - 6) and b.start == max(3, b.pos - 6)
+        assert a.token_ids == tokens[a.seq, a.start : a.pos + 2].tolist()
+        assert all((p < 3) == (v is None) for p, v in zip(range(a.start, a.pos + 2), a.acts, strict=True))
+        assert b.token_ids == a.token_ids[b.start - a.start :] and None not in b.acts

@@ -97,13 +97,18 @@ def test_dashboard_structure_offline_and_highlighting(interp, tmp_path):
         assert rec.explanation in html and "<svg" in html
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless chromium not installed")
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p is not None), None
+)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless chromium not installed (apt-get install chromium)")
 def test_dashboard_renders_and_filters_in_chromium(interp, tmp_path):
     index = write_dashboard(interp, tmp_path)
 
     def dom(url):
         out = subprocess.run(
-            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
             capture_output=True,
             text=True,
             timeout=60,
@@ -118,7 +123,7 @@ def test_dashboard_renders_and_filters_in_chromium(interp, tmp_path):
     shot = tmp_path / "latent.png"
     out = subprocess.run(
         [
-            "chromium",
+            CHROMIUM,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

@@ -8,7 +8,14 @@ import time
 import pytest
 import torch
 
-from saeforge.interpret.judge import JudgeClient, JudgeError, parse_yes_no, render, score_answers
+from saeforge.interpret.judge import (
+    JudgeClient,
+    JudgeError,
+    parse_explanation,
+    parse_yes_no,
+    render,
+    score_answers,
+)
 from saeforge.interpret.pipeline import interpret
 from saeforge.sae.base import SAEConfig
 from tests.interpret.helpers import ReluSAE, planted_stream
@@ -30,6 +37,9 @@ def sae_with_mixed_latent() -> ReluSAE:
 
 
 def test_parse_and_score():
+    assert parse_explanation('"closing brackets"') == ("closing brackets", False)
+    assert parse_explanation('the token "') == ('the token "', False)
+    assert parse_explanation("Explanation: UNCLEAR.") == ("UNCLEAR.", True)
     assert [parse_yes_no(t) for t in ["YES", " no.", "Yes, clearly", "1", "maybe", "", "nope"]] == [
         True,
         False,

@@ -49,7 +49,8 @@ def test_steering_adds_exactly_c_times_direction(gpt2, sae):
     ids = gpt2.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad(), record(gpt2, [HOOK]) as base:
         gpt2.model(input_ids=ids)
-    with torch.no_grad(), steering(gpt2, HOOK, direction, 2.5), record(gpt2, [HOOK]) as steered:
+    # The recorder is registered first; steering still runs ahead of it (prepended), so it sees the sum.
+    with torch.no_grad(), record(gpt2, [HOOK]) as steered, steering(gpt2, HOOK, direction, 2.5):
         gpt2.model(input_ids=ids)
     torch.testing.assert_close(steered[HOOK], base[HOOK] + 2.5 * direction, rtol=0, atol=1e-5)
 
@@ -73,7 +74,7 @@ def test_clamp_sets_latent_and_keeps_error_term(gpt2, sae):
     ids = gpt2.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad(), record(gpt2, [HOOK]) as base:
         gpt2.model(input_ids=ids)
-    with torch.no_grad(), clamping(gpt2, HOOK, sae, 7, 4.0), record(gpt2, [HOOK]) as clamped:
+    with torch.no_grad(), record(gpt2, [HOOK]) as clamped, clamping(gpt2, HOOK, sae, 7, 4.0):
         gpt2.model(input_ids=ids)
     # Reference in float64: x' = x - x_hat + decode(z with z_7 := 4).
     s64 = relu_sae(64, 32, seed=5).double()
