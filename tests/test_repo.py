@@ -9,7 +9,18 @@ import typer.main
 
 from tests.conftest import REPO
 
-EXPECTED_COMMANDS = {"run", "capture", "train", "eval", "verify", "plan", "interpret", "steer", "features"}
+EXPECTED_COMMANDS = {
+    "run",
+    "capture",
+    "train",
+    "eval",
+    "verify",
+    "plan",
+    "interpret",
+    "attribute",
+    "steer",
+    "features",
+}
 
 
 def _readme_commands() -> list[str]:

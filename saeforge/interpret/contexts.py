@@ -35,12 +35,31 @@ def default_decode(ids: list[int]) -> list[str]:
     return [f"<{i}>" for i in ids]
 
 
+def _wordpiece_prefix(tokenizer) -> str | None:
+    """The continuing-subword prefix ("##") of a WordPiece tokenizer, None for other tokenizers."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if type(model).__name__ == "WordPiece":
+        return model.continuing_subword_prefix
+    return None
+
+
 def tokenizer_decode(tokenizer) -> Decode:
-    """Per-token strings from a Hugging Face tokenizer (each id decoded alone, so byte-level BPE reads well)."""
+    """Per-token display strings from a Hugging Face tokenizer, so that joining them reads like the text.
+
+    Byte-level BPE: each id decoded alone (its leading space included). WordPiece (BERT): a word-initial piece
+    gets a leading space and a continuation piece loses its "##", since WordPiece ids carry no spacing.
+    """
+    prefix = _wordpiece_prefix(tokenizer)
+    special = set(tokenizer.all_special_tokens)
 
     def one(i: int) -> str:
         if i < 0:
             return "?"
+        if prefix is not None and i < len(tokenizer):
+            raw = tokenizer.convert_ids_to_tokens(i)
+            if raw in special:
+                return raw
+            return raw[len(prefix) :] if raw.startswith(prefix) else " " + raw
         text = tokenizer.decode([i])
         if text and "\ufffd" not in text:
             return text

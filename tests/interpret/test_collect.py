@@ -153,3 +153,28 @@ def test_windows_with_rows_missing_from_the_stream():
         assert a.token_ids == tokens[a.seq, a.start : a.pos + 2].tolist()
         assert all((p < 3) == (v is None) for p, v in zip(range(a.start, a.pos + 2), a.acts, strict=True))
         assert b.token_ids == a.token_ids[b.start - a.start :] and None not in b.acts
+
+
+def test_tokenizer_decode_restores_word_boundaries_for_wordpiece(tiny_wordpiece_dir):
+    from transformers import AutoTokenizer
+
+    from saeforge.interpret.contexts import tokenizer_decode
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_wordpiece_dir), local_files_only=True)
+    text = "the garbage collector understands references"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any(t.startswith("##") for t in tok.convert_ids_to_tokens(ids)), "test text must split into pieces"
+    pieces = tokenizer_decode(tok)(ids)
+    assert "".join(pieces).strip() == tok.decode(ids)
+    assert not any("##" in p for p in pieces)
+
+
+def test_tokenizer_decode_byte_level_bpe_joins_to_the_text(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from saeforge.interpret.contexts import tokenizer_decode
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir), local_files_only=True)
+    text = "the garbage collector understands references"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert "".join(tokenizer_decode(tok)(ids)) == tok.decode(ids)
