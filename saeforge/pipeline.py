@@ -14,10 +14,8 @@ when it is loaded, so a typo anywhere fails before any work.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from saeforge.activations import ActivationStore, CaptureConfig, capture
+from saeforge.atomic import write_text
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
@@ -223,16 +222,6 @@ class RunResult:
     seconds: float
 
 
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _capture(cfg: CaptureConfig, label: str, progress: Progress) -> dict[str, Path]:
     progress.stage(f"capture {label}", total=cfg.tokens)
     return capture(cfg, progress=lambda done, total: progress.advance(done))
@@ -299,9 +288,7 @@ def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult
     run = plan.run
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(
-        yaml.safe_dump(json.loads(run.model_dump_json()), sort_keys=False), out / "config.yaml"
-    )
+    write_text(out / "config.yaml", yaml.safe_dump(json.loads(run.model_dump_json()), sort_keys=False))
 
     train_stores = _capture(plan.capture_train, "train", progress)
     held_stores = (
@@ -367,5 +354,5 @@ def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult
         reports, title=f"saeforge run: {out.name}", facts=facts, extra_sections=eval_sections
     )
     report = out / "report.html"
-    _write_text_atomic(html, report)
+    write_text(report, html)
     return RunResult(out=out, report=report, metrics=all_metrics, seconds=time.time() - t0)

@@ -232,9 +232,10 @@ def attribute(
     from rich.console import Console
     from rich.table import Table
 
+    from saeforge.atomic import write_text
     from saeforge.interpret.attribution import attribute as run_attribute
     from saeforge.interpret.dashboard import write_dashboard
-    from saeforge.interpret.records import load_interpretation, save_interpretation, write_text_atomic
+    from saeforge.interpret.records import load_interpretation, save_interpretation
     from saeforge.models import HookError, load_model
     from saeforge.sae import load_sae
 
@@ -270,5 +271,5 @@ def attribute(
         write_dashboard(interp, out)
         typer.echo(f"added to {out / 'latents.json'} and {out / 'attribution.html'}")
     else:
-        write_text_atomic(out / "attribution.json", json.dumps(res.to_dict(), indent=1))
+        write_text(out / "attribution.json", json.dumps(res.to_dict(), indent=1))
         typer.echo(f"wrote {out / 'attribution.json'}")

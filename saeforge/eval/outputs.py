@@ -8,8 +8,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from saeforge.atomic import write_text, write_with
 from saeforge.eval.plots import (
     density_histogram_figure,
     density_histogram_png,
@@ -62,27 +61,14 @@ def scalar_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Writes text to path through a temporary file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def write_metrics(result: Mapping[str, Any], directory: str | Path) -> Path:
     """Writes `metrics.json` (flat scalars) and, when present, `latent_density.safetensors` ([d_sae] float64)."""
     directory = Path(directory)
-    path = write_text_atomic(json.dumps(scalar_metrics(result), indent=2) + "\n", directory / "metrics.json")
+    path = write_text(directory / "metrics.json", json.dumps(scalar_metrics(result), indent=2) + "\n")
     density = result.get("latent_density")
     if density is not None:
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".safetensors.tmp")
-        os.close(fd)
-        save_file({"latent_density": torch.as_tensor(np.asarray(density, dtype=np.float64))}, tmp)
-        os.replace(tmp, directory / "latent_density.safetensors")
+        tensors = {"latent_density": torch.as_tensor(np.asarray(density, dtype=np.float64))}
+        write_with(directory / "latent_density.safetensors", lambda p: save_file(tensors, p))
     return path
 
 
@@ -114,8 +100,8 @@ def write_eval_outputs(results: Sequence[Mapping[str, Any]], out: str | Path) ->
     writer = csv.DictWriter(buf, fieldnames=list(COMPARISON_KEYS))
     writer.writeheader()
     writer.writerows(rows)
-    paths["comparison.csv"] = write_text_atomic(buf.getvalue(), out / "comparison.csv")
-    paths["comparison.json"] = write_text_atomic(json.dumps(rows, indent=2) + "\n", out / "comparison.json")
+    paths["comparison.csv"] = write_text(out / "comparison.csv", buf.getvalue())
+    paths["comparison.json"] = write_text(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
     if len(results) > 1:
         for filename, (key, higher) in PARETO_PLOTS.items():
             fig = pareto_figure(results, key, higher)

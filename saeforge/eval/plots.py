@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from saeforge.atomic import write_bytes
 
 
 def density_histogram_figure(density: np.ndarray, title: str = "", dead_floor: float | None = None) -> Figure:
@@ -95,10 +95,4 @@ def figure_png_bytes(fig: Figure) -> bytes:
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Writes the figure as PNG atomically (temp file + os.replace) and closes it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(figure_png_bytes(fig))
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, figure_png_bytes(fig))

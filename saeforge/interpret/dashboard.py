@@ -11,7 +11,8 @@ import json
 from html import escape
 from pathlib import Path
 
-from saeforge.interpret.records import Interpretation, LatentRecord, TokenContext, write_text_atomic
+from saeforge.atomic import write_text
+from saeforge.interpret.records import Interpretation, LatentRecord, TokenContext
 
 CSS = """
 :root { --fg:#1f2328; --muted:#656d76; --line:#d8dee4; --bg:#f6f8fa; --acc:#0969da; }
@@ -252,9 +253,9 @@ def write_dashboard(interp: Interpretation, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     sub = str(interp.meta.get("sae", ""))
     for rec in interp.latents:
-        write_text_atomic(out_dir / "latents" / f"{rec.latent}.html", latent_page(rec, sub))
+        write_text(out_dir / "latents" / f"{rec.latent}.html", latent_page(rec, sub))
     if interp.attributions:
-        write_text_atomic(out_dir / "attribution.html", attribution_page(interp, sub))
+        write_text(out_dir / "attribution.html", attribution_page(interp, sub))
     index = out_dir / "index.html"
-    write_text_atomic(index, index_page(interp, sub))
+    write_text(index, index_page(interp, sub))
     return index

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from saeforge.atomic import write_text
 
 FORMAT_VERSION = 1
 
@@ -174,23 +174,9 @@ def interpretation_from_dict(d: dict[str, Any]) -> Interpretation:
     )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_interpretation(interp: Interpretation, path: Path) -> None:
     """Writes `latents.json` atomically."""
-    write_text_atomic(Path(path), json.dumps(interpretation_to_dict(interp), indent=1))
+    write_text(Path(path), json.dumps(interpretation_to_dict(interp), indent=1))
 
 
 def load_interpretation(path: Path) -> Interpretation:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 import saeforge
+from saeforge.atomic import write_with
 from saeforge.sae.base import DTYPES, SAE, SAEConfig
 from saeforge.sae.registry import inference_class
 
@@ -57,17 +57,6 @@ WEIGHT_NAMES = {
 SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Writes `sae` to directory `path` (created if needed) in the SAELens v6 layout; returns the directory.
 
@@ -100,9 +89,9 @@ def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None 
         cfg_dict["rescale_acts_by_decoder_norm"] = False
     dtype = DTYPES[cfg.dtype]
     weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in sae.weights_for_saving().items()}
-    _atomic_write(out / WEIGHTS_FILENAME, lambda p: save_file(weights, p))
+    write_with(out / WEIGHTS_FILENAME, lambda p: save_file(weights, p))
     text = json.dumps(cfg_dict, indent=2, sort_keys=False)
-    _atomic_write(out / CFG_FILENAME, lambda p: Path(p).write_text(text + "\n"))
+    write_with(out / CFG_FILENAME, lambda p: Path(p).write_text(text + "\n"))
     return out
 
 

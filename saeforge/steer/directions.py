@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import save_file
 from torch import Tensor
 
+from saeforge.atomic import write_with
 from saeforge.sae.base import SAE
 
 
@@ -20,17 +19,6 @@ def decoder_direction(sae: SAE, latent: int, normalize: bool = False) -> Tensor:
         raise ValueError(f"latent {latent} out of range: the SAE has d_sae={sae.d_sae} (0..{sae.d_sae - 1})")
     d = sae.W_dec.detach()[latent].float().cpu().clone()
     return d / d.norm() if normalize else d
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_direction(sae: SAE, latent: int, out_dir: Path, normalize: bool = False) -> tuple[Path, Path]:
@@ -47,7 +35,7 @@ def export_direction(sae: SAE, latent: int, out_dir: Path, normalize: bool = Fal
         with open(tmp, "wb") as f:
             np.save(f, d.numpy())
 
-    _atomic(npy, write_npy)
+    write_with(npy, write_npy)
     meta = {
         "latent": str(latent),
         "hook": str(sae.cfg.metadata.get("hook_name", "")),
@@ -55,5 +43,5 @@ def export_direction(sae: SAE, latent: int, out_dir: Path, normalize: bool = Fal
         "norm": json.dumps(raw_norm),
         "normalized": json.dumps(normalize),
     }
-    _atomic(st, lambda tmp: save_file({"direction": d.contiguous()}, tmp, metadata=meta))
+    write_with(st, lambda tmp: save_file({"direction": d.contiguous()}, tmp, metadata=meta))
     return npy, st

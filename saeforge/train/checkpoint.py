@@ -24,6 +24,8 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saeforge.atomic import write_text
+
 PREFIX = "step_"
 LATEST = "latest"
 TENSORS = "state.safetensors"
@@ -43,17 +45,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` via a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def checkpoint_name(step: int) -> str:
@@ -94,7 +85,7 @@ def save_checkpoint(
     else:
         os.rename(tmp, final)
     _fsync(root)
-    write_text_atomic(root / LATEST, final.name + "\n")
+    write_text(root / LATEST, final.name + "\n")
     for old in list_checkpoints(root)[:-keep]:
         if old != final:
             shutil.rmtree(old)

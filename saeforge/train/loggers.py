@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from saeforge.train.checkpoint import write_text_atomic
+from saeforge.atomic import write_text
 from saeforge.train.config import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
@@ -87,7 +87,7 @@ class MetricLoggers:
         kept = read_metrics(run_dir, max_step)
         path = Path(run_dir) / METRICS_FILE
         if path.exists():
-            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
     def log(self, record: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from saeforge.atomic import write_with
 
 PANELS = (
     ("loss", "loss", True),
@@ -38,8 +39,6 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     if len(names) <= 10:
         axes[0].legend(fontsize=7)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    write_with(path, lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -31,13 +31,13 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from saeforge import sae as sae_api
+from saeforge.atomic import write_text
 from saeforge.sae.base import SAE, TrainStepInput
 from saeforge.train.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    write_text_atomic,
 )
 from saeforge.train.config import (
     OPERATIONAL_FIELDS,
@@ -509,7 +509,7 @@ class _Run:
             if self.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
                 MetricLoggers.truncate(cfg.out, 0)
             resolved = {"config": cfg.model_dump(mode="json"), "resolved": self._resolved_json()}
-            write_text_atomic(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
+            write_text(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
             loggers = MetricLoggers(cfg.out, cfg.loggers, cfg.model_dump(mode="json"), cfg.wandb_project)
         try:
             with StopSignal() as stop:
@@ -587,9 +587,7 @@ class _Run:
                 sae_api.save_sae(sae, path, metadata=card)
             out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
         if self.ctx.is_main:
-            write_text_atomic(
-                self.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1)
-            )
+            write_text(self.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1))
             if self.cfg.plots:
                 plot_curves(self.history, self.cfg.out / CURVES)
         self.ctx.barrier()
