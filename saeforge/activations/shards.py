@@ -27,8 +27,14 @@ ST_DTYPES: dict[str, torch.dtype] = {
     "I32": torch.int32,
 }
 _ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
-_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64, "I64": np.int64}
-_NP_DTYPES["I32"] = np.int32
+_NP_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+}
 _CHUNK = 1 << 22
 
 
