@@ -28,10 +28,11 @@ from saeforge.activations.manifest import (
     ShardEntry,
     TokenCounts,
 )
-from saeforge.activations.shards import write_atomic_bytes, write_shard
+from saeforge.activations.shards import write_shard
 from saeforge.activations.stats import RunningStats
 from saeforge.activations.store import TORCH_DTYPES
 from saeforge.activations.writer import shard_name
+from saeforge.atomic import write_bytes
 
 # Bytes a row costs besides its activations: token id (8) + (sequence, position) (16) + its context's share.
 ROW_OVERHEAD_BYTES = 8 + 16 + 8
@@ -297,7 +298,7 @@ class _HookWriter:
             )
             manifest.write(self.dir / MANIFEST)
         else:
-            write_atomic_bytes(progress_file(self.dir, self.rank), self.state.model_dump_json().encode())
+            write_bytes(progress_file(self.dir, self.rank), self.state.model_dump_json().encode())
 
 
 def _manifest(
@@ -365,7 +366,7 @@ def _manifest(
 def _load_state(cfg: CaptureConfig, hook: str, rank: int, world: int) -> RankProgress:
     d = Path(cfg.out) / hook
     d.mkdir(parents=True, exist_ok=True)
-    for stale in d.glob(f".shard-{rank:03d}-*.tmp-*"):
+    for stale in d.glob(f".shard-{rank:03d}-*.tmp"):
         stale.unlink()
     if world == 1:
         if any(d.glob("progress-rank*.json")):

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saeforge.activations.shards import write_atomic_bytes
+from saeforge.atomic import write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -115,7 +115,7 @@ class Manifest(_Lenient):
 
     def write(self, path: Path) -> None:
         """Writes atomically (temp file, fsync, rename)."""
-        write_atomic_bytes(Path(path), (self.model_dump_json(indent=1, exclude_none=True) + "\n").encode())
+        write_bytes(Path(path), (self.model_dump_json(indent=1, exclude_none=True) + "\n").encode())
 
     @property
     def num_rows(self) -> int:

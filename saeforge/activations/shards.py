@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from saeforge.atomic import atomic_path
 
 # safetensors dtype name <-> torch dtype; bfloat16 is memory-mapped as uint16 and viewed as bfloat16.
 ST_DTYPES: dict[str, torch.dtype] = {
@@ -49,35 +50,11 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.numpy()).cast("B")
 
 
-def fsync_dir(path: Path) -> None:
-    """Makes a rename inside `path` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file, fsync and rename: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
     """Writes `tensors` as a safetensors file atomically; returns (sha256 hex digest, size in bytes).
 
     The file appears under its final name only once complete and fsynced, so a killed writer leaves at most a
-    stray `.NAME.tmp-PID` file, never a partial shard.
+    stray `.NAME.*.tmp` file, never a partial shard.
     """
     path = Path(path)
     header: dict[str, dict] = {}
@@ -97,15 +74,10 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, int]
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
     digest = hashlib.sha256()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for chunk in (struct.pack("<Q", len(header_bytes)), header_bytes, *views):
             digest.update(chunk)
             f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
     return digest.hexdigest(), 8 + len(header_bytes) + offset
 
 

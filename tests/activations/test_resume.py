@@ -61,7 +61,7 @@ def test_sigkill_then_resume_is_identical(reference_capture, tmp_path):
     assert not partial["complete"] and len(partial["shards"]) >= 2
     # What a kill leaves is a consistent (if short) store: every listed shard is whole and hashed.
     assert ActivationStore.open(hook_dir).verify() == []
-    stray = hook_dir / ".shard-000-000009.safetensors.tmp-99999"
+    stray = hook_dir / ".shard-000-000009.safetensors.k1ll3d.tmp"
     stray.write_bytes(b"half a shard")
 
     capture(cfg)
