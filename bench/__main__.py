@@ -97,10 +97,10 @@ def run(args: argparse.Namespace) -> dict:
         rows = []
         for s in shapes:
             for arch in archs:
-                for impl in ("saeforge", "plain"):
-                    rows.append(measure(arch, s, impl, steps, warmup, adam="default"))
-                if arch in TOPK_FAMILY:
-                    rows.append(measure(arch, s, "saeforge", steps, warmup, adam="saeforge"))
+                rows.append(measure(arch, s, "saeforge", steps, warmup, adam="saeforge"))
+                rows.append(measure(arch, s, "plain", steps, warmup, adam="torch"))
+                if arch == "topk":
+                    rows.append(measure(arch, s, "saeforge", steps, warmup, adam="torch"))
         results["training"] = rows
 
     if "phases" in sections:

@@ -232,3 +232,12 @@ class Adam(torch.optim.Adam):
                 for t in lists:
                     t[i] = t[i].t()
         return has_complex
+
+    def load_state_dict(self, state_dict) -> None:
+        """Loads like torch.optim.Adam, then gives each moment its parameter's memory layout (checkpoints hold
+        contiguous tensors), so that a resumed run takes the same kernel path, bit for bit."""
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            for name, value in state.items():
+                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)

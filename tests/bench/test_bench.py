@@ -72,7 +72,7 @@ def test_memory_and_loop_sections(quick_run):
     loop = res["loop"]
     assert loop["loop_tokens_per_s"] > 0 and loop["bare_step_tokens_per_s"] > 0
     assert math.isclose(loop["loop_over_bare"], loop["loop_tokens_per_s"] / loop["bare_step_tokens_per_s"])
-    assert set(res["adam"]) == {"default", "foreach", "fused", "saeforge"}
+    assert set(res["adam"]) == {"torch", "foreach", "fused", "saeforge"}
 
 
 def test_phase_clock_charges_exclusive_time(monkeypatch):

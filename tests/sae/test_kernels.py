@@ -238,6 +238,13 @@ def test_adam_matches_torch_adam(column_major):
         torch.testing.assert_close(a, b)
     assert [p.data_ptr() for p in ours] == storage
     assert ours[0].stride() == init[0].stride()
+    # a checkpoint holds contiguous moments; loading restores the parameter's layout
+    state = opt_ours.state_dict()
+    state["state"] = {i: {k: v.contiguous() for k, v in st.items()} for i, st in state["state"].items()}
+    fresh = kernels.Adam(ours, lr=1e-2, betas=(0.8, 0.99), eps=1e-6)
+    fresh.load_state_dict(state)
+    assert fresh.state[ours[0]]["exp_avg"].stride() == ours[0].stride()
+    torch.testing.assert_close(fresh.state[ours[0]]["exp_avg"], opt_ours.state[ours[0]]["exp_avg"])
 
 
 @pytest.mark.parametrize("case", ["random", "saturated", "few_positive"])
