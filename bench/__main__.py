@@ -51,6 +51,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated sections to run (machine floors always run)",
     )
     p.add_argument("--archs", default=",".join(TOPK_FAMILY + DENSE), help="comma-separated architectures")
+    p.add_argument(
+        "--shapes", default="small,realistic", help="training shapes: small, realistic (ignored with --quick)"
+    )
     return p.parse_args(argv)
 
 
@@ -78,7 +81,8 @@ def _run_script(args: list[str], writes_json: bool = False) -> dict:
 def run(args: argparse.Namespace) -> dict:
     steps = args.steps or (2 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    shapes = [QUICK] if args.quick else [SMALL, REALISTIC]
+    known = {s.name: s for s in (SMALL, REALISTIC)}
+    shapes = [QUICK] if args.quick else [known[name] for name in args.shapes.split(",")]
     main_shape = shapes[-1]
     sections = set(args.sections.split(","))
     archs = args.archs.split(",")

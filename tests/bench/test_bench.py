@@ -43,11 +43,11 @@ def test_training_rows_cover_both_implementations(quick_run):
     _, res = quick_run
     seen = {(r["arch"], r["impl"], r["adam"]) for r in res["training"]}
     assert {
-        ("topk", "saeforge", "default"),
-        ("topk", "plain", "default"),
         ("topk", "saeforge", "saeforge"),
+        ("topk", "plain", "torch"),
+        ("topk", "saeforge", "torch"),
     } <= seen
-    assert {("standard", "saeforge", "default"), ("standard", "plain", "default")} <= seen
+    assert {("standard", "saeforge", "saeforge"), ("standard", "plain", "torch")} <= seen
     for r in res["training"]:
         st = r["step"]
         assert 0 < st["min"] <= st["median"] <= st["max"] and st["n"] == 2
