@@ -8,6 +8,7 @@ projection), Adam, `after_optimizer_step` (renormalisation), `zero_grad(set_to_n
 from __future__ import annotations
 
 import statistics
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -178,6 +179,7 @@ def measure(
 ) -> dict[str, object]:
     """Times `steps` steps of `impl` ("saeforge" or "plain") for `arch` at `shape`, then `steps` more with the
     per-phase split. Returns step Timing, tokens/s and the per-phase medians (seconds)."""
+    print(f"[bench] {arch} {impl} adam={adam} at {shape.name}", file=sys.stderr, flush=True)
     torch.manual_seed(0)
     xs = activations(shape)
     if impl == "saeforge":
