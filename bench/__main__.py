@@ -51,6 +51,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated sections to run (machine floors always run)",
     )
     p.add_argument("--archs", default=",".join(TOPK_FAMILY + DENSE), help="comma-separated architectures")
+    p.add_argument(
+        "--shapes", default="small,realistic", help="training shapes: small, realistic (ignored with --quick)"
+    )
     return p.parse_args(argv)
 
 
@@ -78,7 +81,8 @@ def _run_script(args: list[str], writes_json: bool = False) -> dict:
 def run(args: argparse.Namespace) -> dict:
     steps = args.steps or (2 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    shapes = [QUICK] if args.quick else [SMALL, REALISTIC]
+    known = {s.name: s for s in (SMALL, REALISTIC)}
+    shapes = [QUICK] if args.quick else [known[name] for name in args.shapes.split(",")]
     main_shape = shapes[-1]
     sections = set(args.sections.split(","))
     archs = args.archs.split(",")
@@ -97,10 +101,10 @@ def run(args: argparse.Namespace) -> dict:
         rows = []
         for s in shapes:
             for arch in archs:
-                for impl in ("saeforge", "plain"):
-                    rows.append(measure(arch, s, impl, steps, warmup, adam="default"))
-                if arch in TOPK_FAMILY:
-                    rows.append(measure(arch, s, "saeforge", steps, warmup, adam="saeforge"))
+                rows.append(measure(arch, s, "saeforge", steps, warmup, adam="saeforge"))
+                rows.append(measure(arch, s, "plain", steps, warmup, adam="torch"))
+                if arch == "topk":
+                    rows.append(measure(arch, s, "saeforge", steps, warmup, adam="torch"))
         results["training"] = rows
 
     if "phases" in sections:

@@ -8,6 +8,7 @@ projection), Adam, `after_optimizer_step` (renormalisation), `zero_grad(set_to_n
 from __future__ import annotations
 
 import statistics
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from saeforge.sae.registry import create_training_sae
 
 TOPK_FAMILY = ("topk", "batchtopk")
 DENSE = ("standard", "jumprelu", "gated")
-ADAM = ("default", "foreach", "fused", "saeforge")
+ADAM = ("torch", "foreach", "fused", "saeforge")
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,13 @@ def activations(shape: Shape, n: int = 2, seed: int = 0) -> list[Tensor]:
 
 
 def make_adam(params: list[Tensor], kind: str) -> torch.optim.Adam:
-    """Adam with the trainer's hyper-parameters: "default" is `torch.optim.Adam(...)` as the trainer builds it
-    (torch's choice of implementation on this device), "foreach" / "fused" force torch's implementations,
-    "saeforge" is `kernels.Adam` (fused, copy-free on column-major W_enc)."""
+    """Adam with the trainer's hyper-parameters: "saeforge" is `kernels.Adam` (what saeforge's trainer builds:
+    fused, copy-free on column-major W_enc), "torch" is `torch.optim.Adam(...)` with torch's default
+    implementation for the device (what a plain PyTorch loop gets), "foreach" / "fused" force torch's others."""
     hyper = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8}
     if kind == "saeforge":
         return kernels.Adam(params, **hyper)
-    options = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
+    options = {"torch": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
     return torch.optim.Adam(params, **hyper, **options)
 
 
@@ -174,10 +175,11 @@ def _restore(patches: list[tuple[object, str, object]]) -> None:
 
 
 def measure(
-    arch: str, shape: Shape, impl: str, steps: int, warmup: int, adam: str = "default"
+    arch: str, shape: Shape, impl: str, steps: int, warmup: int, adam: str = "saeforge"
 ) -> dict[str, object]:
     """Times `steps` steps of `impl` ("saeforge" or "plain") for `arch` at `shape`, then `steps` more with the
     per-phase split. Returns step Timing, tokens/s and the per-phase medians (seconds)."""
+    print(f"[bench] {arch} {impl} adam={adam} at {shape.name}", file=sys.stderr, flush=True)
     torch.manual_seed(0)
     xs = activations(shape)
     if impl == "saeforge":

@@ -204,14 +204,17 @@ topk_select = topk_select_fast
 
 
 class Adam(torch.optim.Adam):
-    """`torch.optim.Adam(fused=True)` that keeps the fused kernel copy-free on transposed parameters.
+    """`torch.optim.Adam(fused=True)` that keeps the fused kernel correct and copy-free on transposed parameters.
 
-    torch's fused Adam copies every non-contiguous tensor to a contiguous one and back, each step; a W_enc
+    torch's fused CPU kernel copies every non-contiguous tensor to a contiguous one and back, each step: a W_enc
     [d_in, d_sae] stored column-major (rows of W_enc^T, the layout the sparse backward writes) would cost four
-    extra passes over 75 MB at d_in=768, d_sae=24576. Adam is elementwise, so this runs the kernel on the
-    contiguous transposed views of such a parameter, its gradient and its moments instead. Same arguments,
-    state and state_dict as torch.optim.Adam.
+    extra passes over 75 MB at d_in=768, d_sae=24576. It also mixes elements up when a gradient's memory layout
+    differs from its parameter's (torch 2.13). Adam is elementwise, so this gives every gradient and moment its
+    parameter's layout, then runs the kernel on the contiguous transposed views of column-major ones. Same
+    arguments, state and state_dict as torch.optim.Adam.
     """
+
+    _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(
         self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
@@ -224,11 +227,26 @@ class Adam(torch.optim.Adam):
         has_complex = super()._init_group(
             group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
         )
-        lists = [params_with_grad, grads, exp_avgs, exp_avg_sqs]
-        if max_exp_avg_sqs:
-            lists.append(max_exp_avg_sqs)
-        for i in range(len(params_with_grad)):
-            if all(t[i].dim() == 2 and not t[i].is_contiguous() and t[i].t().is_contiguous() for t in lists):
-                for t in lists:
-                    t[i] = t[i].t()
+        moments = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs]
+        for i, p in enumerate(params_with_grad):
+            if grads[i].stride() != p.stride():
+                grads[i] = torch.empty_like(p, dtype=grads[i].dtype).copy_(grads[i])
+            for name, tensors in zip(self._MOMENTS, moments, strict=True):
+                if tensors and tensors[i].stride() != p.stride():
+                    tensors[i] = self.state[p][name] = torch.empty_like(p, dtype=tensors[i].dtype).copy_(
+                        tensors[i]
+                    )
+            if p.dim() == 2 and not p.is_contiguous() and p.t().is_contiguous():
+                for tensors in (params_with_grad, grads, *moments):
+                    if tensors:
+                        tensors[i] = tensors[i].t()
         return has_complex
+
+    def load_state_dict(self, state_dict) -> None:
+        """Loads like torch.optim.Adam, then gives each moment its parameter's memory layout (checkpoints hold
+        contiguous tensors), so that a resumed run takes the same kernel path, bit for bit."""
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            for name, value in state.items():
+                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)

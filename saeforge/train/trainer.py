@@ -32,6 +32,7 @@ from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
+from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput
 from saeforge.train.checkpoint import (
     checkpoint_name,
@@ -229,7 +230,7 @@ class _Run:
             torch.manual_seed(spec.seed)
             model = sae_api.create_training_sae(sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+            opt = kernels.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps)
             since = torch.zeros(d_sae, dtype=torch.long, device=self.device)
             self.members.append(_Member(spec, sae_cfg, d_sae, optim, model, opt, params, since))
         self._reset_acc()

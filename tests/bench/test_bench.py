@@ -43,11 +43,11 @@ def test_training_rows_cover_both_implementations(quick_run):
     _, res = quick_run
     seen = {(r["arch"], r["impl"], r["adam"]) for r in res["training"]}
     assert {
-        ("topk", "saeforge", "default"),
-        ("topk", "plain", "default"),
         ("topk", "saeforge", "saeforge"),
+        ("topk", "plain", "torch"),
+        ("topk", "saeforge", "torch"),
     } <= seen
-    assert {("standard", "saeforge", "default"), ("standard", "plain", "default")} <= seen
+    assert {("standard", "saeforge", "saeforge"), ("standard", "plain", "torch")} <= seen
     for r in res["training"]:
         st = r["step"]
         assert 0 < st["min"] <= st["median"] <= st["max"] and st["n"] == 2
@@ -72,7 +72,7 @@ def test_memory_and_loop_sections(quick_run):
     loop = res["loop"]
     assert loop["loop_tokens_per_s"] > 0 and loop["bare_step_tokens_per_s"] > 0
     assert math.isclose(loop["loop_over_bare"], loop["loop_tokens_per_s"] / loop["bare_step_tokens_per_s"])
-    assert set(res["adam"]) == {"default", "foreach", "fused", "saeforge"}
+    assert set(res["adam"]) == {"torch", "foreach", "fused", "saeforge"}
 
 
 def test_phase_clock_charges_exclusive_time(monkeypatch):
