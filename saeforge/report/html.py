@@ -169,7 +169,8 @@ def render_report(
         verdict = str(r.metrics.get("verdict", ""))
         cls = "verdict-good" if verdict == "good" else "verdict-bad"
         cells = "".join(f"<td>{_fmt(r.metrics.get(k, ''))}</td>" for k in keys)
-        evidence = html.escape(str(r.metrics.get("verdict_evidence", "")))
+        evidence = str(r.metrics.get("verdict_evidence", ""))
+        evidence = html.escape(evidence.removeprefix(f"{verdict}:").strip())
         rows.append(
             f'<tr><td class="l">{html.escape(r.name)}</td><td class="l">{html.escape(r.hook)}</td>{cells}'
             f'<td class="l"><span class="{cls}">{html.escape(verdict)}</span> {evidence}</td></tr>'
