@@ -1,15 +1,15 @@
 """Peak memory of training steps, measured in a fresh process (torch's allocations are invisible to tracemalloc).
 
 `python -m bench.memory ARCH B D_IN D_SAE K [STEPS] [ADAM]` builds the SAE and its optimiser, creates Adam's
-moments with a zero-gradient step, records the resident set size (the weights + optimiser state baseline), runs
-STEPS training steps and prints JSON with the baseline, the peak resident set size (`ru_maxrss`) and their
-difference: the memory a step needs on top of weights and optimiser state.
+moments with a zero-gradient step, records the resident set size (the weights + optimiser state baseline), resets
+the kernel's peak-RSS mark, runs STEPS training steps and prints JSON with the baseline, the peak resident set
+size over the steps (VmHWM of /proc/self/status) and their difference: the memory a step needs on top of weights
+and optimiser state. (`ru_maxrss` would not do: Linux carries it over from the parent process across exec.)
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +17,19 @@ from pathlib import Path
 GIB = 1024**3
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+def _status_bytes(field: str) -> int:
+    """VmRSS / VmHWM of this process in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Resets VmHWM to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _probe(arch: str, B: int, d_in: int, d_sae: int, k: int, steps: int, adam: str) -> dict[str, float]:
@@ -31,12 +41,13 @@ def _probe(arch: str, B: int, d_in: int, d_sae: int, k: int, steps: int, adam: s
     model.init_from_data(xs[0])
     opt = make_adam([p for p in model.parameters() if p.requires_grad], adam)
     _init_adam_state(model, opt)
-    baseline = _rss_bytes()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = _status_bytes("VmRSS")
+    peak_before = _status_bytes("VmHWM")
+    _reset_peak()
     step = SaeforgeStep(model, opt, xs)
     for _ in range(steps):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     state_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) * 3
     return {
         "arch": arch,

@@ -10,17 +10,19 @@ The TopK-family pattern (architectures choose *which* latents fire; kernels make
 
 `gather_preacts` returns pre[b, idx[b, j]] with gradients w.r.t. x, W_enc and b_enc that equal those of the
 dense expression `(x @ W_enc + b_enc).gather(1, idx)`. `sparse_decode` returns sum_j vals[b, j] W_dec[idx[b, j]].
-`topk_select(pre, k)` is an exact, faster `pre.topk(k, dim=1)` for wide rows.
-The `_eager` functions are the references the fast paths are tested against (values and gradients).
+`topk_select(pre, k)` is an exact, faster `pre.topk(k, dim=1)` for wide rows. `Adam` is torch's fused Adam made
+copy-free and correct on column-major parameters. The `_eager` functions are the references the fast paths are
+tested against (values and gradients).
 
 How the fast paths stay sparse (B tokens, w selected latents per token, n = B * w pairs):
 - every gradient is a sum over the n (token, latent) pairs; the ones indexed by latent (W_enc's columns,
   W_dec's rows) are computed latent-major: the pairs are sorted by latent once and summed with
   `F.embedding_bag` (one bag per latent), which costs O(n * d_in) and writes each output row once;
-- the ones indexed by token (x, vals) are token-major `F.embedding_bag` calls over W_enc^T / W_dec rows.
+- x's gradient is a token-major `F.embedding_bag` over W_enc^T rows; vals' gradient (per-pair dot products) runs
+  latent-major too, so each W_dec row is read once.
 W_enc's gradient is produced as [d_sae, d_in] rows and handed back as its transpose, so a W_enc stored
-column-major (`W_enc.t().is_contiguous()`, e.g. `nn.Parameter(torch.empty(d_sae, d_in)).t()`...) needs no
-transposing copy at all; a row-major W_enc costs one transposing copy each way (see docs/benchmarks.md).
+column-major (`W_enc.t().is_contiguous()`, as `W_dec.T.clone()` gives) needs no transposing copy at all; a
+row-major W_enc costs one transposing copy each way.
 """
 
 from __future__ import annotations
