@@ -392,14 +392,19 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------------------
 
-    def _forward_backward(self, step: int, x: Tensor) -> list[dict[str, Tensor]]:
-        """Forward and backward of every SAE on x [B, d_in]; stops on NaN/inf before any update."""
+    def _forward_backward(self, step: int, x: Tensor) -> tuple[list[dict[str, Tensor]], Tensor]:
+        """Forward and backward of every SAE on x [B, d_in]; stops on NaN/inf before any update.
+
+        Returns each SAE's step metrics and the float64 column sums of x [d_in]."""
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.cfg.autocast == "bfloat16"
             else contextlib.nullcontext()
         )
-        results, flags = [], [~torch.isfinite(x).all()]
+        # The float64 column sums feed the input statistics and double as an exact finiteness check: a NaN or
+        # inf propagates into its column's sum, and float32 values cannot overflow a float64 sum of a batch.
+        x_sum = x.sum(0, dtype=torch.float64)
+        results, flags = [], [~torch.isfinite(x_sum).all()]
         for m in self.members:
             inp = TrainStepInput(
                 x=x,
@@ -426,7 +431,7 @@ class _Run:
         bad = self.ctx.all_reduce_(torch.stack(flags).to(torch.float32))
         if bool(bad.any()):
             self._raise_non_finite(step, bad, local_input_bad=bool(flags[0]))
-        return results
+        return results, x_sum
 
     def _raise_non_finite(self, step: int, bad: Tensor, local_input_bad: bool) -> None:
         described = describe_batch(self.source, self.store) if local_input_bad else None
@@ -441,9 +446,9 @@ class _Run:
             what = f"NaN or inf in the loss of SAE {names} (inputs were finite)"
         raise NonFiniteError(f"{what} at step {step}, batch from {where}; weights not updated, {keep}")
 
-    def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor) -> None:
+    def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor, x_sum: Tensor) -> None:
         rows = x.shape[0] * self.ctx.world_size
-        self.input_acc["sum"] += x.sum(0, dtype=torch.float64)
+        self.input_acc["sum"] += x_sum
         self.input_acc["sum_sq"] += x.pow(2).sum(dtype=torch.float64)
         self.input_acc["rows"] += x.shape[0]
         for m, r in zip(self.members, results, strict=True):
@@ -527,8 +532,8 @@ class _Run:
         for step in range(start, self.total_steps):
             x = pending if pending is not None else self._next_batch(step) * self.scale
             pending = None
-            results = self._forward_backward(step, x)
-            self._update(step, results, x)
+            results, x_sum = self._forward_backward(step, x)
+            self._update(step, results, x, x_sum)
             done = step + 1
             tokens_per_s = (done - start) * cfg.batch_size / max(time.perf_counter() - t_loop, 1e-9)
             record = None
