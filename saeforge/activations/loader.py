@@ -9,6 +9,7 @@ position), so a loader restored from `state_dict()` yields exactly the batches t
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -29,31 +30,40 @@ def estimate_mean_norm(store: ActivationStore, rows: int = _SCALE_SAMPLE) -> flo
     return float(x.norm(dim=1).mean())
 
 
+def _readonly_view(a: np.ndarray) -> torch.Tensor:
+    """A torch view of a read-only memory map, only ever read from (torch warns about non-writable arrays)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
 def gather_rows(store: ActivationStore, rows: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """Rows `rows` (global row indices) of the store as [len(rows), d_in], in increasing row order.
 
-    Indices are sorted and split per shard; each shard's rows are gathered with numpy fancy indexing on its
-    memmap, reading in increasing file offset (torch's index ops were several times slower here).
+    Indices are sorted and split per shard; each shard's rows are gathered from its memory map in increasing file
+    offset, by `torch.index_select` into the output.
     """
     gather_dtype = dtype if dtype in (torch.float32, torch.float64, torch.float16) else torch.float32
     # numpy allocates large arrays with transparent huge pages: far fewer page faults than torch.empty.
     out = torch.from_numpy(np.empty((len(rows), store.d_in), dtype=_NP_OF_TORCH[gather_dtype]))
-    out_np = out.numpy()
     sorted_rows = np.sort(rows)
     shard_of = np.searchsorted(store.row_offsets, sorted_rows, side="right") - 1
     bounds = np.searchsorted(shard_of, np.arange(store.num_shards + 1))
     st_dtype = ST_NAMES[store.manifest.dtype]
-    same = _NP_OF[st_dtype] == out_np.dtype
+    same = _NP_OF[st_dtype] == np.dtype(_NP_OF_TORCH[gather_dtype])
     for s in range(store.num_shards):
         a, b = int(bounds[s]), int(bounds[s + 1])
         if a == b:
             continue
         local = sorted_rows[a:b] - store.row_offsets[s]
-        part = store.activations_array(s)[local]
         if same:
-            out_np[a:b] = part
+            # torch's index_select straight into the output: no temporary (numpy's fancy indexing makes one),
+            # about 3x faster here (docs/benchmarks.md).
+            torch.index_select(
+                _readonly_view(store.activations_array(s)), 0, torch.from_numpy(local), out=out[a:b]
+            )
         else:
-            out[a:b] = as_tensor(part, st_dtype).to(gather_dtype)
+            out[a:b] = as_tensor(store.activations_array(s)[local], st_dtype).to(gather_dtype)
     return out.to(dtype)
 
 
