@@ -17,7 +17,7 @@ import json
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,6 @@ class StagePlan:
     capture_train: CaptureConfig
     capture_heldout: CaptureConfig | None
     train: dict[str, TrainConfig]
-    eval_extra: dict[str, Any] = field(default_factory=dict)
 
 
 def builtin_config_path() -> Path:
