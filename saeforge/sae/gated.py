@@ -107,9 +107,4 @@ class GatedTrainingSAE(PenaltySAE):
         x_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
         aux = (x_gate - x).pow(2).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1, "aux": self.aux_coefficient * aux}
-        with torch.no_grad():
-            active = z > 0
-            l0 = active.sum(-1).float().mean()
-            fired = active.sum(0).to(x.dtype)
-        self._adapt(inp, l0)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())
+        return self._output(inp, x_hat, z, losses)

@@ -111,9 +111,4 @@ class JumpReLUTrainingSAE(PenaltySAE):
         mse = (x_hat - x).pow(2).sum(-1).mean()
         l0_term = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
         losses = {"mse": mse, "l0": self._lambda(inp) * l0_term}
-        with torch.no_grad():
-            active = z > 0
-            l0 = active.sum(-1).float().mean()
-            fired = active.sum(0).to(x.dtype)
-        self._adapt(inp, l0)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())
+        return self._output(inp, x_hat, z, losses)

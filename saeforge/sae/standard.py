@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
@@ -50,9 +49,4 @@ class StandardTrainingSAE(PenaltySAE):
         mse = (x_hat - x).pow(2).sum(-1).mean()
         l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1}
-        with torch.no_grad():
-            active = z > 0
-            l0 = active.sum(-1).float().mean()
-            fired = active.sum(0).to(x.dtype)
-        self._adapt(inp, l0)
-        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())
+        return self._output(inp, x_hat, z, losses)

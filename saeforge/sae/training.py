@@ -189,6 +189,17 @@ class PenaltySAE(TrainingSAE):
         """For the trainer's logs: the current lambda (before warm-up)."""
         return {"sparsity_coefficient": self.sparsity_coefficient.detach().clone()}
 
+    def _output(
+        self, inp: TrainStepInput, x_hat: Tensor, z: Tensor, losses: dict[str, Tensor]
+    ) -> TrainStepOutput:
+        """The step's output from the reconstruction, latents z [B, d_sae] and loss terms; adapts lambda."""
+        with torch.no_grad():
+            active = z > 0
+            l0 = active.sum(-1).float().mean()
+            fired = active.sum(0).to(inp.x.dtype)
+        self._adapt(inp, l0)
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())
+
     @torch.no_grad()
     def _adapt(self, inp: TrainStepInput, l0: Tensor) -> None:
         if self.cfg.target_l0 is None or inp.sparsity_warmup < 1.0 or not self.training:
