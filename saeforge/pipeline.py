@@ -253,21 +253,12 @@ def _sample_latents(density, n: int, seed: int) -> list[int]:
 def _latent_contexts(
     sae, store: ActivationStore, density, cfg: ReportSection, tokenizer
 ) -> list[LatentContexts]:
-    from saeforge.interpret.contexts import tokenizer_decode, top_contexts
-    from saeforge.interpret.source import store_batches
+    from saeforge.interpret.source import store_top_contexts
 
     ids = _sample_latents(density, cfg.latents, cfg.seed)
     if not ids:
         return []
-    records = top_contexts(
-        sae,
-        store_batches(store),
-        ids,
-        cfg.contexts_per_latent,
-        tokens_of=store.context,
-        decode=tokenizer_decode(tokenizer),
-        n_negatives=0,
-    )
+    records = store_top_contexts(sae, store, ids, cfg.contexts_per_latent, tokenizer=tokenizer, n_negatives=0)
     latents = []
     for rec in records:
         examples = [
