@@ -223,7 +223,7 @@ class TrainingSAE(SAE):
             apply_b_dec_to_input=False,
             **self._inference_config(),
         )
-        sae = registry.INFERENCE_ARCHITECTURES[self.exported_architecture](cfg)
+        sae = registry.inference_class(self.exported_architecture)(cfg)
         state = {k: v.to(torch.float32) for k, v in self._inference_state(s).items()}
         sae.load_state_dict(state)
         return sae.to(self.W_dec.device)

@@ -6,6 +6,7 @@ from the activation store's manifest; training fields from the resolved configur
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import saeforge
@@ -34,7 +35,7 @@ def run_card(
     sae_config: dict[str, Any],
     optim: OptimSettings,
     data: dict[str, Any],
-    activation_scale: float,
+    activation_scale: float | list[float],
     world_size: int,
     steps: int,
     device: str,
@@ -85,7 +86,10 @@ def run_card(
             "device": device,
         },
         "data": {
-            "activations": str(cfg.activations) if cfg.activations else None,
+            "activations": str(cfg.activations)
+            if isinstance(cfg.activations, Path)
+            else ([str(p) for p in cfg.activations] if cfg.activations else None),
+            **({"target_activations": str(cfg.target_activations)} if cfg.target_activations else {}),
             "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
             **data,
         },

@@ -47,9 +47,10 @@ from saeforge.train.config import (
     TrainConfig,
     format_validation_error,
 )
-from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_store
+from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_stores
 from saeforge.train.defaults import OptimSettings, resolve_optim
 from saeforge.train.distributed import DistContext
+from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
 from saeforge.train.loggers import MetricLoggers, check_logger_packages
 from saeforge.train.plots import plot_curves
 from saeforge.train.runcard import SPARSITY_FIELDS, data_card, run_card
@@ -141,19 +142,25 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
-def _training_sae_config(spec: SAESpec, i: int, d_in: int, d_sae: int) -> Any:
+def _training_sae_config(spec: SAESpec, i: int, layout_fields: dict[str, Any], d_sae: int) -> Any:
     fields = {f: getattr(spec, f) for f in SPARSITY_FIELDS if getattr(spec, f) is not None}
+    if spec.skip_connection:
+        fields["skip_connection"] = True
     fields.update(spec.options)
     try:
         return sae_api.TrainingSAEConfig(
-            architecture=spec.architecture, d_in=d_in, d_sae=d_sae, seed=spec.seed, **fields
+            architecture=spec.architecture, d_sae=d_sae, seed=spec.seed, **layout_fields, **fields
         )
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, f"SAE '{spec.name}'", prefix=f"saes[{i}]")) from None
 
 
-def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[Any, int, OptimSettings]]:
-    """Checks every SAE against the data and the architecture registry; returns (sae config, d_sae, optim)."""
+def validate_specs(
+    cfg: TrainConfig, d_in: int, data_source: str, layout_fields: dict[str, Any] | None = None
+) -> list[tuple[Any, int, OptimSettings]]:
+    """Checks every SAE against the data and the architecture registry; returns (sae config, d_sae, optim).
+
+    layout_fields: the TrainingSAEConfig fields the data layout sets (kind, d_in, n_sites, d_out; default d_in)."""
     known = sorted(sae_api.TRAINING_ARCHITECTURES)
     resolved = []
     for i, spec in enumerate(cfg.saes):
@@ -170,7 +177,7 @@ def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[
         d_sae = spec.resolved_d_sae(d_in)
         if spec.k is not None and spec.k > d_sae:
             raise ConfigError(f"{where}.k: k={spec.k} exceeds d_sae={d_sae}; lower k or raise d_sae")
-        sae_cfg = _training_sae_config(spec, i, d_in, d_sae)
+        sae_cfg = _training_sae_config(spec, i, layout_fields or {"d_in": d_in}, d_sae)
         optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
         resolved.append((sae_cfg, d_sae, optim))
     return resolved
@@ -187,10 +194,15 @@ class _Run:
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
             )
-        self.store = open_store(cfg, source)
+        self.stores = open_stores(cfg, source)
+        self.store = self.stores[0] if self.stores else None
         self.source, self.batches = source, None
-        self.d_in, where = self._d_in()
-        self.resolved = validate_specs(cfg, self.d_in, where)
+        widths, where = self._widths()
+        self.layout = DataLayout.of(cfg, widths, where)
+        self.d_in = self.layout.d_in
+        sites = site_names(self.stores) or list(getattr(source, "sites", None) or [])
+        sites = sites or [f"site{i}" for i in range(len(widths))]
+        self.resolved = validate_specs(cfg, self.d_in, where, self.layout.sae_fields(sites))
         self.ckpt_root = cfg.out / CHECKPOINTS
         self.checkpoint = latest_checkpoint(self.ckpt_root)
         if self.checkpoint is not None and not cfg.resume:
@@ -199,7 +211,7 @@ class _Run:
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
         if self.source is None:
-            self.source = open_loader(cfg, self.store, ctx)
+            self.source = open_loader(cfg, self.stores, ctx)
         if self.batches is None:
             self.batches = iter(self.source)
         self.data = data_card(
@@ -210,17 +222,19 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
 
-    def _d_in(self) -> tuple[int, str]:
-        """d_in of the store, else of the source (its `d_in`, or its first batch, which is kept for step 0)."""
-        if self.store is not None:
-            return self.store.d_in, f"the store {self.cfg.activations}"
-        d_in = getattr(self.source, "d_in", None)
-        if d_in is None:
+    def _widths(self) -> tuple[tuple[int, ...], str]:
+        """Each part's width: of the stores, else of the source (its `d_in` or `d_ins`, or its first batch,
+        which is kept for step 0)."""
+        if self.stores:
+            names = ", ".join(str(p) for p in self.cfg.activation_paths)
+            return tuple(s.d_in for s in self.stores), f"the store {names}"
+        d_ins = getattr(self.source, "d_ins", None) or getattr(self.source, "d_in", None)
+        if d_ins is None:
             it = iter(self.source)
             first = next(it)
             self.batches = itertools.chain([first], it)
-            d_in = first.shape[-1]
-        return int(d_in), "the batch source"
+            d_ins = tuple(p.shape[-1] for p in as_parts(first))
+        return tuple(d_ins) if isinstance(d_ins, (tuple, list)) else (int(d_ins),), "the batch source"
 
     # -- building and restoring state -------------------------------------------------------------------
 
@@ -237,49 +251,65 @@ class _Run:
 
     def _reset_acc(self) -> None:
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
-        self.input_acc = {"sum": z(self.d_in), "sum_sq": z(()), "rows": z(())}
+        self.input_acc = {"sum": z(self.layout.d_y), "sum_sq": z(()), "rows": z(())}
         for m in self.members:
             m.acc = {"steps": z(()), "sse": z(()), "l0": z(()), "loss": z(())}
 
-    def _next_batch(self, step: int) -> Tensor:
+    def _next_batch(self, step: int) -> Parts:
         try:
-            x = next(self.batches)
+            parts = as_parts(next(self.batches))
         except StopIteration:
             raise RuntimeError(
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        if x.shape != (self.local_batch, self.d_in):
+        shapes = tuple((self.local_batch, w) for w in self.layout.widths)
+        if tuple(tuple(x.shape) for x in parts) != shapes:
+            got = [tuple(x.shape) for x in parts]
             raise ValueError(
-                f"batch of step {step} has shape {tuple(x.shape)}, expected [{self.local_batch}, {self.d_in}] "
-                f"(batch_size {self.cfg.batch_size} / {self.ctx.world_size} ranks, d_in {self.d_in})"
+                f"batch of step {step} has shape {got[0] if len(got) == 1 else got}, expected "
+                f"{' and '.join(f'[{b}, {w}]' for b, w in shapes)} (batch_size {self.cfg.batch_size} / "
+                f"{self.ctx.world_size} ranks, d_in {self.d_in})"
             )
-        return x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
 
-    def _fresh_start(self) -> Tensor:
-        """Initialises from the first batch (gathered over ranks); returns that batch, scaled."""
-        x = self._next_batch(0)
-        sample = self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x
+    def _scaled(self, parts: Parts) -> tuple[Tensor, Tensor | None]:
+        """(x, target) of scaled parts (see train/layout.py)."""
+        return self.layout.combine(tuple(x * s for x, s in zip(parts, self.scale, strict=True)))
+
+    def _fresh_start(self) -> tuple[Tensor, Tensor | None]:
+        """Initialises from the first batch (gathered over ranks); returns that batch's (x, target), scaled."""
+        parts = self._next_batch(0)
+        samples = tuple(self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x for x in parts)
         if self.cfg.normalize_activations == "expected_norm":
-            scale = getattr(self.source, "activation_scale", None)
-            if scale is None:
-                scale = math.sqrt(self.d_in) / sample.norm(dim=-1).mean().item()
-            self.scale = float(scale)
-            if not (math.isfinite(self.scale) and self.scale > 0):
+            given = getattr(self.source, "scales", None) or (getattr(self.source, "activation_scale", None),)
+            if len(given) != len(samples):
+                given = (None,) * len(samples)
+            self.scale = tuple(
+                float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).mean().item() if s is None else s)
+                for x, s in zip(samples, given, strict=True)
+            )
+            if not all(math.isfinite(s) and s > 0 for s in self.scale):
                 raise ConfigError(
                     f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {self.scale} (the data's "
                     "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
                     "normalize_activations: none"
                 )
         else:
-            self.scale = 1.0
+            self.scale = (1.0,) * len(parts)
+        x_sample, target_sample = self.layout.combine(
+            tuple(x * s for x, s in zip(samples, self.scale, strict=True))
+        )
         for m in self.members:
-            m.model.init_from_data(sample * self.scale)
+            if target_sample is None:
+                m.model.init_from_data(x_sample)
+            else:
+                m.model.init_from_data(x_sample, target_sample)
             self.ctx.broadcast_module(m.model)
         torch.manual_seed(self.cfg.seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(self.cfg.seed)
-        return x * self.scale
+        return self._scaled(parts)
 
     def _check_resumable(self, meta: dict[str, Any]) -> None:
         saved = {k: v for k, v in meta["config"].items() if k not in OPERATIONAL_FIELDS}
@@ -290,7 +320,7 @@ class _Run:
                 f"resume: the configuration differs from the checkpoint's in {changed}; resume with the same "
                 f"settings (see {self.checkpoint}/state.json) or start a new run in another out directory"
             )
-        saved_data, data = meta.get("data_fingerprint"), data_fingerprint(self.store)
+        saved_data, data = meta.get("data_fingerprint"), data_fingerprint(self.stores)
         if saved_data and data and saved_data != data:
             raise ConfigError(
                 f"activations: the store {self.cfg.activations} holds other data than the run being resumed "
@@ -323,7 +353,8 @@ class _Run:
             aprefix = f"acc/{m.name}/"
             m.acc = {k[len(aprefix) :]: v.to(self.device) for k, v in t.items() if k.startswith(aprefix)}
         self.input_acc = {k: t[f"acc/input/{k}"].to(self.device) for k in self.input_acc}
-        self.scale = meta["activation_scale"]
+        saved_scale = meta["activation_scale"]
+        self.scale = tuple(saved_scale) if isinstance(saved_scale, list) else (saved_scale,)
         self.elapsed_before = meta["elapsed_s"]
         step = meta["step"]
         loader_state = meta["loaders"][self.ctx.rank]
@@ -373,8 +404,8 @@ class _Run:
                 "step": steps_done,
                 "tokens": steps_done * self.cfg.batch_size,
                 "world_size": self.ctx.world_size,
-                "activation_scale": self.scale,
-                "data_fingerprint": data_fingerprint(self.store),
+                "activation_scale": self.scale[0] if len(self.scale) == 1 else list(self.scale),
+                "data_fingerprint": data_fingerprint(self.stores),
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
                 "loaders": [st["loader"] for st in ranks],
                 "config": self.cfg.model_dump(mode="json"),
@@ -392,10 +423,13 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------------------
 
-    def _forward_backward(self, step: int, x: Tensor) -> tuple[list[dict[str, Tensor]], Tensor]:
-        """Forward and backward of every SAE on x [B, d_in]; stops on NaN/inf before any update.
+    def _forward_backward(
+        self, step: int, x: Tensor, target: Tensor | None = None
+    ) -> tuple[list[dict[str, Tensor]], Tensor]:
+        """Forward and backward of every SAE on x [B, d_in] (reconstructing target [B, d_out], default x); stops on
+        NaN/inf before any update.
 
-        Returns each SAE's step metrics and the float64 column sums of x [d_in]."""
+        Returns each SAE's step metrics and the float64 column sums of the target [d_out]."""
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.cfg.autocast == "bfloat16"
@@ -403,11 +437,16 @@ class _Run:
         )
         # The float64 column sums feed the input statistics and double as an exact finiteness check: a NaN or
         # inf propagates into its column's sum, and float32 values cannot overflow a float64 sum of a batch.
-        x_sum = x.sum(0, dtype=torch.float64)
-        results, flags = [], [~torch.isfinite(x_sum).all()]
+        y = x if target is None else target
+        y_sum = y.sum(0, dtype=torch.float64)
+        input_bad = ~torch.isfinite(y_sum).all()
+        if target is not None:
+            input_bad = input_bad | ~torch.isfinite(x.sum(dtype=torch.float64))
+        results, flags = [], [input_bad]
         for m in self.members:
             inp = TrainStepInput(
                 x=x,
+                target=target,
                 step=step,
                 dead_mask=m.since_fired >= self.cfg.dead_tokens,
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
@@ -417,7 +456,7 @@ class _Run:
                 out = m.model.training_forward(inp)
             out.loss.backward()
             flags.append(~torch.isfinite(out.loss.detach()))
-            sse = (out.x_hat.detach() - x).pow(2).sum(dtype=torch.float64)
+            sse = (out.x_hat.detach() - y).pow(2).sum(dtype=torch.float64)
             terms = {f"loss_{k}": v.detach().to(torch.float64) for k, v in out.losses.items()}
             results.append(
                 {
@@ -431,7 +470,7 @@ class _Run:
         bad = self.ctx.all_reduce_(torch.stack(flags).to(torch.float32))
         if bool(bad.any()):
             self._raise_non_finite(step, bad, local_input_bad=bool(flags[0]))
-        return results, x_sum
+        return results, y_sum
 
     def _raise_non_finite(self, step: int, bad: Tensor, local_input_bad: bool) -> None:
         described = describe_batch(self.source, self.store) if local_input_bad else None
@@ -504,7 +543,7 @@ class _Run:
         cfg = self.cfg
         self._build()
         self.t0 = time.perf_counter()
-        pending: Tensor | None = None
+        pending: tuple[Tensor, Tensor | None] | None = None
         if self.checkpoint is not None:
             start = self._restore()
         else:
@@ -526,14 +565,18 @@ class _Run:
         return self._finish()
 
     def _loop(
-        self, start: int, pending: Tensor | None, stop: StopSignal, loggers: MetricLoggers | None
+        self,
+        start: int,
+        pending: tuple[Tensor, Tensor | None] | None,
+        stop: StopSignal,
+        loggers: MetricLoggers | None,
     ) -> None:
         cfg, t_loop = self.cfg, time.perf_counter()
         for step in range(start, self.total_steps):
-            x = pending if pending is not None else self._next_batch(step) * self.scale
+            x, target = pending if pending is not None else self._scaled(self._next_batch(step))
             pending = None
-            results, x_sum = self._forward_backward(step, x)
-            self._update(step, results, x, x_sum)
+            results, y_sum = self._forward_backward(step, x, target)
+            self._update(step, results, x if target is None else target, y_sum)
             done = step + 1
             tokens_per_s = (done - start) * cfg.batch_size / max(time.perf_counter() - t_loop, 1e-9)
             record = None
@@ -571,19 +614,23 @@ class _Run:
     def _finish(self) -> list[TrainedSAE]:
         out = []
         for m in self.members:
-            sae = m.model.export(activation_scale=self.scale)
+            x_scale, y_scale = self.layout.export_scales(self.scale)
+            target = {} if self.layout.kind == "sae" else {"target_scale": y_scale}
+            sae = m.model.export(activation_scale=x_scale, **target)
             card = run_card(
                 self.cfg,
                 m.spec,
                 sae_config=m.sae_cfg.model_dump(mode="json"),
                 optim=m.optim,
                 data=self.data,
-                activation_scale=self.scale,
+                activation_scale=self.scale[0] if len(self.scale) == 1 else list(self.scale),
                 world_size=self.ctx.world_size,
                 steps=self.total_steps,
                 device=str(self.device),
                 num_rows=self.store.num_rows if self.store is not None else None,
             )
+            if self.layout.kind == "transcoder" and len(self.stores) == 2:
+                card["hook_name_out"] = self.stores[1].hook
             hist = [{"step": r["step"], "tokens": r["tokens"], **r["saes"][m.name]} for r in self.history]
             card["final_metrics"] = (
                 {k: v for k, v in hist[-1].items() if k not in ("step", "tokens")} if hist else {}
