@@ -93,8 +93,23 @@ def train_command(
     config: Path | None = typer.Argument(
         None, help="YAML file describing the run (a sweep of one or more SAEs); omit to use the flags below."
     ),
-    activations: Path | None = typer.Option(
-        None, "--activations", help="Activation store directory written by `saeforge capture`."
+    activations: list[Path] | None = typer.Option(
+        None,
+        "--activations",
+        help="Activation store directory written by `saeforge capture`; repeat it with --crosscoder for one "
+        "store per site (stores captured together).",
+    ),
+    target_activations: Path | None = typer.Option(
+        None,
+        "--target-activations",
+        help="Transcoders: the store of the site they write (captured with --activations, e.g. layers.N.mlp_out "
+        "for --activations of layers.N.mlp_in).",
+    ),
+    crosscoder: bool = typer.Option(
+        False, "--crosscoder", help="Train a crosscoder over the sites of the --activations stores."
+    ),
+    skip_connection: bool = typer.Option(
+        False, "--skip-connection", help="Transcoders: add a learned linear skip from input to output."
     ),
     architecture: str | None = typer.Option(
         None,
@@ -170,6 +185,9 @@ def train_command(
         "--checkpoint-every": checkpoint_every,
         "--name": name,
         "--logger": logger,
+        "--target-activations": target_activations,
+        "--crosscoder": crosscoder or None,
+        "--skip-connection": skip_connection or None,
     }
     try:
         if config is not None:
@@ -198,9 +216,12 @@ def train_command(
                 "target_l0": target_l0,
                 "lr": lr,
                 "seed": 0 if seed is None else seed,
+                "skip_connection": skip_connection or None,
             }
             data = {
-                "activations": activations,
+                "activations": activations[0] if len(activations) == 1 else activations,
+                "target_activations": target_activations,
+                "crosscoder": crosscoder,
                 "tokens": 10_000_000 if tokens is None else tokens,
                 "batch_size": 4096 if batch_size is None else batch_size,
                 "out": out,

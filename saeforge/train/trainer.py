@@ -517,7 +517,7 @@ class _Run:
             + [torch.stack([m.acc[k] for k in ks]) for m, ks in zip(self.members, per_member, strict=True)]
         )
         flat = self.ctx.all_reduce_(flat).cpu()
-        d = self.d_in
+        d = self.layout.d_y
         total_sq = flat[d] - flat[:d].pow(2).sum() / flat[d + 1]
         offset, saes = d + 2, {}
         for m, ks in zip(self.members, per_member, strict=True):
