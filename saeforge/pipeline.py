@@ -171,13 +171,13 @@ def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig])
     """
     from transformers import AutoConfig
 
-    from saeforge.train.trainer import validate_specs
+    from saeforge.train.specs import resolve_specs
 
     hidden = getattr(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), "hidden_size", None)
     for hook, cfg in trains.items():
         if hidden is not None and _CANONICAL_HOOK.match(hook):
             try:
-                validate_specs(cfg, hidden, f"hook {hook} of {model_dir}")
+                resolve_specs(cfg, hidden, f"hook {hook} of {model_dir}")
             except ValueError as e:
                 raise ConfigError(f"train.{e}") from e
 
