@@ -1,7 +1,8 @@
 """saeforge.activations: capture activations into checksummed shards, read them back, shuffle them for training.
 
 capture(CaptureConfig) -> one store per hook; ActivationStore.open(dir) reads one; ActivationLoader serves
-globally shuffled, exactly resumable training batches from it; StreamingSource serves the same batches computed
+globally shuffled, exactly resumable training batches from it; AlignedLoader serves tuples of the same rows of
+stores captured together (check_aligned proves they were); StreamingSource serves the same batches computed
 live from the model. Formats: docs/formats.md.
 """
 
@@ -11,6 +12,8 @@ lazy_exports(
     __name__,
     {
         "PlanConfig": "saeforge.activations.config",
+        "AlignedLoader": "saeforge.activations.aligned",
+        "check_aligned": "saeforge.activations.aligned",
         "CaptureError": "saeforge.activations.capture",
         "CorpusExhausted": "saeforge.activations.capture",
         "NonFiniteActivations": "saeforge.activations.capture",
