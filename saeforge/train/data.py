@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from saeforge.train.config import ConfigError, TrainConfig
+from saeforge.errors import ConfigError
+from saeforge.train.config import TrainConfig
 from saeforge.train.distributed import DistContext
+
+
+def source_widths(
+    stores: list[Any], source: Any, cfg: TrainConfig
+) -> tuple[tuple[int, ...], str, Iterator[Any] | None]:
+    """(each part's width, where they came from, batches): of the stores, else of the source (its `d_ins` or
+    `d_in`, or its first batch, kept for step 0 in the returned batches; None when nothing was read)."""
+    if stores:
+        names = ", ".join(str(p) for p in cfg.activation_paths)
+        return tuple(s.d_in for s in stores), f"the store {names}", None
+    d_ins = getattr(source, "d_ins", None) or getattr(source, "d_in", None)
+    if d_ins is not None:
+        return (tuple(d_ins) if isinstance(d_ins, (tuple, list)) else (int(d_ins),)), "the batch source", None
+    it = iter(source)
+    first = next(it)
+    parts = (first,) if isinstance(first, Tensor) else tuple(first)
+    return tuple(int(x.shape[-1]) for x in parts), "the batch source", itertools.chain([first], it)
 
 
 def open_stores(cfg: TrainConfig, source: Iterable[Any] | None) -> list[Any]:
@@ -35,7 +55,7 @@ def open_stores(cfg: TrainConfig, source: Iterable[Any] | None) -> list[Any]:
 
 def open_loader(cfg: TrainConfig, stores: list[Any], ctx: DistContext) -> Any:
     """The stores' shuffling loader (aligned over several stores); each rank reads its slice of every batch."""
-    from saeforge.activations import AlignedLoader
+    from saeforge.activations.aligned import AlignedLoader
     from saeforge.activations.loader import ActivationLoader
 
     kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)

@@ -20,6 +20,13 @@ INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
 _NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}
 
 
+def _paths(paths: list[Path] | None) -> str | list[str] | None:
+    """One store as its path, several as a list."""
+    if not paths:
+        return None
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+
+
 def data_card(manifest: Any | None) -> dict[str, Any]:
     """The data part of the card from a store manifest (a pydantic model or dict), or {} without one."""
     if manifest is None:
@@ -86,9 +93,7 @@ def run_card(
             "device": device,
         },
         "data": {
-            "activations": str(cfg.activations)
-            if isinstance(cfg.activations, Path)
-            else ([str(p) for p in cfg.activations] if cfg.activations else None),
+            "activations": _paths(cfg.activations),
             **({"target_activations": str(cfg.target_activations)} if cfg.target_activations else {}),
             "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
             **data,
