@@ -1,0 +1,215 @@
+"""Building a server from its settings, and running it under uvicorn.
+
+`ServeConfig` holds every setting (the `saeforge serve` options are its fields); `build_state` loads the model,
+SAEs, feature indexes, variants and keys and opens the audit log; `serve` binds the socket and runs uvicorn
+until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish within `shutdown_timeout` seconds
+and closes the audit log (every queued record written and fsynced).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from saeforge.serve.audit import AuditLog
+from saeforge.serve.auth import APIKeys
+from saeforge.serve.backend import HFBackend
+from saeforge.serve.batcher import Batcher
+from saeforge.serve.features import load_labels
+from saeforge.serve.saes import ServedSAE, sae_sha256
+from saeforge.serve.schemas import load_variants
+from saeforge.serve.state import Limits, ServerState
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path = Field(description="local model directory")
+    sae: list[Path] = Field(default_factory=list, description="SAE directories (repeatable)")
+    index: list[str] = Field(
+        default_factory=list,
+        description="feature index folders: DIR (paired with --sae in order) or NAME=DIR",
+    )
+    variants: Path | None = Field(
+        default=None, description="YAML/JSON file of named edits served as MODEL:NAME"
+    )
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port (0: any free port)")
+    api_keys: Path | None = Field(default=None, description="file with one bearer API key per line")
+    insecure_no_auth: bool = Field(
+        default=False, description="allow a non-loopback --host without --api-keys"
+    )
+    audit_log: Path = Field(default=Path("audit"), description="audit log folder")
+    audit_text: Literal["full", "hash", "none"] = Field(
+        default="full", description="prompt/completion text in the audit log: full, hash (sha256) or none"
+    )
+    audit_features: int = Field(
+        default=10, ge=0, le=100, description="top features per SAE recorded per request"
+    )
+    audit_max_bytes: int = Field(default=64 << 20, gt=0, description="rotate audit files past this size")
+    audit_max_delay_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="group-commit window of the audit log"
+    )
+    device: str = Field(default="cpu", description="device for the model and SAEs")
+    dtype: str = Field(default="float32", description="model dtype (float32, float16, bfloat16)")
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="sequences per generation batch")
+    max_body_bytes: int = Field(default=1 << 20, gt=0, description="largest request body (413 beyond)")
+    max_prompt_tokens: int = Field(default=4096, gt=0, description="longest prompt (400 beyond)")
+    max_tokens: int = Field(
+        default=512, gt=0, description="largest max_tokens a request may ask (400 beyond)"
+    )
+    max_coefficient: float = Field(
+        default=1000.0, gt=0, description="largest |coefficient| / |value| of an edit (400 beyond)"
+    )
+    max_concurrency: int = Field(
+        default=64, gt=0, description="requests in flight (429 + Retry-After beyond)"
+    )
+    max_n: int = Field(default=8, gt=0, description="most sequences (prompts x n) per request")
+    shutdown_timeout: float = Field(
+        default=30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: ServeConfig) -> None:
+    if cfg.api_keys is None and not cfg.insecure_no_auth and not is_loopback(cfg.host):
+        raise ValueError(
+            f"refusing to listen on {cfg.host} without API keys: give --api-keys FILE, bind 127.0.0.1, or pass "
+            "--insecure-no-auth to serve anyone who can reach the port"
+        )
+
+
+def from_run_dir(run_dir: Path) -> dict:
+    """model, sae and index of a `saeforge run` output folder (config.yaml, saes/<hook>/<name>/)."""
+    from saeforge.pipeline import resolve_model
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ValueError(f"{run_dir} is not a `saeforge run` folder: it has no config.yaml")
+    model = resolve_model(str((yaml.safe_load(cfg_path.read_text()) or {}).get("model", "")))
+    saes = sorted(p.parent for p in (run_dir / "saes").glob("*/*/cfg.json"))
+    if not saes:
+        raise ValueError(f"{run_dir}/saes holds no trained SAE (saes/<hook>/<name>/cfg.json)")
+    index = []
+    for s in saes:
+        for cand in (s, run_dir / "interpret" / s.parent.name / s.name):
+            if (cand / "features.sqlite").is_file():
+                index.append(f"{_sae_names(saes)[s]}={cand}")
+                break
+    return {"model": model, "sae": saes, "index": index}
+
+
+def _sae_names(paths: list[Path]) -> dict[Path, str]:
+    """An SAE's name is its directory's name; names that repeat are prefixed by their parent's."""
+    names = [p.name for p in paths]
+    return {p: (p.name if names.count(p.name) == 1 else f"{p.parent.name}.{p.name}") for p in paths}
+
+
+def _load_saes(cfg: ServeConfig, loaded) -> dict[str, ServedSAE]:
+    from saeforge.models import resolve_hook
+    from saeforge.sae import load_sae
+
+    saes = {}
+    for path, name in _sae_names(list(cfg.sae)).items():
+        sae = load_sae(path, device=cfg.device)
+        hook = sae.cfg.metadata.get("hook_name")
+        if not hook:
+            raise ValueError(
+                f"--sae {path}: cfg.json names no hook_name, so the server cannot know where it reads"
+            )
+        resolve_hook(loaded, hook)
+        if sae.d_in != loaded.d_model and hook.endswith(("resid_pre", "resid_post")):
+            raise ValueError(
+                f"--sae {path}: d_in={sae.d_in} but the model's residual width is {loaded.d_model}"
+            )
+        saes[name] = ServedSAE(name, sae, hook, sae_sha256(path), Path(path))
+    for i, spec in enumerate(cfg.index):
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            if i >= len(saes):
+                raise ValueError(f"--index {spec}: there is no --sae #{i + 1} to pair it with; use NAME=DIR")
+            name, folder = list(saes)[i], spec
+        if name not in saes:
+            raise ValueError(f"--index {spec}: no served SAE is named {name!r} (served: {sorted(saes)})")
+        saes[name].index = Path(folder)
+        saes[name].labels = load_labels(Path(folder))
+    return saes
+
+
+def build_state(cfg: ServeConfig) -> ServerState:
+    """Loads everything the server needs; errors name the option to fix."""
+    from saeforge.models import load_model
+
+    check_exposure(cfg)
+    keys = APIKeys.from_file(cfg.api_keys) if cfg.api_keys is not None else None
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    saes = _load_saes(cfg, loaded)
+    limits = Limits(
+        max_body_bytes=cfg.max_body_bytes,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_tokens=cfg.max_tokens,
+        max_coefficient=cfg.max_coefficient,
+        max_concurrency=cfg.max_concurrency,
+        max_n=cfg.max_n,
+    )
+    variants = load_variants(cfg.variants, saes, cfg.max_coefficient) if cfg.variants else {}
+    backend = HFBackend(loaded, saes)
+    audit = AuditLog(cfg.audit_log, max_bytes=cfg.audit_max_bytes, max_delay_s=cfg.audit_max_delay_ms / 1000)
+    return ServerState(
+        model_name=backend.name,
+        backend=backend,
+        batcher=Batcher(backend, cfg.max_batch_size),
+        saes=saes,
+        variants=variants,
+        keys=keys,
+        audit=audit,
+        audit_text=cfg.audit_text,
+        audit_features=cfg.audit_features,
+        limits=limits,
+        model_dir=loaded.path,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(cfg: ServeConfig, state: ServerState, on_ready: Callable[[str], None] = lambda url: None) -> None:
+    """Runs the server until SIGTERM/SIGINT; `on_ready(url)` is called once the socket listens."""
+    import uvicorn
+
+    from saeforge.serve.app import create_app
+
+    sock = bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1"
+    config = uvicorn.Config(
+        create_app(state),
+        log_level="warning",
+        timeout_graceful_shutdown=cfg.shutdown_timeout,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    on_ready(url)
+    server.run(sockets=[sock])
