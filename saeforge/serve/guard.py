@@ -151,6 +151,10 @@ class Guard:
         async def audited_send(msg):
             if msg["type"] == "http.response.start":
                 ctx.status = msg["status"]
+                msg = {
+                    **msg,
+                    "headers": [*msg.get("headers", []), (b"x-request-id", ctx.request_id.encode())],
+                }
             elif msg["type"] == "http.response.body" and not msg.get("more_body", False):
                 await commit(self.state, ctx)
             await send(msg)

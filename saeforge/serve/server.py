@@ -1,6 +1,6 @@
-"""Building a server from its settings, and running it under uvicorn.
+"""Building a server from its settings (`ServeConfig`), and running it under uvicorn.
 
-`ServeConfig` holds every setting (the `saeforge serve` options are its fields); `build_state` loads the model,
+`build_state` loads the model,
 SAEs, feature indexes, variants and keys and opens the audit log; `serve` binds the socket and runs uvicorn
 until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish within `shutdown_timeout` seconds
 and closes the audit log (every queued record written and fsynced).
@@ -12,68 +12,18 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
 from saeforge.serve.audit import AuditLog
 from saeforge.serve.auth import APIKeys
 from saeforge.serve.backend import HFBackend
 from saeforge.serve.batcher import Batcher
+from saeforge.serve.config import ServeConfig
 from saeforge.serve.features import load_labels
 from saeforge.serve.saes import ServedSAE, sae_sha256
 from saeforge.serve.schemas import load_variants
 from saeforge.serve.state import Limits, ServerState
-
-
-class ServeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: Path = Field(description="local model directory")
-    sae: list[Path] = Field(default_factory=list, description="SAE directories (repeatable)")
-    index: list[str] = Field(
-        default_factory=list,
-        description="feature index folders: DIR (paired with --sae in order) or NAME=DIR",
-    )
-    variants: Path | None = Field(
-        default=None, description="YAML/JSON file of named edits served as MODEL:NAME"
-    )
-    host: str = Field(default="127.0.0.1", description="address to listen on")
-    port: int = Field(default=8000, ge=0, le=65535, description="port (0: any free port)")
-    api_keys: Path | None = Field(default=None, description="file with one bearer API key per line")
-    insecure_no_auth: bool = Field(
-        default=False, description="allow a non-loopback --host without --api-keys"
-    )
-    audit_log: Path = Field(default=Path("audit"), description="audit log folder")
-    audit_text: Literal["full", "hash", "none"] = Field(
-        default="full", description="prompt/completion text in the audit log: full, hash (sha256) or none"
-    )
-    audit_features: int = Field(
-        default=10, ge=0, le=100, description="top features per SAE recorded per request"
-    )
-    audit_max_bytes: int = Field(default=64 << 20, gt=0, description="rotate audit files past this size")
-    audit_max_delay_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="group-commit window of the audit log"
-    )
-    device: str = Field(default="cpu", description="device for the model and SAEs")
-    dtype: str = Field(default="float32", description="model dtype (float32, float16, bfloat16)")
-    max_batch_size: int = Field(default=8, ge=1, le=256, description="sequences per generation batch")
-    max_body_bytes: int = Field(default=1 << 20, gt=0, description="largest request body (413 beyond)")
-    max_prompt_tokens: int = Field(default=4096, gt=0, description="longest prompt (400 beyond)")
-    max_tokens: int = Field(
-        default=512, gt=0, description="largest max_tokens a request may ask (400 beyond)"
-    )
-    max_coefficient: float = Field(
-        default=1000.0, gt=0, description="largest |coefficient| / |value| of an edit (400 beyond)"
-    )
-    max_concurrency: int = Field(
-        default=64, gt=0, description="requests in flight (429 + Retry-After beyond)"
-    )
-    max_n: int = Field(default=8, gt=0, description="most sequences (prompts x n) per request")
-    shutdown_timeout: float = Field(
-        default=30.0, ge=0, description="seconds in-flight requests get after SIGTERM"
-    )
 
 
 def is_loopback(host: str) -> bool:

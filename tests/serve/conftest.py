@@ -116,7 +116,7 @@ def start_server():
 
 
 def config(assets, tmp_path: Path, **overrides):
-    from saeforge.serve.server import ServeConfig
+    from saeforge.serve.config import ServeConfig
 
     base = dict(
         model=assets["model"],
