@@ -34,6 +34,7 @@ def serve(
         None, help="A `saeforge run` folder: model, SAEs and feature indexes from it."
     ),
     model: Path = _opt("model"),
+    model_name: str = _opt("model_name"),
     sae: list[Path] = _opt("sae"),
     index: list[str] = _opt("index"),
     variants: Path = _opt("variants"),

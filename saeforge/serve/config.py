@@ -12,6 +12,9 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Path = Field(description="local model directory")
+    model_name: str | None = Field(
+        default=None, description="model id clients use (default: the model directory's name)"
+    )
     sae: list[Path] = Field(default_factory=list, description="SAE directories (repeatable)")
     index: list[str] = Field(
         default_factory=list,

@@ -121,7 +121,7 @@ def build_state(cfg: ServeConfig) -> ServerState:
     backend = HFBackend(loaded, saes)
     audit = AuditLog(cfg.audit_log, max_bytes=cfg.audit_max_bytes, max_delay_s=cfg.audit_max_delay_ms / 1000)
     return ServerState(
-        model_name=backend.name,
+        model_name=cfg.model_name or backend.name,
         backend=backend,
         batcher=Batcher(backend, cfg.max_batch_size),
         saes=saes,

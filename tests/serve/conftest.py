@@ -125,5 +125,6 @@ def config(assets, tmp_path: Path, **overrides):
         variants=assets["variants"],
         audit_log=tmp_path / "audit",
         port=0,
+        model_name="gpt2",
     )
     return ServeConfig(**{**base, **overrides})
