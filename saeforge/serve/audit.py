@@ -197,6 +197,16 @@ def _check_line(raw: bytes, where: str, seq: int | None, prev: str | None) -> tu
     return rec, None
 
 
+def _appears_later(lines: list[tuple[str, bytes]], seq: int | None) -> bool:
+    for _, raw in lines:
+        try:
+            if json.loads(raw).get("seq") == seq:
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
+
+
 def verify_log(log: Path) -> VerifyResult:
     """Checks the chain of an `--audit-log` folder (or of one of its files, whose first record's `prev` and
     `seq` are then taken as given). Names the first edited, deleted, reordered or truncated record."""
@@ -208,23 +218,26 @@ def verify_log(log: Path) -> VerifyResult:
         res.error = f"{log} holds no audit-*.jsonl files"
         return res
     seq, prev = (None, None) if single else (0, GENESIS)
+    lines: list[tuple[str, bytes]] = []
     for fi, path in enumerate(files):
-        lines = path.read_bytes().split(b"\n")
-        tail = lines.pop()  # b"" when the file ends with a newline, else a torn last line
-        for li, raw in enumerate(lines, 1):
-            rec, err = _check_line(raw, f"{path.name} line {li}", seq, prev)
-            if err:
-                res.error = err
-                return res
-            seq, prev = rec["seq"] + 1, rec["hash"]
-            res.records += 1
+        raw_lines = path.read_bytes().split(b"\n")
+        tail = raw_lines.pop()  # b"" when the file ends with a newline, else a torn last line
+        lines += [(f"{path.name} line {li}", raw) for li, raw in enumerate(raw_lines, 1)]
         if tail:
-            where = f"{path.name} line {len(lines) + 1}"
-            if fi == len(files) - 1:
-                res.warning = f"{where}: the last record is torn (a crash while writing it); the records before it verify"
+            where = f"{path.name} line {len(raw_lines) + 1}"
+            if fi < len(files) - 1:
+                lines.append((where, b""))  # an error when reached: newer files follow a torn record
             else:
-                res.error = f"{where} is truncated, and newer files follow it"
-                return res
+                res.warning = f"{where}: the last record is torn (a crash while writing it); the records before it verify"
+    for n, (where, raw) in enumerate(lines):
+        rec, err = _check_line(raw, where, seq, prev)
+        if err and "deleted" in err and _appears_later(lines[n + 1 :], seq):
+            err = f"records reordered: {where} holds seq {json.loads(raw)['seq']} where seq {seq} belongs"
+        if err:
+            res.error = err if raw else f"{where} is truncated, and newer files follow it"
+            return res
+        seq, prev = rec["seq"] + 1, rec["hash"]
+        res.records += 1
     res.last_hash, res.records_end = prev, seq or 0
     head_path = (log if log.is_dir() else log.parent) / HEAD
     if not single and head_path.is_file():
