@@ -168,5 +168,6 @@ def load_variants(path: Path, saes: dict[str, ServedSAE], max_coefficient: float
                 raise ValueError("return_features belongs in a request, not in a variant")
             variants[name] = to_edits(ext, saes, max_coefficient, where=f"variant {name!r}")
         except (ValidationError, ValueError) as e:
-            raise ValueError(f"variants file {path}: variant {name!r}: {e}") from e
+            where = "" if isinstance(e, RequestError) else f"variant {name!r}: "
+            raise ValueError(f"variants file {path}: {where}{e}") from e
     return variants
