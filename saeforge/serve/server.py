@@ -145,6 +145,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a graceful stop on SIGTERM/SIGINT ends the process with status 0
+        (uvicorn re-raises the signal after shutting down, which would report death by signal)."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            getattr(self, "_captured_signals", []).clear()
+
+    return Server
+
+
 def serve(cfg: ServeConfig, state: ServerState, on_ready: Callable[[str], None] = lambda url: None) -> None:
     """Runs the server until SIGTERM/SIGINT; `on_ready(url)` is called once the socket listens."""
     import uvicorn
@@ -160,6 +174,6 @@ def serve(cfg: ServeConfig, state: ServerState, on_ready: Callable[[str], None] 
         timeout_graceful_shutdown=cfg.shutdown_timeout,
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     on_ready(url)
     server.run(sockets=[sock])
