@@ -203,3 +203,21 @@ def test_audit_text_hash_and_none(serve_assets, start_server, tmp_path):
             assert rec["completion_sha256"] == [hashlib.sha256(text.encode()).hexdigest()]
         else:
             assert "prompt_sha256" not in rec
+
+
+def test_client_disconnect_mid_stream_is_audited_as_499(server):
+    import time
+
+    import httpx2 as httpx
+
+    body = {"model": "gpt2", "prompt": PROMPT, "max_tokens": 500, "temperature": 0, "stream": True}
+    with httpx.Client(timeout=60) as http, http.stream("POST", f"{server.url}/completions", json=body) as r:
+        rid = r.headers["x-request-id"]
+        next(r.iter_bytes())
+    for _ in range(400):  # the server notices at its next send
+        rec = {x["request_id"]: x for x in read_records(server.log)}.get(rid)
+        if rec is not None:
+            break
+        time.sleep(0.05)
+    assert rec is not None and rec["status"] == 499 and rec["stream"] is True
+    assert "disconnected" in rec["error"] and verify_log(server.log).ok
