@@ -13,8 +13,9 @@
 
 The model is a randomly initialised GPT-2 (d_model 256, 4 layers, 4 heads, the tests' BPE tokenizer) with a
 ReLU SAE (d_sae 2048) at layers.2.resid_post; random weights generate at the speed trained ones do. The server
-runs in its own process (so that client and server do not share one interpreter lock); every configuration is
-measured `--rounds` times interleaved and the best round counts. Writes JSON (default bench/results/serve.json).
+runs in its own process (so that client and server do not share one interpreter lock); server and bare loop use
+`--threads` torch threads (default 1: on a shared machine two spinning intra-op threads measure the neighbours);
+every configuration is measured `--rounds` times interleaved and the best round counts. Writes JSON (default bench/results/serve.json).
 """
 
 from __future__ import annotations
@@ -164,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="few prompts and tokens: checks the harness")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "serve.json")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the bare loop")
     p.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.serve:
         _server_main(*args.serve)
         return

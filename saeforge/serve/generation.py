@@ -107,6 +107,11 @@ class Generation:
         self.state, self.ctx, self.req, self.chat = state, ctx, req, chat
         variant, variant_edits = state.resolve_model(req.model)
         ext = req.saeforge or Extension()
+        if ext.return_features is not None and not state.saes:
+            raise RequestError(
+                "saeforge.return_features: this server serves no SAE; start it with --sae DIR",
+                param="saeforge.return_features",
+            )
         edits = variant_edits + to_edits(ext, state.saes, state.limits.max_coefficient)
         ctx.model, ctx.variant, ctx.stream = req.model, variant, req.stream
         ctx.steering = edits.as_json() if edits else None

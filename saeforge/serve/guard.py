@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from saeforge.serve.context import RequestContext
 from saeforge.serve.state import ServerState
 
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 _LIMITED = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 
 
@@ -103,7 +104,7 @@ class Guard:
             return
         limited = scope["method"] == "POST" and scope["path"] in _LIMITED
         if limited and state.in_flight >= state.limits.max_concurrency:
-            retry = str(state.limits.retry_after_s).encode()
+            retry = str(RETRY_AFTER_S).encode()
             await self._refuse(
                 send,
                 ctx,

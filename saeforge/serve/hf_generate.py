@@ -97,7 +97,7 @@ def _sample(logits: Tensor, rows: Sequence[Row], generators: list[torch.Generato
         if s.temperature == 0:
             out.append(int(logits[b].argmax()))
             continue
-        probs = torch.softmax(logits[b].double() / s.temperature, -1)
+        probs = torch.softmax(logits[b].double().cpu() / s.temperature, -1)  # the rows' RNGs live on the CPU
         if s.top_p < 1:
             p_sorted, order = probs.sort(descending=True)
             keep = p_sorted.cumsum(0) - p_sorted < s.top_p

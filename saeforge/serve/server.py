@@ -23,7 +23,7 @@ from saeforge.serve.config import ServeConfig
 from saeforge.serve.features import load_labels
 from saeforge.serve.saes import ServedSAE, sae_sha256
 from saeforge.serve.schemas import load_variants
-from saeforge.serve.state import Limits, ServerState
+from saeforge.serve.state import ServerState
 
 
 def is_loopback(host: str) -> bool:
@@ -109,14 +109,6 @@ def build_state(cfg: ServeConfig) -> ServerState:
     keys = APIKeys.from_file(cfg.api_keys) if cfg.api_keys is not None else None
     loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     saes = _load_saes(cfg, loaded)
-    limits = Limits(
-        max_body_bytes=cfg.max_body_bytes,
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        max_tokens=cfg.max_tokens,
-        max_coefficient=cfg.max_coefficient,
-        max_concurrency=cfg.max_concurrency,
-        max_n=cfg.max_n,
-    )
     variants = load_variants(cfg.variants, saes, cfg.max_coefficient) if cfg.variants else {}
     backend = HFBackend(loaded, saes)
     audit = AuditLog(cfg.audit_log, max_bytes=cfg.audit_max_bytes, max_delay_s=cfg.audit_max_delay_ms / 1000)
@@ -130,7 +122,7 @@ def build_state(cfg: ServeConfig) -> ServerState:
         audit=audit,
         audit_text=cfg.audit_text,
         audit_features=cfg.audit_features,
-        limits=limits,
+        limits=cfg,
         model_dir=loaded.path,
     )
 

@@ -9,20 +9,8 @@ from saeforge.serve.audit import AuditLog
 from saeforge.serve.auth import APIKeys
 from saeforge.serve.backend import Backend
 from saeforge.serve.batcher import Batcher
+from saeforge.serve.config import ServeConfig
 from saeforge.serve.saes import Edits, RequestError, ServedSAE
-
-
-@dataclass
-class Limits:
-    """Bounds on every request (each a `saeforge serve` option of the same name)."""
-
-    max_body_bytes: int = 1 << 20
-    max_prompt_tokens: int = 4096
-    max_tokens: int = 512
-    max_coefficient: float = 1000.0
-    max_concurrency: int = 64
-    max_n: int = 8
-    retry_after_s: int = 1
 
 
 @dataclass
@@ -30,13 +18,13 @@ class ServerState:
     model_name: str
     backend: Backend
     batcher: Batcher
+    limits: ServeConfig  # the bounds on every request: max_body_bytes, max_tokens, ...
     saes: dict[str, ServedSAE] = field(default_factory=dict)
     variants: dict[str, Edits] = field(default_factory=dict)
     keys: APIKeys | None = None
     audit: AuditLog | None = None
     audit_text: str = "full"
     audit_features: int = 10
-    limits: Limits = field(default_factory=Limits)
     model_dir: Path | None = None
     in_flight: int = 0
 
