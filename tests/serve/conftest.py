@@ -31,7 +31,7 @@ def make_sae(out: Path, seed: int = 5, d_in: int = 64, d_sae: int = 32, hook: st
 
 def make_index(out: Path, explanations: dict[int, str]) -> Path:
     from saeforge.interpret.index import build_index
-    from saeforge.interpret.records import LatentRecord
+    from saeforge.interpret.records import Interpretation, LatentRecord, TokenContext, save_interpretation
 
     records = [
         LatentRecord(
@@ -48,7 +48,19 @@ def make_index(out: Path, explanations: dict[int, str]) -> Path:
         )
         for i, text in explanations.items()
     ]
+    records[0].top = [
+        TokenContext(
+            seq=4,
+            pos=2,
+            activation=7.5,
+            start=0,
+            token_ids=[1, 2, 3],
+            tokens=["the", " court", " held"],
+            acts=[0.0, 1.0, 7.5],
+        )
+    ]
     build_index(records, out)
+    save_interpretation(Interpretation(latents=records), out / "latents.json")
     return out
 
 

@@ -138,6 +138,11 @@ def test_feature_index_endpoints(server):
     assert [h["latent"] for h in hits] == [3] and hits[0]["explanation"] == LABELS[3]
     one = httpx.get(f"{server.url}/features/{SAE_NAME}/7").json()
     assert one["explanation"] == LABELS[7] and one["indexed"] and one["top_contexts"] == []
+    ctx = httpx.get(f"{server.url}/features/{SAE_NAME}/3").json()["top_contexts"]
+    assert ctx == [
+        {"activation": 7.5, "tokens": ["the", " court", " held"], "acts": [0.0, 1.0, 7.5], "center": 2}
+    ]
+    assert httpx.get(f"{server.url}/features/{SAE_NAME}/5").json()["indexed"] is False
     bad = httpx.get(f"{server.url}/features/{SAE_NAME}/99")
     assert bad.status_code == 400 and "0..31" in bad.json()["error"]["message"]
 
