@@ -2,9 +2,10 @@
 
 Per-row steering: every SAE a row edits or reads gets one splice at its hook for the batch (`saeforge.models.
 splice`), which changes only the rows that ask for it. A row's steering delta is sum_i coefficient_i * W_dec[i]
-added to its own row of the activation [B, T, d]; other rows get nothing added (not an added zero), so a row
-with no edits computes exactly what the plain model computes, and a steered row exactly what `saeforge steer`
-computes (`x + coefficient * W_dec[latent]`, the same operations).
+added to its own row of the activation [B, T, d]; other rows get nothing added (not even a zero), so a row
+with no edits runs the plain model, and a steered row the operations `saeforge steer` runs
+(`x + coefficient * W_dec[latent]`): alone in a batch, their tokens equal `generate()`'s (tested), and beside
+other rows they differ from that only by the float rounding of batched matmuls.
 
 Prompts are left-padded; position ids count real tokens only, so a padded row sees the positions it would see
 alone. Finished rows stay in the batch until every row is done, but emit nothing more.
