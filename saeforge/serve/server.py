@@ -45,13 +45,15 @@ def check_exposure(cfg: ServeConfig) -> None:
 
 def from_run_dir(run_dir: Path) -> dict:
     """model, sae and index of a `saeforge run` output folder (config.yaml, saes/<hook>/<name>/)."""
-    from saeforge.pipeline import resolve_model
+    from saeforge.models import builtin_example_model
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise ValueError(f"{run_dir} is not a `saeforge run` folder: it has no config.yaml")
-    model = resolve_model(str((yaml.safe_load(cfg_path.read_text()) or {}).get("model", "")))
+    name = str((yaml.safe_load(cfg_path.read_text()) or {}).get("model", ""))
+    # "builtin" is how a run config names the demo MiniLM (saeforge.pipeline.BUILTIN_MODEL).
+    model = builtin_example_model() if name == "builtin" else Path(name).expanduser()
     saes = sorted(p.parent for p in (run_dir / "saes").glob("*/*/cfg.json"))
     if not saes:
         raise ValueError(f"{run_dir}/saes holds no trained SAE (saes/<hook>/<name>/cfg.json)")
