@@ -6,59 +6,21 @@ from pathlib import Path
 
 import typer
 
-from saeforge.cli import app
+from saeforge.cli.app import app
+from saeforge.cli.options import Settings, config_options, exit_codes, fail
+from saeforge.serve.config import ServeConfig
 
 audit_app = typer.Typer(help="Verify and summarise a `saeforge serve` audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def _opt(field: str, *flags: str):
-    """A typer option whose default and help are ServeConfig's, so `--help` and the config cannot drift."""
-    from saeforge.serve.config import ServeConfig
-
-    info = ServeConfig.model_fields[field]
-    default = None if info.is_required() else info.get_default(call_default_factory=True)
-    if isinstance(default, (list, Path)):
-        default = None
-    return typer.Option(default, *(flags or ("--" + field.replace("_", "-"),)), help=info.description)
-
-
 @app.command()
+@config_options(ServeConfig, unset=True)
 def serve(
+    settings: Settings,
     run_dir: Path = typer.Argument(
         None, help="A `saeforge run` folder: model, SAEs and feature indexes from it."
     ),
-    model: Path = _opt("model"),
-    model_name: str = _opt("model_name"),
-    sae: list[Path] = _opt("sae"),
-    index: list[str] = _opt("index"),
-    variants: Path = _opt("variants"),
-    host: str = _opt("host"),
-    port: int = _opt("port"),
-    api_keys: Path = _opt("api_keys"),
-    insecure_no_auth: bool = _opt("insecure_no_auth"),
-    audit_log: Path = typer.Option(
-        None, "--audit-log", help="Audit log folder (default: RUN_DIR/audit or ./audit)."
-    ),
-    audit_text: str = _opt("audit_text"),
-    audit_features: int = _opt("audit_features"),
-    audit_max_bytes: int = _opt("audit_max_bytes"),
-    audit_max_delay_ms: float = _opt("audit_max_delay_ms"),
-    device: str = _opt("device"),
-    dtype: str = _opt("dtype"),
-    max_batch_size: int = _opt("max_batch_size"),
-    max_body_bytes: int = _opt("max_body_bytes"),
-    max_prompt_tokens: int = _opt("max_prompt_tokens"),
-    max_tokens: int = _opt("max_tokens"),
-    max_coefficient: float = _opt("max_coefficient"),
-    max_concurrency: int = _opt("max_concurrency"),
-    max_n: int = _opt("max_n"),
-    shutdown_timeout: float = _opt("shutdown_timeout"),
 ) -> None:
     """Serve a local model behind the OpenAI API, steered and read through SAEs, with a per-request audit log.
 
@@ -66,32 +28,26 @@ def serve(
     --variants file names edits served as their own model ids (MODEL:NAME). Every request is recorded in the
     hash-chained audit log before its response completes (`saeforge audit verify`). See docs/serving.md.
     """
-    settings = {k: v for k, v in locals().items() if k != "run_dir" and v not in (None, [])}
     from pydantic import ValidationError
 
-    from saeforge.serve.config import ServeConfig
+    from saeforge.errors import ConfigError, format_validation_error
     from saeforge.serve.server import build_state, from_run_dir
     from saeforge.serve.server import serve as run_server
 
-    if run_dir is not None:
-        if model is not None or sae:
-            _fail("give RUN_DIR or --model/--sae, not both")
-        try:
-            settings = {**from_run_dir(run_dir), **settings}
-        except ValueError as e:
-            _fail(str(e))
-        settings.setdefault("audit_log", run_dir / "audit")
-    if "model" not in settings:
-        _fail("nothing to serve: give --model DIR (and --sae DIR ...), or a `saeforge run` folder")
-    try:
-        cfg = ServeConfig(**settings)
-    except ValidationError as e:
-        first = e.errors()[0]
-        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
-    try:
+    given = {k: v for k, v in settings.given().items() if v != []}
+    with exit_codes():
+        found = {}
+        if run_dir is not None:
+            if "model" in given or "sae" in given:
+                fail("give RUN_DIR or --model/--sae, not both")
+            found = {**from_run_dir(run_dir), "audit_log": run_dir / "audit"}
+        elif "model" not in given:
+            fail("nothing to serve: give --model DIR (and --sae DIR ...), or a `saeforge run` folder")
+        try:  # not settings.build(): its first parameter is named `model`, as is ServeConfig's first field
+            cfg = ServeConfig.model_validate({**settings.defaults, **found, **given})
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, "options", name_of=settings.flag)) from None
         state = build_state(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
 
     def ready(url: str) -> None:
         typer.echo(f"saeforge serve: listening on {url}")
@@ -116,7 +72,7 @@ def audit_verify(log: Path = typer.Argument(..., help="An --audit-log folder, or
     from saeforge.serve.audit import verify_log
 
     if not log.exists():
-        _fail(f"{log} does not exist")
+        fail(f"{log} does not exist")
     res = verify_log(log)
     if res.warning:
         typer.echo(f"warning: {res.warning}", err=True)
@@ -139,7 +95,7 @@ def audit_report(
     from saeforge.serve.summary import summarise
 
     if not log.exists():
-        _fail(f"{log} does not exist")
+        fail(f"{log} does not exist")
     summary = summarise(read_records(log), bucket_minutes * 60)
     check = verify_log(log)
     out = out or (log if log.is_dir() else log.parent) / "report.html"

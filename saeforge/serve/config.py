@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saeforge.device import DEFAULT_DEVICE, Device
+
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,7 +31,9 @@ class ServeConfig(BaseModel):
     insecure_no_auth: bool = Field(
         default=False, description="allow a non-loopback --host without --api-keys"
     )
-    audit_log: Path = Field(default=Path("audit"), description="audit log folder")
+    audit_log: Path = Field(
+        default=Path("audit"), description="audit log folder (with RUN_DIR: RUN_DIR/audit)"
+    )
     audit_text: Literal["full", "hash", "none"] = Field(
         default="full", description="prompt/completion text in the audit log: full, hash (sha256) or none"
     )
@@ -40,7 +44,7 @@ class ServeConfig(BaseModel):
     audit_max_delay_ms: float = Field(
         default=5.0, ge=0, le=1000, description="group-commit window of the audit log"
     )
-    device: str = Field(default="cpu", description="device for the model and SAEs")
+    device: Device = DEFAULT_DEVICE
     dtype: str = Field(default="float32", description="model dtype (float32, float16, bfloat16)")
     max_batch_size: int = Field(default=8, ge=1, le=256, description="sequences per generation batch")
     max_body_bytes: int = Field(default=1 << 20, gt=0, description="largest request body (413 beyond)")

@@ -72,13 +72,13 @@ def _sae_names(paths: list[Path]) -> dict[Path, str]:
     return {p: (p.name if names.count(p.name) == 1 else f"{p.parent.name}.{p.name}") for p in paths}
 
 
-def _load_saes(cfg: ServeConfig, loaded) -> dict[str, ServedSAE]:
+def _load_saes(cfg: ServeConfig, loaded, device: str) -> dict[str, ServedSAE]:
     from saeforge.models import resolve_hook
     from saeforge.sae import load_sae
 
     saes = {}
     for path, name in _sae_names(list(cfg.sae)).items():
-        sae = load_sae(path, device=cfg.device)
+        sae = load_sae(path, device=device)
         hook = sae.cfg.metadata.get("hook_name")
         if not hook:
             raise ValueError(
@@ -109,8 +109,11 @@ def build_state(cfg: ServeConfig) -> ServerState:
 
     check_exposure(cfg)
     keys = APIKeys.from_file(cfg.api_keys) if cfg.api_keys is not None else None
-    loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    saes = _load_saes(cfg, loaded)
+    from saeforge.device import resolve_device
+
+    device = str(resolve_device(cfg.device))
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device)
+    saes = _load_saes(cfg, loaded, device)
     variants = load_variants(cfg.variants, saes, cfg.max_coefficient) if cfg.variants else {}
     backend = HFBackend(loaded, saes)
     audit = AuditLog(cfg.audit_log, max_bytes=cfg.audit_max_bytes, max_delay_s=cfg.audit_max_delay_ms / 1000)
