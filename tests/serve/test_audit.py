@@ -120,3 +120,40 @@ def test_cli_verify_exit_codes_and_report(tmp_path, cli):
     html = (tmp_path / "r.html").read_text()
     assert "saeforge audit report" in html and "all requests" in html and "was edited" in html
     assert "all requests" in rep.stdout
+
+
+def test_summary_groups_features_by_variant_key_and_time():
+    from saeforge.serve.summary import summarise
+
+    def rec(t, variant, key, feats, status=200):
+        top = [
+            {"latent": lat, "max": mx, "mean": mx / 2, "label": "L" if lat == 3 else None}
+            for lat, mx in feats
+        ]
+        return {
+            "time": t,
+            "endpoint": "/v1/completions",
+            "variant": variant,
+            "key_id": key,
+            "status": status,
+            "tokens": {"prompt": 2, "completion": 3},
+            "features": [{"index": 0, "sae": "s", "top": top}],
+        }
+
+    records = [
+        rec("2026-12-02T01:00:00.000Z", None, "key-a", [(3, 2.0), (5, 1.0)]),
+        rec("2026-12-02T01:10:00.500Z", "formal", "key-a", [(3, 4.0)]),
+        rec("2026-12-02T02:30:00.000Z", "formal", "key-b", [(5, 3.0)], status=400),
+    ]
+    s = summarise(records, bucket_s=3600)
+    groups = {g.name: g for g in s.groups}
+    assert groups["all requests"].requests == 3 and groups["all requests"].errors == 1
+    assert groups["all requests"].tokens == 15
+    top = {(f.sae, f.latent): f for f in groups["all requests"].features}
+    assert top[("s", 3)].requests == 2 and top[("s", 3)].mean_max == 3.0 and top[("s", 3)].label == "L"
+    assert top[("s", 5)].mean_max == 2.0
+    assert groups["variant: formal"].requests == 2 and groups["variant: (base model)"].requests == 1
+    assert groups["key: key-b"].errors == 1
+    assert (
+        s.requests_per_bucket == [2, 1] and s.series["s:3"] == [3.0, None] and s.series["s:5"] == [1.0, 3.0]
+    )
