@@ -188,14 +188,14 @@ class TrainConfig(_Strict):
 
     @property
     def input_paths(self) -> list[Path]:
-        """The stores the SAEs read: `activations` (also after model_copy(update=...), which skips validation)."""
-        return [Path(p) for p in self._one_or_more(self.activations) or []]
+        """The input stores (`activations`) as a list, also after a `model_copy(update=...)` set one path."""
+        inputs = self.activations or []
+        return [Path(inputs)] if isinstance(inputs, (str, Path)) else list(inputs)
 
     @property
     def activation_paths(self) -> list[Path]:
         """Every store the run reads, in order: `activations`, then `target_activations`."""
-        target = [Path(self.target_activations)] if self.target_activations else []
-        return [*self.input_paths, *target]
+        return [*self.input_paths, *([self.target_activations] if self.target_activations else [])]
 
     @property
     def total_steps(self) -> int:
