@@ -38,7 +38,7 @@ def _reference(coder, xb, xf):
         u = W_dec[j, own]
         a = (z[:, j, None] * u).flatten()  # the regressor beta * z_j u_j, all rows stacked
 
-        def beta(y):
+        def beta(y, a=a):
             return float(a @ y.flatten() / (a @ a)) if a.abs().sum() > 0 else math.nan
 
         betas = {}
