@@ -28,8 +28,12 @@ class Thresholds(BaseModel):
     specific_norm: float = Field(
         0.9, gt=0.5, le=1.0, description="relative norm at or above which a latent is fine-tuned only by norm"
     )
-    max_nu_eps: float = Field(0.3, gt=0, description="error-scaling ratio at or above which: complete shrinkage")
-    max_nu_r: float = Field(0.5, gt=0, description="reconstruction-scaling ratio at or above which: decoupling")
+    max_nu_eps: float = Field(
+        0.3, gt=0, description="error-scaling ratio at or above which: complete shrinkage"
+    )
+    max_nu_r: float = Field(
+        0.5, gt=0, description="reconstruction-scaling ratio at or above which: decoupling"
+    )
     changed_cosine: float = Field(
         0.5, ge=-1.0, le=1.0, description="decoder cosine below which a shared latent is `changed`"
     )

@@ -113,7 +113,9 @@ def activation_stats(
     u_sq = U.double().pow(2).sum(1).cpu()
     u_sq_dev = U.pow(2).sum(1).clamp_min(1e-30)
     ud = [(U * W_dec[:, m]).sum(1).double().cpu() for m in (BASE, FINETUNED)]
-    acc = {k: torch.zeros(d_sae, dtype=torch.float64) for k in ("n", "nb", "nf", "zz", "r0", "r1", "e0", "e1")}
+    acc = {
+        k: torch.zeros(d_sae, dtype=torch.float64) for k in ("n", "nb", "nf", "zz", "r0", "r1", "e0", "e1")
+    }
     n_rows = 0
     for xb, xf in batches:
         if xb.shape != xf.shape or xb.ndim != 2 or xb.shape[1] != d_in:
@@ -135,7 +137,9 @@ def activation_stats(
             for m in (BASE, FINETUNED):
                 recon = (x_hat[:, m] - b_dec[m]) @ U.T  # [B, d_sae]: <u_j, y^{r,m}>
                 err = (x[:, m] - x_hat[:, m]) @ U.T
-                present = active & ((recon + err) >= 0.5 * z * u_sq_dev)  # <x^m - b_dec^m, u_j> >= z_j ||u_j||^2 / 2
+                present = active & (
+                    (recon + err) >= 0.5 * z * u_sq_dev
+                )  # <x^m - b_dec^m, u_j> >= z_j ||u_j||^2 / 2
                 acc["nf" if m == FINETUNED else "nb"] += present.sum(0).double().cpu()
                 acc[f"r{m}"] += (zd * recon.double()).sum(0).cpu()
                 acc[f"e{m}"] += (zd * err.double()).sum(0).cpu()

@@ -111,7 +111,9 @@ def test_latent_scaling_flags_planted_artefacts():
     assert shrunk["relative_norm"] == 1.0 and shrunk["nu_eps"] == pytest.approx(0.6, abs=1e-6)
     assert (shrunk["category"], shrunk["artefacts"]) == ("shared", ["complete_shrinkage"])
     assert genuine["category"] == "finetuned_only" and genuine["artefacts"] == []
-    assert genuine["nu_eps"] == pytest.approx(0.0, abs=1e-6) and genuine["beta_eps_finetuned"] == pytest.approx(1.0)
+    assert genuine["nu_eps"] == pytest.approx(0.0, abs=1e-6) and genuine[
+        "beta_eps_finetuned"
+    ] == pytest.approx(1.0)
     for latent in (split_ft, split_base):
         assert latent["nu_r"] == pytest.approx(1.0, abs=1e-6)
         assert (latent["category"], latent["artefacts"]) == ("shared", ["latent_decoupling"])
@@ -122,7 +124,12 @@ def test_latent_scaling_flags_planted_artefacts():
     assert shared["freq_base"] == pytest.approx(shared["freq"]) == pytest.approx(shared["freq_finetuned"])
     # Without Latent Scaling (thresholds no ratio can reach) the artefacts would pass as model-specific.
     loose, _ = diff_latents(coder, [(xb, xf)], Thresholds(max_nu_eps=1e9, max_nu_r=1e9))
-    assert [r["category"] for r in loose[:4]] == ["finetuned_only", "finetuned_only", "finetuned_only", "base_only"]
+    assert [r["category"] for r in loose[:4]] == [
+        "finetuned_only",
+        "finetuned_only",
+        "finetuned_only",
+        "base_only",
+    ]
 
 
 def test_categories_recover_a_planted_diff(one_thread):
