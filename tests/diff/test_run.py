@@ -1,0 +1,80 @@
+"""`run_diff` over two aligned stores and the files it writes (diff.json, latents.csv, diff_report.html)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from saeforge.activations import StoreError, write_store
+from saeforge.diff.outputs import write_diff_outputs
+from saeforge.diff.run import DiffConfig, run_diff
+from tests.diff.test_analysis import _planted_artefacts
+
+
+def _stores(tmp_path, xb, xf, shift_token: bool = False):
+    n = xb.shape[0]
+    tok = torch.arange(n) % 50
+    pos = torch.stack([torch.arange(n) // 40, torch.arange(n) % 40], 1)
+    write_store(
+        tmp_path / "base", xb, hook="layers.1.resid_post", token_ids=tok, positions=pos, shard_rows=1500
+    )
+    ft_tok = tok.clone()
+    if shift_token:
+        ft_tok[123] += 1
+    write_store(
+        tmp_path / "ft", xf, hook="layers.1.resid_post", token_ids=ft_tok, positions=pos, shard_rows=1500
+    )
+    return tmp_path / "base", tmp_path / "ft"
+
+
+def test_run_writes_the_diff(tmp_path):
+    coder, xb, xf = _planted_artefacts(n=4000)
+    base, ft = _stores(tmp_path, xb, xf)
+    cfg = DiffConfig(base_activations=base, finetuned_activations=ft, out=tmp_path / "out", top=3, contexts=4)
+    result = run_diff(cfg, coder=coder)
+    paths = write_diff_outputs(result, cfg.out)
+    assert [p.name for p in paths] == ["diff.json", "latents.csv", "diff_report.html"]
+    doc = json.loads((cfg.out / "diff.json").read_text())
+    assert doc["n_rows"] == 4000 and len(doc["latents"]) == 6
+    first = doc["latents"][1]
+    for key in ("latent", "category", "relative_norm", "decoder_cosine", "freq_base", "freq_finetuned", "nu_eps",
+                "nu_r"):  # fmt: skip
+        assert key in first
+    assert [r["category"] for r in doc["latents"]] == ["shared", "finetuned_only", "shared", "shared", "shared",
+                                                       "changed"]  # fmt: skip
+    assert doc["counts"]["finetuned_only"] == 1 and doc["shown"]["finetuned_only"] == [1]
+    # Side by side: on the fine-tune-only latent the fine-tuned model holds the direction, the base model does not.
+    ctx = doc["contexts"]["1"]
+    assert len(ctx) == 4
+    for c in ctx:
+        i = c["center"]
+        assert c["acts"][i] == pytest.approx(c["activation"])
+        assert c["presence_finetuned"][i] == pytest.approx(c["activation"], abs=1e-5)
+        assert c["presence_base"][i] == pytest.approx(0.0, abs=1e-5)
+    rows = list(csv.DictReader((cfg.out / "latents.csv").open()))
+    assert len(rows) == 6 and rows[0]["artefacts"] == "complete_shrinkage"
+    html = (cfg.out / "diff_report.html").read_text()
+    assert "id='latent-1'" in html and "finetuned_only" in html and "<img src='data:image/png" in html
+
+
+def test_misaligned_stores_are_refused_before_work(tmp_path):
+    coder, xb, xf = _planted_artefacts(n=3000)
+    base, ft = _stores(tmp_path, xb, xf, shift_token=True)
+    cfg = DiffConfig(base_activations=base, finetuned_activations=ft, out=tmp_path / "out")
+    with pytest.raises(StoreError, match="row 123"):
+        run_diff(cfg, coder=coder)
+
+
+def test_config_errors_name_the_option(tmp_path):
+    with pytest.raises(ValueError, match="--base-activations"):
+        DiffConfig(base_activations=tmp_path / "nope", finetuned_activations=tmp_path, out=tmp_path)
+    with pytest.raises(ValueError, match="both --base-model and --finetuned-model"):
+        DiffConfig(
+            base_activations=tmp_path, finetuned_activations=tmp_path, out=tmp_path, base_model=tmp_path
+        )
+    with pytest.raises(ValueError, match="not both"):
+        DiffConfig(base_activations=tmp_path, finetuned_activations=tmp_path, out=tmp_path, d_sae=8,
+                   expansion_factor=2)  # fmt: skip
