@@ -1,0 +1,216 @@
+"""A real model diff on CPU in a few minutes: a tiny GPT-2 trained on Python's documentation, fine-tuned on
+Debian's fortune cookies, diffed with `saeforge diff` (docs/diffing.md shows the results).
+
+    apt-get install -y fortunes        # /usr/share/games/fortunes
+    python bench/diff_fortunes.py --out /tmp/diff-fortunes
+
+Stages (each skipped when its output exists, so a rerun only redoes what is missing):
+1. corpora: builtin:train (Python docs) and OUT/fortunes.jsonl (one fortune per line), a BPE tokenizer (2048
+   tokens) trained on both;
+2. models: OUT/base (GPT-2, d_model 128, 2 layers) trained on the docs, OUT/finetuned = base further trained on
+   the fortunes only;
+3. capture: both models over the same 50/50 mix of the two corpora, same settings -> OUT/capture-{base,finetuned};
+4. diff: `saeforge diff` (crosscoder, table, report, causal check on the mix) -> OUT/diff;
+5. check: does each top fine-tune-only latent fire on fortune-distinctive tokens? (OUT/check.json, printed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+FORTUNES = Path("/usr/share/games/fortunes")
+HOOK = "layers.1.resid_pre"
+CONTEXT = 64
+
+
+def fortunes(out: Path) -> Path:
+    path = out / "fortunes.jsonl"
+    if path.exists():
+        return path
+    if not FORTUNES.is_dir():
+        raise SystemExit(f"{FORTUNES} is missing: apt-get install -y fortunes")
+    docs = []
+    for f in sorted(FORTUNES.iterdir()):
+        if f.suffix or not f.is_file():
+            continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        docs += [d.strip() for d in text.split("\n%\n") if len(d.strip()) > 40]
+    random.Random(0).shuffle(docs)
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
+
+
+def tokenizer(out: Path, fortune_path: Path) -> Path:
+    tok_dir = out / "tokenizer"
+    if tok_dir.exists():
+        return tok_dir
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from saeforge.text import read_texts
+
+    specials = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=2048, special_tokens=list(specials.values()), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    texts = list(islice(read_texts("builtin:train"), 3000)) + list(islice(read_texts(fortune_path), 3000))
+    tok.train_from_iterator(texts, trainer=trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **specials).save_pretrained(tok_dir)
+    return tok_dir
+
+
+def _batches(source: str, tok, batch: int, seed: int):
+    from saeforge.text import pack, read_texts
+
+    rows = list(islice(pack(read_texts(source), tok, CONTEXT), 20000))
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        for i in torch.randperm(len(rows), generator=g).split(batch):
+            if len(i) == batch:
+                yield torch.stack([rows[j] for j in i.tolist()]).long()
+
+
+def train_lm(model, tok, source: str, steps: int, lr: float, seed: int) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    data = _batches(source, tok, 16, seed)
+    loss = math.nan
+    for step in range(steps):
+        x = next(data)
+        out = model(input_ids=x, labels=x)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        loss = float(out.loss) if step % 50 == 0 or step == steps - 1 else loss
+    model.eval()
+    return loss
+
+
+def models(out: Path, tok_dir: Path, fortune_path: Path, base_steps: int, ft_steps: int) -> tuple[Path, Path]:
+    base_dir, ft_dir = out / "base", out / "finetuned"
+    if ft_dir.exists():
+        return base_dir, ft_dir
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=128, n_layer=2, n_head=4, n_inner=512, n_positions=128,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    model = GPT2LMHeadModel(cfg)
+    t = time.time()
+    print(
+        f"base: final loss {train_lm(model, tok, 'builtin:train', base_steps, 1e-3, 0):.3f} ({time.time() - t:.0f}s)"
+    )
+    model.save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    t = time.time()
+    print(f"fine-tune: final loss {train_lm(model, tok, str(fortune_path), ft_steps, 5e-4, 1):.3f} "
+          f"({time.time() - t:.0f}s)")  # fmt: skip
+    model.save_pretrained(ft_dir)
+    tok.save_pretrained(ft_dir)
+    return base_dir, ft_dir
+
+
+def capture_pair(
+    out: Path, base_dir: Path, ft_dir: Path, fortune_path: Path, tokens: int
+) -> tuple[Path, Path]:
+    from saeforge.activations import CaptureConfig, capture
+
+    stores = []
+    for name, model in (("base", base_dir), ("finetuned", ft_dir)):
+        cfg = CaptureConfig(model=str(model), hooks=[HOOK], tokens=tokens, out=out / f"capture-{name}",
+                            context_size=CONTEXT, data=[{"source": "builtin:train"}, {"source": str(fortune_path)}])  # fmt: skip
+        stores.append(capture(cfg)[HOOK])
+    return stores[0], stores[1]
+
+
+def distinctive_tokens(tok_dir: Path, fortune_path: Path, ratio: float = 5.0) -> set[int]:
+    """Token ids at least `ratio` times more frequent (per token) in the fortunes than in the Python docs."""
+    from transformers import AutoTokenizer
+
+    from saeforge.text import read_texts
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    counts = {}
+    for name, src in (("docs", "builtin:train"), ("fortunes", str(fortune_path))):
+        c = Counter()
+        for text in islice(read_texts(src), 3000):
+            c.update(tok(text)["input_ids"])
+        counts[name] = c
+    n_docs, n_fort = sum(counts["docs"].values()), sum(counts["fortunes"].values())
+    return {t for t, n in counts["fortunes"].items()
+            if (n / n_fort) >= ratio * ((counts["docs"][t] + 1) / n_docs) and n >= 5}  # fmt: skip
+
+
+def check(out: Path, diff_dir: Path, tok_dir: Path, fortune_path: Path) -> dict:
+    """Share of top-context centre tokens that are fortune-distinctive, per category of the shown latents."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    special = distinctive_tokens(tok_dir, fortune_path)
+    special_str = {tok.decode([t]) for t in special}
+    doc = json.loads((diff_dir / "diff.json").read_text())
+    by_latent = {r["latent"]: r for r in doc["latents"]}
+    result = {"distinctive_tokens": len(special), "categories": {}, "latents": []}
+    for cat, ids in doc["shown"].items():
+        hits = total = 0
+        for j in ids:
+            centres = [c["tokens"][c["center"]] for c in doc["contexts"][str(j)]]
+            h = sum(t in special_str for t in centres)
+            hits, total = hits + h, total + len(centres)
+            result["latents"].append({"latent": j, "category": cat, "distinctive_share": h / max(len(centres), 1),
+                                      "top_tokens": centres[:5], "nu_eps": by_latent[j]["nu_eps"],
+                                      "nu_r": by_latent[j]["nu_r"]})  # fmt: skip
+        result["categories"][cat] = hits / total if total else None
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--base-steps", type=int, default=600)
+    ap.add_argument("--ft-steps", type=int, default=300)
+    ap.add_argument("--tokens", type=int, default=60_000)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--expansion-factor", type=float, default=4)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    fortune_path = fortunes(args.out)
+    tok_dir = tokenizer(args.out, fortune_path)
+    base_dir, ft_dir = models(args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps)
+    t = time.time()
+    base_store, ft_store = capture_pair(args.out, base_dir, ft_dir, fortune_path, args.tokens)
+    print(f"captured {args.tokens} tokens per model ({time.time() - t:.0f}s)")
+    from saeforge.diff.outputs import write_diff_outputs
+    from saeforge.diff.run import DiffConfig, run_diff
+
+    t = time.time()
+    cfg = DiffConfig(base_activations=base_store, finetuned_activations=ft_store, out=args.out / "diff", k=args.k,
+                     expansion_factor=args.expansion_factor, base_model=base_dir, finetuned_model=ft_dir,
+                     data=str(fortune_path), causal_contexts=32, context_size=CONTEXT)  # fmt: skip
+    result = run_diff(cfg, progress=print)
+    write_diff_outputs(result, cfg.out)
+    print(f"diff ({time.time() - t:.0f}s): {result.counts}")
+    c = result.causal
+    print(
+        f"causal: fraction closed {c['fraction_closed']:.3f}, control {c['control']['fraction_closed_mean']:.3f}"
+    )
+    summary = check(args.out, cfg.out, tok_dir, fortune_path)
+    (args.out / "check.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary["categories"]), f"({summary['distinctive_tokens']} distinctive tokens)")
+
+
+if __name__ == "__main__":
+    main()
