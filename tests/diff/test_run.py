@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 
 import pytest
@@ -12,11 +13,13 @@ from saeforge.activations import StoreError, write_store
 from saeforge.diff.outputs import write_diff_outputs
 from saeforge.diff.run import DiffConfig, run_diff
 from tests.diff.test_analysis import _planted_artefacts
+from tests.interpret.judge_server import JudgeServer
 
 
 def _stores(tmp_path, xb, xf, shift_token: bool = False):
     n = xb.shape[0]
     tok = torch.arange(n) % 50
+    tok[xf[:, 1] > 0] = 77  # the token on which the fine-tune-only concept e1 fires
     pos = torch.stack([torch.arange(n) // 40, torch.arange(n) % 40], 1)
     write_store(
         tmp_path / "base", xb, hook="layers.1.resid_post", token_ids=tok, positions=pos, shard_rows=1500
@@ -78,3 +81,17 @@ def test_config_errors_name_the_option(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         DiffConfig(base_activations=tmp_path, finetuned_activations=tmp_path, out=tmp_path, d_sae=8,
                    expansion_factor=2)  # fmt: skip
+
+
+def test_judge_explains_the_shown_latents(tmp_path):
+    coder, xb, xf = _planted_artefacts(n=3000)
+    base, ft = _stores(tmp_path, xb, xf)
+    with JudgeServer() as server:
+        cfg = DiffConfig(base_activations=base, finetuned_activations=ft, out=tmp_path / "out", top=3, contexts=6,
+                         judge_url=server.url, judge_model="judge")  # fmt: skip
+        result = run_diff(cfg, coder=coder)
+    # The server explains with the most frequent marked token: the one planted where the latent fires.
+    assert list(result.explanations) == [1] and "77" in result.explanations[1]
+    write_diff_outputs(result, cfg.out)
+    assert json.loads((cfg.out / "diff.json").read_text())["explanations"] == {"1": result.explanations[1]}
+    assert html.escape(result.explanations[1]) in (cfg.out / "diff_report.html").read_text()
