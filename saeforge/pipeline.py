@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
+from saeforge.errors import ConfigError
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
@@ -37,10 +38,6 @@ BUILTIN_MODEL = "builtin"
 _CAPTURE_OWN = {"model", "hooks", "data", "out"}
 _TRAIN_OWN = {"activations", "out"}
 _EVAL_OWN = {"saes", "activations", "out", "model", "data"}
-
-
-class ConfigError(ValueError):
-    """A run config that cannot work; the message names the field and the fix."""
 
 
 class ReportSection(BaseModel):

@@ -1,22 +1,21 @@
 """saeforge.sae: SAE architectures (training and inference), their registry, and the SAELens-layout files."""
 
-from saeforge.sae.base import SAE, Collectives, SAEConfig, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
-from saeforge.sae.io import load_sae, save_sae
-from saeforge.sae.registry import INFERENCE_ARCHITECTURES, TRAINING_ARCHITECTURES, create_training_sae
-from saeforge.sae.training import TrainingSAE
+from saeforge.lazy import lazy_exports
 
-__all__ = [
-    "INFERENCE_ARCHITECTURES",
-    "SAE",
-    "TRAINING_ARCHITECTURES",
-    "Collectives",
-    "SAEConfig",
-    "TrainStepInput",
-    "TrainStepOutput",
-    "TrainingSAE",
-    "TrainingSAEConfig",
-    "create_training_sae",
-    "load_sae",
-    "save_sae",
-]
+lazy_exports(
+    __name__,
+    {
+        "Collectives": "saeforge.sae.base",
+        "SAE": "saeforge.sae.base",
+        "SAEConfig": "saeforge.sae.base",
+        "TrainStepInput": "saeforge.sae.base",
+        "TrainStepOutput": "saeforge.sae.base",
+        "TrainingSAEConfig": "saeforge.sae.config",
+        "load_sae": "saeforge.sae.io",
+        "save_sae": "saeforge.sae.io",
+        "INFERENCE_ARCHITECTURES": "saeforge.sae.registry",
+        "TRAINING_ARCHITECTURES": "saeforge.sae.registry",
+        "create_training_sae": "saeforge.sae.registry",
+        "TrainingSAE": "saeforge.sae.training",
+    },
+)

@@ -25,7 +25,40 @@ def canonical_architecture(name: str, valid: tuple[str, ...] = TRAINING_ARCHITEC
     return name
 
 
-class TrainingSAEConfig(BaseModel):
+DEFAULT_BANDWIDTH = 0.05
+
+
+class SparsitySettings(BaseModel):
+    """The sparsity settings a run's `SAESpec` passes through to `TrainingSAEConfig`, declared once (None: the
+    architecture's default)."""
+
+    k: int | None = Field(
+        default=None,
+        gt=0,
+        description=f"active latents per token (TopK family, default {DEFAULT_K}); default target_l0",
+    )
+    k_aux: int | None = Field(
+        default=None, gt=0, description="AuxK latents per token; default d_in // 2, capped at the dead count"
+    )
+    sparsity_coefficient: float | None = Field(
+        default=None, gt=0, description="fixed penalty weight lambda (standard: L1, jumprelu: L0, gated: L1)"
+    )
+    target_l0: float | None = Field(
+        default=None,
+        gt=0,
+        description="penalty architectures: adapt lambda during training to reach this L0 (or sparsity_coefficient)",
+    )
+    bandwidth: float | None = Field(
+        default=None,
+        gt=0,
+        description=f"jumprelu: rectangle-kernel STE bandwidth epsilon, pre-activation units (default {DEFAULT_BANDWIDTH})",
+    )
+    group_sizes: list[int] | None = Field(
+        default=None, description="matryoshka: nested group sizes summing to d_sae (default: doubling groups)"
+    )
+
+
+class TrainingSAEConfig(SparsitySettings):
     """How to build and train one SAE.
 
     Sparsity is set by `k` for the TopK family (topk, batchtopk, matryoshka) and by `sparsity_coefficient` or
@@ -41,24 +74,10 @@ class TrainingSAEConfig(BaseModel):
     )
     d_in: int = Field(gt=0, description="input width")
     d_sae: int = Field(gt=0, description="number of latents")
-    k: int | None = Field(
-        default=None,
-        gt=0,
-        description=f"active latents per token (TopK family, default {DEFAULT_K}); default target_l0",
-    )
-    k_aux: int | None = Field(
-        default=None, gt=0, description="AuxK latents per token; default d_in // 2, capped at the dead count"
-    )
     aux_coefficient: float | None = Field(
         default=None,
         ge=0,
         description="AuxK weight (TopK family, default 1/32) or gated's auxiliary reconstruction weight (1)",
-    )
-    sparsity_coefficient: float | None = Field(
-        default=None, gt=0, description="fixed penalty weight lambda (standard: L1, jumprelu: L0, gated: L1)"
-    )
-    target_l0: float | None = Field(
-        default=None, gt=0, description="penalty architectures: adapt lambda during training to reach this L0"
     )
     l0_controller_rate: float = Field(
         default=0.02, gt=0, description="target_l0: per-step log-step of lambda per unit log(L0 / target)"
@@ -66,15 +85,7 @@ class TrainingSAEConfig(BaseModel):
     initial_sparsity_coefficient: float | None = Field(
         default=None, gt=0, description="target_l0: starting lambda (architecture default if None)"
     )
-    bandwidth: float = Field(
-        default=0.05,
-        gt=0,
-        description="jumprelu: rectangle-kernel STE bandwidth epsilon (pre-activation units)",
-    )
     initial_threshold: float = Field(default=0.05, ge=0, description="jumprelu: initial per-latent threshold")
-    group_sizes: list[int] | None = Field(
-        default=None, description="matryoshka: nested group sizes summing to d_sae (default: doubling groups)"
-    )
     threshold_momentum: float = Field(
         default=0.99, ge=0, lt=1, description="batchtopk/matryoshka: EMA momentum of the inference threshold"
     )
@@ -92,6 +103,8 @@ class TrainingSAEConfig(BaseModel):
     def _check(self) -> TrainingSAEConfig:
         self.architecture = canonical_architecture(self.architecture)
         arch = self.architecture
+        if self.bandwidth is None:
+            self.bandwidth = DEFAULT_BANDWIDTH
         k_note = ""
         if self.k is None and arch in TOPK_FAMILY:
             self.k, k_note = DEFAULT_K, " (the default)"

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeforge.train.config import ConfigError, TrainConfig
+from saeforge.errors import ConfigError
+from saeforge.train.config import TrainConfig
 from saeforge.train.distributed import DistContext
 
 

@@ -32,6 +32,8 @@ from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
+from saeforge.device import resolve_device
+from saeforge.errors import ConfigError, format_validation_error
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput
 from saeforge.train.checkpoint import (
@@ -40,13 +42,7 @@ from saeforge.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from saeforge.train.config import (
-    OPERATIONAL_FIELDS,
-    ConfigError,
-    SAESpec,
-    TrainConfig,
-    format_validation_error,
-)
+from saeforge.train.config import OPERATIONAL_FIELDS, SAESpec, TrainConfig
 from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_store
 from saeforge.train.defaults import OptimSettings, resolve_optim
 from saeforge.train.distributed import DistContext
@@ -127,18 +123,6 @@ class _Member:
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device: 'cuda' was asked for but no CUDA device is available; use device: cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def _training_sae_config(spec: SAESpec, i: int, d_in: int, d_sae: int) -> Any:
