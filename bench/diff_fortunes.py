@@ -84,15 +84,15 @@ def _batches(source: str, tok, batch: int, seed: int):
 def train_lm(model, tok, source: str, steps: int, lr: float, seed: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model.train()
-    data = _batches(source, tok, 16, seed)
+    data = _batches(source, tok, 8, seed)
     loss = math.nan
-    for step in range(steps):
+    for _ in range(steps):
         x = next(data)
         out = model(input_ids=x, labels=x)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        loss = float(out.loss) if step % 50 == 0 or step == steps - 1 else loss
+        loss = out.loss.item()
     model.eval()
     return loss
 
@@ -179,22 +179,23 @@ def check(out: Path, diff_dir: Path, tok_dir: Path, fortune_path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--base-steps", type=int, default=600)
-    ap.add_argument("--ft-steps", type=int, default=300)
+    ap.add_argument("--base-steps", type=int, default=400)
+    ap.add_argument("--ft-steps", type=int, default=200)
     ap.add_argument("--tokens", type=int, default=60_000)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--expansion-factor", type=float, default=4)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny matmuls: threads only contend on a shared machine
     fortune_path = fortunes(args.out)
     tok_dir = tokenizer(args.out, fortune_path)
     base_dir, ft_dir = models(args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps)
     t = time.time()
     base_store, ft_store = capture_pair(args.out, base_dir, ft_dir, fortune_path, args.tokens)
     print(f"captured {args.tokens} tokens per model ({time.time() - t:.0f}s)")
+    from saeforge.diff.config import DiffConfig
     from saeforge.diff.outputs import write_diff_outputs
-    from saeforge.diff.run import DiffConfig, run_diff
+    from saeforge.diff.run import run_diff
 
     t = time.time()
     cfg = DiffConfig(base_activations=base_store, finetuned_activations=ft_store, out=args.out / "diff", k=args.k,

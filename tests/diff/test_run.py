@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from saeforge.activations import StoreError, write_store
+from saeforge.diff.config import DiffConfig
 from saeforge.diff.outputs import write_diff_outputs
-from saeforge.diff.run import DiffConfig, run_diff
+from saeforge.diff.run import run_diff
 from tests.diff.test_analysis import _planted_artefacts
 from tests.interpret.judge_server import JudgeServer
 
@@ -95,3 +96,12 @@ def test_judge_explains_the_shown_latents(tmp_path):
     write_diff_outputs(result, cfg.out)
     assert json.loads((cfg.out / "diff.json").read_text())["explanations"] == {"1": result.explanations[1]}
     assert html.escape(result.explanations[1]) in (cfg.out / "diff_report.html").read_text()
+
+
+def test_cli_names_the_bad_flag(cli, tmp_path):
+    out = cli("diff", "--base-activations", str(tmp_path / "missing"), "--finetuned-activations", str(tmp_path),
+              "--out", str(tmp_path / "o"), check=False)  # fmt: skip
+    assert out.returncode == 2 and "--base-activations" in out.stderr and "does not exist" in out.stderr
+    out = cli("diff", "--base-activations", str(tmp_path), "--finetuned-activations", str(tmp_path),
+              "--out", str(tmp_path / "o"), "--max-nu-eps", "0", check=False)  # fmt: skip
+    assert out.returncode == 2 and "--max-nu-eps" in out.stderr
