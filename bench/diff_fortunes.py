@@ -8,7 +8,7 @@ Stages (each skipped when its output exists, so a rerun only redoes what is miss
 1. corpora: builtin:train (Python docs) and OUT/fortunes.jsonl (one fortune per line), a BPE tokenizer (2048
    tokens) trained on both;
 2. models: OUT/base (GPT-2, d_model 128, 2 layers) trained on the docs, OUT/finetuned = base further trained on
-   the fortunes only;
+   the fortunes only (its last block only);
 3. capture: both models over the same 50/50 mix of the two corpora, same settings -> OUT/capture-{base,finetuned};
 4. diff: `saeforge diff` (crosscoder, table, report, causal check on the mix) -> OUT/diff;
 5. check: does each top fine-tune-only latent fire on fortune-distinctive tokens? (OUT/check.json, printed)
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 FORTUNES = Path("/usr/share/games/fortunes")
-HOOK = "layers.1.resid_pre"
+HOOK = "layers.1.resid_post"
 CONTEXT = 64
 
 
@@ -81,8 +81,8 @@ def _batches(source: str, tok, batch: int, seed: int):
                 yield torch.stack([rows[j] for j in i.tolist()]).long()
 
 
-def train_lm(model, tok, source: str, steps: int, lr: float, seed: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+def train_lm(model, tok, source: str, steps: int, lr: float, seed: int, params=None) -> float:
+    opt = torch.optim.AdamW(list(params or model.parameters()), lr=lr, weight_decay=0.01)
     model.train()
     data = _batches(source, tok, 8, seed)
     loss = math.nan
@@ -97,7 +97,9 @@ def train_lm(model, tok, source: str, steps: int, lr: float, seed: int) -> float
     return loss
 
 
-def models(out: Path, tok_dir: Path, fortune_path: Path, base_steps: int, ft_steps: int) -> tuple[Path, Path]:
+def models(
+    out: Path, tok_dir: Path, fortune_path: Path, base_steps: int, ft_steps: int, ft_lr: float
+) -> tuple[Path, Path]:
     base_dir, ft_dir = out / "base", out / "finetuned"
     if ft_dir.exists():
         return base_dir, ft_dir
@@ -107,15 +109,20 @@ def models(out: Path, tok_dir: Path, fortune_path: Path, base_steps: int, ft_ste
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=len(tok), n_embd=128, n_layer=2, n_head=4, n_inner=512, n_positions=128,
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
-    model = GPT2LMHeadModel(cfg)
+    if (base_dir / "config.json").exists():
+        model = GPT2LMHeadModel.from_pretrained(base_dir)
+    else:
+        model = GPT2LMHeadModel(cfg)
+        t = time.time()
+        loss = train_lm(model, tok, "builtin:train", base_steps, 1e-3, 0)
+        print(f"base: final loss {loss:.3f} ({time.time() - t:.0f}s)")
+        model.save_pretrained(base_dir)
+        tok.save_pretrained(base_dir)
     t = time.time()
-    print(
-        f"base: final loss {train_lm(model, tok, 'builtin:train', base_steps, 1e-3, 0):.3f} ({time.time() - t:.0f}s)"
-    )
-    model.save_pretrained(base_dir)
-    tok.save_pretrained(base_dir)
-    t = time.time()
-    print(f"fine-tune: final loss {train_lm(model, tok, str(fortune_path), ft_steps, 5e-4, 1):.3f} "
+    # The fine-tune trains the last block only: what reaches the hook from below is the same in both models, so
+    # the diff sees what the new block writes (as a late-layer fine-tune of a large model would).
+    last = model.transformer.h[-1].parameters()
+    print(f"fine-tune: final loss {train_lm(model, tok, str(fortune_path), ft_steps, ft_lr, 1, last):.3f} "
           f"({time.time() - t:.0f}s)")  # fmt: skip
     model.save_pretrained(ft_dir)
     tok.save_pretrained(ft_dir)
@@ -182,6 +189,8 @@ def main() -> None:
     ap.add_argument("--base-steps", type=int, default=400)
     ap.add_argument("--ft-steps", type=int, default=200)
     ap.add_argument("--tokens", type=int, default=60_000)
+    ap.add_argument("--ft-lr", type=float, default=2e-4)
+    ap.add_argument("--train-steps", type=int, default=600, help="crosscoder steps of 512 rows")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--expansion-factor", type=float, default=4)
     args = ap.parse_args()
@@ -189,7 +198,7 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny matmuls: threads only contend on a shared machine
     fortune_path = fortunes(args.out)
     tok_dir = tokenizer(args.out, fortune_path)
-    base_dir, ft_dir = models(args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps)
+    base_dir, ft_dir = models(args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps, args.ft_lr)
     t = time.time()
     base_store, ft_store = capture_pair(args.out, base_dir, ft_dir, fortune_path, args.tokens)
     print(f"captured {args.tokens} tokens per model ({time.time() - t:.0f}s)")
@@ -199,15 +208,19 @@ def main() -> None:
 
     t = time.time()
     cfg = DiffConfig(base_activations=base_store, finetuned_activations=ft_store, out=args.out / "diff", k=args.k,
+                     train_batch_size=512, tokens=args.train_steps * 512,
                      expansion_factor=args.expansion_factor, base_model=base_dir, finetuned_model=ft_dir,
                      data=str(fortune_path), causal_contexts=32, context_size=CONTEXT)  # fmt: skip
     result = run_diff(cfg, progress=print)
     write_diff_outputs(result, cfg.out)
     print(f"diff ({time.time() - t:.0f}s): {result.counts}")
     c = result.causal
-    print(
-        f"causal: fraction closed {c['fraction_closed']:.3f}, control {c['control']['fraction_closed_mean']:.3f}"
-    )
+    if "skipped" in c:
+        print("causal check skipped:", c["skipped"])
+    else:
+        print(
+            f"causal: fraction closed {c['fraction_closed']:.3f}, control {c['control']['fraction_closed_mean']:.3f}"
+        )
     summary = check(args.out, cfg.out, tok_dir, fortune_path)
     (args.out / "check.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary["categories"]), f"({summary['distinctive_tokens']} distinctive tokens)")

@@ -36,7 +36,9 @@ def diff(settings: Settings, thresholds: Settings) -> None:
     paths = write_diff_outputs(result, cfg.out)
     counts = ", ".join(f"{n} {c}" for c, n in result.counts.items())
     typer.echo(f"{len(result.latents)} latents over {result.n_rows:,} rows: {counts}")
-    if result.causal is not None:
+    if result.causal is not None and "skipped" in result.causal:
+        typer.echo(f"causal check skipped: {result.causal['skipped']}")
+    elif result.causal is not None:
         c = result.causal
         ctrl = c["control"]["fraction_closed_mean"]
         typer.echo(

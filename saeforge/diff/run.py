@@ -107,7 +107,9 @@ def run_diff(cfg: DiffConfig, coder: PairCoder | None = None, progress: Progress
         if cfg.judge_url:
             say("judge explanations")
             result.explanations = _explain(cfg, records)
-    if cfg.base_model is not None:
+    if cfg.base_model is not None and not result.counts["finetuned_only"]:
+        result.causal = {"skipped": "no latent is finetuned_only: nothing to remove"}
+    elif cfg.base_model is not None:
         say("causal check")
         result.causal = _causal(cfg, coder, rows, base.hook, base)
     result.meta = {

@@ -144,6 +144,8 @@ def _latent_section(r: dict, contexts: list[dict], explanation: str | None) -> s
 def _causal_html(causal: dict | None) -> str:
     if not causal:
         return ""
+    if "skipped" in causal:
+        return f"<h2>Causal check</h2><p class='empty'>skipped: {escape(causal['skipped'])}</p>"
     ctrl = causal["control"]
     return (
         "<h2>Causal check</h2><div class='stats'>"
