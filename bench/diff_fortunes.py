@@ -8,7 +8,7 @@ Stages (each skipped when its output exists, so a rerun only redoes what is miss
 1. corpora: builtin:train (Python docs) and OUT/fortunes.jsonl (one fortune per line), a BPE tokenizer (2048
    tokens) trained on both;
 2. models: OUT/base (GPT-2, d_model 128, 2 layers) trained on the docs, OUT/finetuned = base further trained on
-   the fortunes only (its last block only);
+   a mix of the fortunes and the docs;
 3. capture: both models over the same 50/50 mix of the two corpora, same settings -> OUT/capture-{base,finetuned};
 4. diff: `saeforge diff` (crosscoder, table, report, causal check on the mix) -> OUT/diff;
 5. check: does each top fine-tune-only latent fire on fortune-distinctive tokens? (OUT/check.json, printed)
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 FORTUNES = Path("/usr/share/games/fortunes")
-HOOK = "layers.1.resid_post"
+HOOK = "layers.1.resid_pre"
 CONTEXT = 64
 
 
@@ -46,6 +46,19 @@ def fortunes(out: Path) -> Path:
         docs += [d.strip() for d in text.split("\n%\n") if len(d.strip()) > 40]
     random.Random(0).shuffle(docs)
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
+
+
+def _mix(out: Path, fortune_path: Path) -> Path:
+    """OUT/mix.jsonl: fortunes and Python docs alternating, 3000 of each."""
+    from saeforge.text import read_texts
+
+    path = out / "mix.jsonl"
+    docs = list(islice(read_texts("builtin:train"), 3000))
+    fort = list(islice(read_texts(fortune_path), 3000))
+    path.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for pair in zip(fort, docs, strict=False) for t in pair)
+    )
     return path
 
 
@@ -81,8 +94,8 @@ def _batches(source: str, tok, batch: int, seed: int):
                 yield torch.stack([rows[j] for j in i.tolist()]).long()
 
 
-def train_lm(model, tok, source: str, steps: int, lr: float, seed: int, params=None) -> float:
-    opt = torch.optim.AdamW(list(params or model.parameters()), lr=lr, weight_decay=0.01)
+def train_lm(model, tok, source: str, steps: int, lr: float, seed: int) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model.train()
     data = _batches(source, tok, 8, seed)
     loss = math.nan
@@ -119,10 +132,10 @@ def models(
         model.save_pretrained(base_dir)
         tok.save_pretrained(base_dir)
     t = time.time()
-    # The fine-tune trains the last block only: what reaches the hook from below is the same in both models, so
-    # the diff sees what the new block writes (as a late-layer fine-tune of a large model would).
-    last = model.transformer.h[-1].parameters()
-    print(f"fine-tune: final loss {train_lm(model, tok, str(fortune_path), ft_steps, ft_lr, 1, last):.3f} "
+    # The fine-tune data mixes the docs back in (as fine-tunes that keep the base model's skills do), so that what
+    # the diff finds is what the fortunes added rather than a drift of everything.
+    mix = _mix(out, fortune_path)
+    print(f"fine-tune: final loss {train_lm(model, tok, str(mix), ft_steps, ft_lr, 1):.3f} "
           f"({time.time() - t:.0f}s)")  # fmt: skip
     model.save_pretrained(ft_dir)
     tok.save_pretrained(ft_dir)
@@ -160,26 +173,51 @@ def distinctive_tokens(tok_dir: Path, fortune_path: Path, ratio: float = 5.0) ->
             if (n / n_fort) >= ratio * ((counts["docs"][t] + 1) / n_docs) and n >= 5}  # fmt: skip
 
 
-def check(out: Path, diff_dir: Path, tok_dir: Path, fortune_path: Path) -> dict:
-    """Share of top-context centre tokens that are fortune-distinctive, per category of the shown latents."""
+def check(diff_dir: Path, base_store: Path, ft_store: Path, tok_dir: Path, fortune_path: Path) -> dict:
+    """Per group of latents, the share of top-context centre tokens that are fortune-distinctive: the shown
+    fine-tune-only and base-only latents, the 10 live latents of highest relative norm whatever their category,
+    and as control the 10 most frequent shared latents."""
     from transformers import AutoTokenizer
 
+    from saeforge.activations import ActivationStore
+    from saeforge.diff.contexts import side_by_side
+    from saeforge.diff.data import PairedBatches
+    from saeforge.diff.training import as_pair_coder
+    from saeforge.interpret.contexts import tokenizer_decode
+    from saeforge.sae import load_sae
+
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    special = distinctive_tokens(tok_dir, fortune_path)
-    special_str = {tok.decode([t]) for t in special}
+    special_str = {tok.decode([t]) for t in distinctive_tokens(tok_dir, fortune_path)}
     doc = json.loads((diff_dir / "diff.json").read_text())
-    by_latent = {r["latent"]: r for r in doc["latents"]}
-    result = {"distinctive_tokens": len(special), "categories": {}, "latents": []}
-    for cat, ids in doc["shown"].items():
+    live = [r for r in doc["latents"] if r["category"] != "dead"]
+    shared = sorted((r for r in live if r["category"] == "shared"), key=lambda r: -r["freq"])
+    groups = {
+        **doc["shown"],
+        "highest_relative_norm": [r["latent"] for r in sorted(live, key=lambda r: -r["relative_norm"])[:10]],
+        "shared_control": [r["latent"] for r in shared[:10]],
+    }
+    base, ft = ActivationStore.open(base_store), ActivationStore.open(ft_store)
+    coder = as_pair_coder(load_sae(diff_dir / "crosscoder" / "crosscoder"), base.d_in)
+    ids = sorted({j for g in groups.values() for j in g})
+    _, contexts = side_by_side(coder, PairedBatches(base, ft), ids, 8, tokens_of=base.context,
+                               decode=tokenizer_decode(tok))  # fmt: skip
+    by_id = dict(zip(ids, contexts, strict=True))
+    rows = {r["latent"]: r for r in doc["latents"]}
+    result = {"distinctive_tokens": len(special_str), "groups": {}, "latents": []}
+    for name, members in groups.items():
         hits = total = 0
-        for j in ids:
-            centres = [c["tokens"][c["center"]] for c in doc["contexts"][str(j)]]
+        for j in members:
+            centres = [c["tokens"][c["center"]] for c in by_id[j]]
             h = sum(t in special_str for t in centres)
             hits, total = hits + h, total + len(centres)
-            result["latents"].append({"latent": j, "category": cat, "distinctive_share": h / max(len(centres), 1),
-                                      "top_tokens": centres[:5], "nu_eps": by_latent[j]["nu_eps"],
-                                      "nu_r": by_latent[j]["nu_r"]})  # fmt: skip
-        result["categories"][cat] = hits / total if total else None
+            r = rows[j]
+            result["latents"].append({"group": name, "latent": j, "category": r["category"],
+                                      "relative_norm": r["relative_norm"], "nu_eps": r["nu_eps"], "nu_r": r["nu_r"],
+                                      "distinctive_share": h / max(len(centres), 1), "top_tokens": centres})  # fmt: skip
+        result["groups"][name] = {
+            "latents": len(members),
+            "distinctive_share": hits / total if total else None,
+        }
     return result
 
 
@@ -187,9 +225,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--base-steps", type=int, default=400)
-    ap.add_argument("--ft-steps", type=int, default=200)
+    ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--tokens", type=int, default=60_000)
-    ap.add_argument("--ft-lr", type=float, default=2e-4)
+    ap.add_argument("--ft-lr", type=float, default=3e-4)
     ap.add_argument("--train-steps", type=int, default=600, help="crosscoder steps of 512 rows")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--expansion-factor", type=float, default=4)
@@ -221,9 +259,9 @@ def main() -> None:
         print(
             f"causal: fraction closed {c['fraction_closed']:.3f}, control {c['control']['fraction_closed_mean']:.3f}"
         )
-    summary = check(args.out, cfg.out, tok_dir, fortune_path)
+    summary = check(cfg.out, base_store, ft_store, tok_dir, fortune_path)
     (args.out / "check.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary["categories"]), f"({summary['distinctive_tokens']} distinctive tokens)")
+    print(json.dumps(summary["groups"]), f"({summary['distinctive_tokens']} distinctive tokens)")
 
 
 if __name__ == "__main__":
