@@ -14,6 +14,8 @@ lazy_exports(
         "AlignedLoader": "saeforge.activations.aligned",
         "check_aligned": "saeforge.activations.aligned",
         "PlanConfig": "saeforge.activations.config",
+        "AlignedLoader": "saeforge.activations.aligned",
+        "check_aligned": "saeforge.activations.aligned",
         "CaptureError": "saeforge.activations.capture",
         "CorpusExhausted": "saeforge.activations.capture",
         "NonFiniteActivations": "saeforge.activations.capture",

@@ -1,21 +1,40 @@
-"""saeforge.sae: SAE architectures (training and inference), their registry, and the SAELens-layout files."""
+"""saeforge.sae: SAE architectures (training and inference), their registry, and the SAELens-layout files.
 
-from saeforge.lazy import lazy_exports
+Importing the package imports every architecture module; each registers itself (`registry.register_architecture`)
+and `TrainingSAEConfig` is then composed of their config fragments. A new architecture is one module here plus
+its name in the import line below.
+"""
 
-lazy_exports(
-    __name__,
-    {
-        "Collectives": "saeforge.sae.base",
-        "SAE": "saeforge.sae.base",
-        "SAEConfig": "saeforge.sae.base",
-        "TrainStepInput": "saeforge.sae.base",
-        "TrainStepOutput": "saeforge.sae.base",
-        "TrainingSAEConfig": "saeforge.sae.config",
-        "load_sae": "saeforge.sae.io",
-        "save_sae": "saeforge.sae.io",
-        "INFERENCE_ARCHITECTURES": "saeforge.sae.registry",
-        "TRAINING_ARCHITECTURES": "saeforge.sae.registry",
-        "create_training_sae": "saeforge.sae.registry",
-        "TrainingSAE": "saeforge.sae.training",
-    },
+# isort: off
+# Registration order is the order architectures are listed in messages and --help.
+from saeforge.sae import standard, topk, batchtopk, jumprelu, gated, matryoshka  # noqa: F401
+from saeforge.sae import crosscoder  # noqa: F401  (dictionary kinds)
+
+# isort: on
+from saeforge.sae.base import SAE, Collectives, SAEConfig, TrainStepInput, TrainStepOutput
+from saeforge.sae.config import TrainingSAEConfig, create_training_sae
+from saeforge.sae.crosscoder import CrossCoder
+from saeforge.sae.io import load_sae, save_sae
+from saeforge.sae.registry import (
+    INFERENCE_ARCHITECTURES,
+    TRAINING_ARCHITECTURES,
+    register_architecture,
 )
+from saeforge.sae.training import TrainingSAE
+
+__all__ = [
+    "INFERENCE_ARCHITECTURES",
+    "SAE",
+    "TRAINING_ARCHITECTURES",
+    "Collectives",
+    "CrossCoder",
+    "SAEConfig",
+    "TrainStepInput",
+    "TrainStepOutput",
+    "TrainingSAE",
+    "TrainingSAEConfig",
+    "create_training_sae",
+    "load_sae",
+    "register_architecture",
+    "save_sae",
+]
