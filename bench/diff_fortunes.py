@@ -182,7 +182,6 @@ def check(diff_dir: Path, base_store: Path, ft_store: Path, tok_dir: Path, fortu
     from saeforge.activations import ActivationStore
     from saeforge.diff.contexts import side_by_side
     from saeforge.diff.data import PairedBatches
-    from saeforge.diff.training import as_pair_coder
     from saeforge.interpret.contexts import tokenizer_decode
     from saeforge.sae import load_sae
 
@@ -197,7 +196,7 @@ def check(diff_dir: Path, base_store: Path, ft_store: Path, tok_dir: Path, fortu
         "shared_control": [r["latent"] for r in shared[:10]],
     }
     base, ft = ActivationStore.open(base_store), ActivationStore.open(ft_store)
-    coder = as_pair_coder(load_sae(diff_dir / "crosscoder" / "crosscoder"), base.d_in)
+    coder = load_sae(diff_dir / "crosscoder" / "crosscoder")
     ids = sorted({j for g in groups.values() for j in g})
     _, contexts = side_by_side(coder, PairedBatches(base, ft), ids, 8, tokens_of=base.context,
                                decode=tokenizer_decode(tok))  # fmt: skip

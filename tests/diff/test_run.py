@@ -13,7 +13,6 @@ from saeforge.activations import StoreError, write_store
 from saeforge.diff.config import DiffConfig
 from saeforge.diff.outputs import write_diff_outputs
 from saeforge.diff.run import run_diff
-from saeforge.diff.training import as_pair_coder
 from saeforge.sae import load_sae
 from saeforge.synthetic import PairedSyntheticActivations, PairedSyntheticConfig, category_recovery
 from tests.diff.test_analysis import _planted_artefacts
@@ -131,7 +130,8 @@ def test_trained_crosscoder_recovers_a_planted_diff(tmp_path, one_thread):
                      k=4, d_sae=64, tokens=256 * 1200, train_batch_size=256, top=0, device="cpu")  # fmt: skip
     result = run_diff(cfg)
     saved = tmp_path / "out" / "crosscoder" / "crosscoder"
-    coder = as_pair_coder(load_sae(saved), 32)
+    coder = load_sae(saved)
+    assert type(coder).__name__.endswith("CrossCoder") and list(coder.W_dec.shape) == [64, 2, 32]
     scores = category_recovery(
         coder.W_dec, [r["category"] for r in result.latents], data.features, data.kinds
     )
