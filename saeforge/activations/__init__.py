@@ -11,8 +11,6 @@ from saeforge.lazy import lazy_exports
 lazy_exports(
     __name__,
     {
-        "AlignedLoader": "saeforge.activations.aligned",
-        "check_aligned": "saeforge.activations.aligned",
         "PlanConfig": "saeforge.activations.config",
         "AlignedLoader": "saeforge.activations.aligned",
         "check_aligned": "saeforge.activations.aligned",
