@@ -2,16 +2,19 @@
 Debian's fortune cookies, diffed with `saeforge diff` (docs/diffing.md shows the results).
 
     apt-get install -y fortunes        # /usr/share/games/fortunes
-    python bench/diff_fortunes.py --out /tmp/diff-fortunes
+    python bench/diff_fortunes.py --out /tmp/diff-fortunes --k 8 --expansion-factor 2 --train-steps 1000
+    python bench/diff_fortunes.py --out /tmp/diff-narrow --narrow --ft-lr 1e-3 --k 8 --expansion-factor 2 \
+        --train-steps 1000      # a narrow fine-tune: block 0's MLP only
 
 Stages (each skipped when its output exists, so a rerun only redoes what is missing):
 1. corpora: builtin:train (Python docs) and OUT/fortunes.jsonl (one fortune per line), a BPE tokenizer (2048
    tokens) trained on both;
 2. models: OUT/base (GPT-2, d_model 128, 2 layers) trained on the docs, OUT/finetuned = base further trained on
-   a mix of the fortunes and the docs;
+   a mix of the fortunes and the docs (all weights, or with --narrow block 0's MLP only);
 3. capture: both models over the same 50/50 mix of the two corpora, same settings -> OUT/capture-{base,finetuned};
-4. diff: `saeforge diff` (crosscoder, table, report, causal check on the mix) -> OUT/diff;
-5. check: does each top fine-tune-only latent fire on fortune-distinctive tokens? (OUT/check.json, printed)
+4. diff: `saeforge diff`'s Python API (crosscoder, table, report, causal check on the fortunes) -> OUT/diff;
+5. check: the share of fortune-distinctive tokens among the top contexts of the fine-tune-only, base-only and
+   highest-relative-norm latents, against the most frequent shared latents (OUT/check.json, printed).
 """
 
 from __future__ import annotations
@@ -94,8 +97,8 @@ def _batches(source: str, tok, batch: int, seed: int):
                 yield torch.stack([rows[j] for j in i.tolist()]).long()
 
 
-def train_lm(model, tok, source: str, steps: int, lr: float, seed: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+def train_lm(model, tok, source: str, steps: int, lr: float, seed: int, params=None) -> float:
+    opt = torch.optim.AdamW(list(params or model.parameters()), lr=lr, weight_decay=0.01)
     model.train()
     data = _batches(source, tok, 8, seed)
     loss = math.nan
@@ -111,7 +114,7 @@ def train_lm(model, tok, source: str, steps: int, lr: float, seed: int) -> float
 
 
 def models(
-    out: Path, tok_dir: Path, fortune_path: Path, base_steps: int, ft_steps: int, ft_lr: float
+    out: Path, tok_dir: Path, fortune_path: Path, base_steps: int, ft_steps: int, ft_lr: float, narrow: bool
 ) -> tuple[Path, Path]:
     base_dir, ft_dir = out / "base", out / "finetuned"
     if ft_dir.exists():
@@ -135,7 +138,8 @@ def models(
     # The fine-tune data mixes the docs back in (as fine-tunes that keep the base model's skills do), so that what
     # the diff finds is what the fortunes added rather than a drift of everything.
     mix = _mix(out, fortune_path)
-    print(f"fine-tune: final loss {train_lm(model, tok, str(mix), ft_steps, ft_lr, 1):.3f} "
+    params = model.transformer.h[0].mlp.parameters() if narrow else None
+    print(f"fine-tune: final loss {train_lm(model, tok, str(mix), ft_steps, ft_lr, 1, params):.3f} "
           f"({time.time() - t:.0f}s)")  # fmt: skip
     model.save_pretrained(ft_dir)
     tok.save_pretrained(ft_dir)
@@ -227,6 +231,7 @@ def main() -> None:
     ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--tokens", type=int, default=60_000)
     ap.add_argument("--ft-lr", type=float, default=3e-4)
+    ap.add_argument("--narrow", action="store_true", help="fine-tune block 0's MLP only")
     ap.add_argument("--train-steps", type=int, default=600, help="crosscoder steps of 512 rows")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--expansion-factor", type=float, default=4)
@@ -235,7 +240,9 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny matmuls: threads only contend on a shared machine
     fortune_path = fortunes(args.out)
     tok_dir = tokenizer(args.out, fortune_path)
-    base_dir, ft_dir = models(args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps, args.ft_lr)
+    base_dir, ft_dir = models(
+        args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps, args.ft_lr, args.narrow
+    )
     t = time.time()
     base_store, ft_store = capture_pair(args.out, base_dir, ft_dir, fortune_path, args.tokens)
     print(f"captured {args.tokens} tokens per model ({time.time() - t:.0f}s)")
