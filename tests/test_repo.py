@@ -21,6 +21,8 @@ EXPECTED_COMMANDS = {
     "steer",
     "features",
     "diff",
+    "serve",
+    "audit",
 }
 
 
