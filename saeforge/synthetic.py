@@ -83,3 +83,106 @@ def feature_recovery(W_dec: Tensor, true_features: Tensor) -> float:
     true = true_features.double()
     true = true / true.norm(dim=1, keepdim=True)
     return float((true @ dec.T).max(dim=1).values.mean())
+
+
+PAIRED_KINDS = ("shared", "base_only", "finetuned_only", "changed")
+
+
+@dataclass(frozen=True)
+class PairedSyntheticConfig:
+    """Two models' activations on the same tokens, built from one set of planted codes.
+
+    Feature i fires on the same tokens in both models (the codes of `SyntheticActivations`), and writes
+    direction a_i into the base model and b_i into the fine-tuned one: shared (b_i = a_i), base_only (b_i = 0),
+    finetuned_only (a_i = 0) or changed (b_i an independent unit direction: the fine-tune rotated it).
+    """
+
+    d_in: int = 32
+    n_shared: int = 24
+    n_base_only: int = 8
+    n_finetuned_only: int = 8
+    n_changed: int = 8
+    l0: float = 4.0
+    zipf_exponent: float = 0.5
+    zipf_offset: float = 10.0
+    magnitude_std: float = 0.25
+    noise_std: float = 0.01
+    seed: int = 0
+
+    @property
+    def n_features(self) -> int:
+        return self.n_shared + self.n_base_only + self.n_finetuned_only + self.n_changed
+
+
+class PairedSyntheticActivations:
+    """`features` [n_features, 2, d_in] (row i: a_i, b_i; zero rows where a model lacks the feature) and
+    `kinds` [n_features] (one of PAIRED_KINDS). Kinds are spread over the firing-frequency ranks at random."""
+
+    def __init__(self, cfg: PairedSyntheticConfig):
+        self.cfg = cfg
+        self._codes = SyntheticActivations(
+            SyntheticConfig(
+                d_in=cfg.d_in,
+                n_features=cfg.n_features,
+                l0=cfg.l0,
+                zipf_exponent=cfg.zipf_exponent,
+                zipf_offset=cfg.zipf_offset,
+                magnitude_std=cfg.magnitude_std,
+                noise_std=cfg.noise_std,
+                seed=cfg.seed,
+            )
+        )
+        g = torch.Generator().manual_seed(_SEED_SALT + 2 * cfg.seed + 7)
+        counts = (cfg.n_shared, cfg.n_base_only, cfg.n_finetuned_only, cfg.n_changed)
+        kinds = [k for k, n in zip(PAIRED_KINDS, counts, strict=True) for _ in range(n)]
+        self.kinds = [kinds[i] for i in torch.randperm(len(kinds), generator=g).tolist()]
+        a = self._codes.features
+        rotated = torch.randn(cfg.n_features, cfg.d_in, generator=g)
+        rotated = rotated / rotated.norm(dim=1, keepdim=True)
+        b = a.clone()
+        for i, kind in enumerate(self.kinds):
+            if kind == "base_only":
+                b[i] = 0
+            elif kind == "finetuned_only":
+                a[i] = 0
+            elif kind == "changed":
+                b[i] = rotated[i]
+        self.features = torch.stack([a, b], dim=1)
+        self._generator = torch.Generator().manual_seed(_SEED_SALT + 2 * cfg.seed + 9)
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """(x_base [n, d_in], x_finetuned [n, d_in]) on the same n tokens."""
+        codes = self._codes.sample_codes(n)
+        g, d = self._generator, self.cfg.d_in
+        x_base = codes @ self.features[:, 0] + self.cfg.noise_std * torch.randn(n, d, generator=g)
+        x_ft = codes @ self.features[:, 1] + self.cfg.noise_std * torch.randn(n, d, generator=g)
+        return x_base, x_ft
+
+
+def category_recovery(
+    W_dec: Tensor, predicted: list[str], features: Tensor, kinds: list[str], min_cosine: float = 0.9
+) -> dict[str, dict[str, float]]:
+    """Precision and recall per planted kind of a dictionary's latent categories.
+
+    W_dec [d_sae, ..., d_in] and features [n_features, ..., d_in] are compared flattened (both sites at once).
+    A latent matches the planted feature of highest cosine if that cosine is >= min_cosine. precision(c): of
+    the latents predicted c, the share matching a feature of kind c; recall(c): of the features of kind c, the
+    share matched by some latent predicted c.
+    """
+    dec = W_dec.detach().double().flatten(1)
+    true = features.double().flatten(1)
+    cos = (dec / dec.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (true / true.norm(dim=1, keepdim=True)).T
+    best, match = cos.max(dim=1)
+    out = {}
+    for kind in sorted(set(kinds)):
+        pred = [j for j, p in enumerate(predicted) if p == kind]
+        hit = [j for j in pred if best[j] >= min_cosine and kinds[int(match[j])] == kind]
+        found = {int(match[j]) for j in hit}
+        n_true = sum(k == kind for k in kinds)
+        out[kind] = {
+            "precision": len(hit) / len(pred) if pred else 0.0,
+            "recall": len(found) / n_true if n_true else 0.0,
+            "n_predicted": float(len(pred)),
+            "n_planted": float(n_true),
+        }
+    return out
