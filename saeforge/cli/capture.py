@@ -1,4 +1,8 @@
-"""`saeforge capture`: activations of a local model at one or more hooks -> one store per hook."""
+"""`saeforge capture`: activations of a local model at one or more hooks -> one store per hook.
+
+`--model BASE --model FINETUNED` captures both models over the same contexts (paired capture, for `saeforge
+diff`): OUT/base/<hook> and OUT/finetuned/<hook>.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +38,11 @@ def _init_distributed(device: str) -> None:
 
 @app.command()
 def capture(
-    model: str = typer.Option(
-        ..., "--model", help="Local model directory (config.json, weights, tokenizer)."
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        help="Local model directory (config.json, weights, tokenizer). Give it twice, --model BASE --model "
+        "FINETUNED, to capture both over the same contexts into OUT/base/<hook> and OUT/finetuned/<hook>.",
     ),
     hook: list[str] = typer.Option(
         ..., "--hook", help="Hook name, e.g. layers.3.resid_post or a module path; repeat for several stores."
@@ -48,7 +55,11 @@ def capture(
     tokens: int = typer.Option(
         ..., "--tokens", help="Non-special corpus tokens to capture (rows per store)."
     ),
-    out: Path = typer.Option(..., "--out", help="Output directory; each hook's store goes to OUT/<hook>."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output directory; each hook's store goes to OUT/<hook> (paired: OUT/<role>/<hook>).",
+    ),
     context_size: int = typer.Option(128, "--context-size", help="Tokens per packed context."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored dtype: float32, float16 or bfloat16."),
     shard_tokens: int = typer.Option(65536, "--shard-tokens", help="Rows per shard file."),
@@ -83,9 +94,14 @@ def capture(
     from saeforge.activations.capture import CaptureConfig, CaptureError, capture, store_status
 
     sources = [{"source": s, "weight": w} for s, w in zip(data, _weights(mix, len(data)), strict=True)]
+    if len(model) > 2:
+        raise typer.BadParameter(
+            f"--model is given {len(model)} times; give one model, or two (--model BASE --model FINETUNED)"
+        )
     try:
         cfg = CaptureConfig(
-            model=model,
+            model=model[0],
+            finetuned_model=model[1] if len(model) == 2 else None,
             hooks=hook,
             data=sources,
             tokens=tokens,
@@ -111,7 +127,9 @@ def capture(
         status = store_status(cfg)
         if all(s == "complete" for s in status.values()):
             if rank == 0:
-                typer.echo(f"already complete: {', '.join(str(out / h) for h in cfg.hooks)}; nothing to do.")
+                typer.echo(
+                    f"already complete: {', '.join(map(str, cfg.store_dirs().values()))}; nothing to do."
+                )
             return
         if rank == 0 and any(s == "partial" for s in status.values()):
             typer.echo(f"resuming the partial capture in {out}")
