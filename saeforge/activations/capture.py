@@ -574,7 +574,7 @@ def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str,
 
 def _finish(cfg, writers, stream, rank, world, dirs) -> dict[str, Path]:
     exhausted = stream.exhausted
-    for h, w in writers.items():
+    for w in writers.values():
         if world == 1:
             states = [w.state]
         else:
@@ -588,7 +588,7 @@ def _finish(cfg, writers, stream, rank, world, dirs) -> dict[str, Path]:
         if rank == 0:
             manifest = _manifest(
                 cfg,
-                h,
+                w.hook,
                 w.d_in,
                 states,
                 complete=not exhausted,

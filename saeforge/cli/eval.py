@@ -53,18 +53,41 @@ def eval_command(
         "--hungarian-max-latents",
         help="Largest d_sae for which the Hungarian stability match across seeds is computed.",
     ),
+    compare_activations: Path = typer.Option(
+        None,
+        "--compare-activations",
+        help="A second store at the same hook (e.g. the fine-tuned model's): adds its metrics (compare.*) and the "
+        "per-latent drift between the stores, OUT/<sae name>/drift.json, drift.csv, drift_frequency.png.",
+    ),
+    compare_model: Path = typer.Option(
+        None,
+        "--compare-model",
+        help="Model of --compare-activations (e.g. the fine-tuned model), for its CE/KL; needed with --model.",
+    ),
+    drift_ratio: float = typer.Option(
+        10.0,
+        "--drift-ratio",
+        help="Frequency factor by which a latent counts as appeared or vanished.",
+    ),
+    drift_min_frequency: float = typer.Option(
+        1e-4,
+        "--drift-min-frequency",
+        help="A latent appears (vanishes) only if it fires on at least this fraction of compare (base) tokens.",
+    ),
 ) -> None:
     """Evaluate SAEs: reconstruction (FVU), sparsity (L0, dead, dense), downstream loss, dictionary health.
 
     Each SAE gets a verdict (good, deceptively-good, dead, duplicated, noisy) with its evidence; rules and every
     metric are defined in docs/evaluation.md. SAEs of one config trained with different seeds are also compared
-    for stability.
+    for stability. With --compare-activations (SAE transfer, e.g. a base SAE on a fine-tuned model's
+    activations), each SAE is also evaluated on that store and its latents' frequency drift is listed.
     """
     from pydantic import ValidationError
     from rich.console import Console
     from rich.table import Table
 
     from saeforge.eval import EvalConfig, comparison_rows, run_eval, write_eval_outputs
+    from saeforge.eval.drift import drift_line
     from saeforge.eval.outputs import COMPARISON_KEYS
 
     try:
@@ -82,6 +105,10 @@ def eval_command(
             downstream_batch_size=downstream_batch_size,
             device=device,
             hungarian_max_latents=hungarian_max_latents,
+            compare_activations=compare_activations,
+            compare_model=compare_model,
+            drift_ratio=drift_ratio,
+            drift_min_frequency=drift_min_frequency,
         )
     except ValidationError as e:
         for err in e.errors():
@@ -117,4 +144,6 @@ def eval_command(
     console.print(table)
     for r in results:
         console.print(f"[bold]{r['name']}[/bold]: {r['verdict_evidence']}")
+        if r.get("drift") is not None:
+            console.print(drift_line(r))
     console.print(f"metrics and plots in {cfg.out} ({len(paths)} files)")

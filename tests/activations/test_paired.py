@@ -20,15 +20,8 @@ HOOKS = ["layers.0.mlp_in", "layers.1.resid_post"]
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_models, tmp_path_factory) -> tuple[Path, Path]:
-    """Two GPT-2s of the same shape and tokenizer, different weights: a stand-in base and fine-tune."""
-    from tests.tiny_models import build_tiny_model
-
-    base = tiny_models.model("gpt2")
-    finetuned = build_tiny_model(
-        "gpt2", tmp_path_factory.mktemp("ft") / "gpt2-ft", tiny_models.tokenizer("bpe"), seed=1
-    )
-    return base, finetuned
+def pair(tiny_pair) -> tuple[Path, Path]:
+    return tiny_pair
 
 
 def _cfg(model, out, finetuned=None, **kw) -> CaptureConfig:
@@ -76,6 +69,7 @@ def test_cli_paired_capture_is_aligned_and_equals_single_captures(pair, tmp_path
             assert f"{role}/{hook}: 600 rows" in proc.output
     stores = {(r, h): ActivationStore.open(out / r / h) for r in ("base", "finetuned") for h in HOOKS}
     check_aligned(list(stores.values()))
+    assert all(s.hook == hook for (_, hook), s in stores.items())
     # Each model's stores are what a capture of that model alone writes: same contexts, same rows.
     for role, model in (("base", base), ("finetuned", finetuned)):
         single = _cfg(model, tmp_path / f"single-{role}")
