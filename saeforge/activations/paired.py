@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
-ROLES = ("base", "finetuned")
 _BATCH = 64
 
 

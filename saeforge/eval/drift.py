@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from saeforge.atomic import write_text
+from saeforge.eval.config import DRIFT_MIN_FREQUENCY, DRIFT_RATIO
 
 STATUSES = ("kept", "appeared", "vanished")
-DRIFT_RATIO = 10.0
-DRIFT_MIN_FREQUENCY = 1e-4
 MIN_FIRINGS = 10
 CHANGE_KEYS = ("fvu", "l0", "dead_fraction", "ce_loss_score", "kl_div_score", "ce_delta", "pooled_cosine")
 

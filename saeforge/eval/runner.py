@@ -8,68 +8,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from saeforge.eval.dictionary import HUNGARIAN_MAX_LATENTS, stability
+from saeforge.eval.config import EvalConfig
+from saeforge.eval.dictionary import stability
 from saeforge.eval.downstream import contexts_from_source
-from saeforge.eval.drift import DRIFT_MIN_FREQUENCY, DRIFT_RATIO, latent_drift, metric_changes
+from saeforge.eval.drift import latent_drift, metric_changes
 from saeforge.eval.evaluate import evaluate, extra_label
 from saeforge.sae.base import SAE
-
-
-class EvalConfig(BaseModel):
-    """What to evaluate and on what. Paths are local; SOURCE is a corpus as `saeforge.text.read_texts` reads."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    saes: list[Path] = Field(min_length=1, description="SAE directories (cfg.json + sae_weights.safetensors)")
-    activations: Path = Field(description="held-out activation store at the SAEs' hook")
-    out: Path | None = Field(default=None, description="where the CLI writes metrics.json files and plots")
-    model: Path | None = Field(default=None, description="local model directory for downstream metrics")
-    data: str | None = Field(default=None, description="corpus SOURCE for downstream contexts")
-    extra_data: list[str] = Field(default_factory=list, description="out-of-sample corpora SOURCEs")
-    tokens: int | None = Field(
-        default=None, gt=0, description="activations to read from the store (all if None)"
-    )
-    batch_size: int = Field(default=4096, gt=0, description="activation rows per batch")
-    contexts: int = Field(default=64, gt=0, description="token contexts per corpus for downstream metrics")
-    context_size: int | None = Field(default=None, gt=1, description="tokens per context (store's, else 128)")
-    downstream_batch_size: int = Field(default=8, gt=0, description="contexts per model forward pass")
-    device: str = Field(default="cpu", description="torch device for the SAEs and the model")
-    hungarian_max_latents: int = Field(default=HUNGARIAN_MAX_LATENTS, gt=0)
-    compare_activations: Path | None = Field(
-        default=None,
-        description="a second store at the same hook (e.g. the fine-tuned model's): its metrics as compare.* "
-        "and the per-latent drift between the two stores (docs/evaluation.md)",
-    )
-    compare_model: Path | None = Field(
-        default=None, description="the model of compare_activations, for its downstream metrics (with model)"
-    )
-    drift_ratio: float = Field(
-        default=DRIFT_RATIO, gt=1, description="frequency factor by which a latent appears or vanishes"
-    )
-    drift_min_frequency: float = Field(
-        default=DRIFT_MIN_FREQUENCY,
-        gt=0,
-        lt=1,
-        description="a latent appears (vanishes) only if it fires on at least this fraction of the compare (base) tokens",
-    )
-
-    @model_validator(mode="after")
-    def _model_for_corpora(self) -> EvalConfig:
-        if self.model is None and (self.data or self.extra_data):
-            raise ValueError(
-                "data/extra_data are read with the model's tokenizer: give model (--model DIR) too"
-            )
-        if self.compare_model is not None and self.compare_activations is None:
-            raise ValueError("compare_model scores compare_activations: give --compare-activations STORE too")
-        if self.compare_activations is not None and (self.model is None) != (self.compare_model is None):
-            raise ValueError(
-                "with compare_activations, the downstream metrics are measured on both sides: give both --model "
-                "(the base store's model) and --compare-model (the compare store's model), or neither"
-            )
-        return self
 
 
 def limited_batches(batches: Iterator[Tensor], tokens: int | None) -> Iterator[Tensor]:

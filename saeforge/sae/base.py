@@ -24,13 +24,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
 
 class SAEConfig(BaseModel):
     """What `cfg.json` holds (SAELens layout). Unknown keys in a file are kept in `metadata` on load."""
