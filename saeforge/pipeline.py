@@ -126,6 +126,11 @@ def resolve(run: RunConfig) -> StagePlan:
     model_dir = resolve_model(run.model)
     out = Path(run.out)
     acts = out / "activations"
+    if run.capture.get("finetuned_model") is not None:
+        raise ConfigError(
+            "capture.finetuned_model: `saeforge run` captures and trains on one model; capture a base and a "
+            "fine-tune with `saeforge capture --model BASE --model FINETUNED` and compare them with `saeforge diff`"
+        )
     try:
         cap = CaptureConfig(
             model=str(model_dir), hooks=run.hooks, data=run.data, out=acts / "train", **run.capture
