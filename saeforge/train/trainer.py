@@ -228,7 +228,9 @@ class _Run:
                 )
         else:
             self.scale = (1.0,) * len(parts)
-        x_sample, target_sample = self.layout.combine(tuple(x * s for x, s in zip(samples, self.scale, strict=True)))
+        x_sample, target_sample = self.layout.combine(
+            tuple(x * s for x, s in zip(samples, self.scale, strict=True))
+        )
         for m in self.members:
             if target_sample is None:
                 m.model.init_from_data(x_sample)
