@@ -29,7 +29,6 @@ from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
 from saeforge.errors import ConfigError
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
-from saeforge.models.hooks import SITES
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
 
@@ -127,6 +126,11 @@ def resolve(run: RunConfig) -> StagePlan:
     model_dir = resolve_model(run.model)
     out = Path(run.out)
     acts = out / "activations"
+    if run.capture.get("finetuned_model") is not None:
+        raise ConfigError(
+            "capture.finetuned_model: `saeforge run` captures and trains on one model; capture a base and a "
+            "fine-tune with `saeforge capture --model BASE --model FINETUNED` and compare them with `saeforge diff`"
+        )
     try:
         cap = CaptureConfig(
             model=str(model_dir), hooks=run.hooks, data=run.data, out=acts / "train", **run.capture
@@ -161,9 +165,6 @@ def resolve(run: RunConfig) -> StagePlan:
     return StagePlan(run=run, model_dir=model_dir, capture_train=cap, capture_heldout=heldout, train=trains)
 
 
-_CANONICAL_HOOK = re.compile(rf"^layers\.\d+\.({'|'.join(SITES)})$")
-
-
 def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig]) -> None:
     """Checks the SAE specs (architecture names, k against d_sae, ...) before the capture spends any time.
 
@@ -172,11 +173,12 @@ def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig])
     """
     from transformers import AutoConfig
 
+    from saeforge.models.hooks import SITES
     from saeforge.train.specs import resolve_specs
 
     hidden = getattr(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), "hidden_size", None)
     for hook, cfg in trains.items():
-        if hidden is not None and _CANONICAL_HOOK.match(hook):
+        if hidden is not None and re.fullmatch(rf"layers\.\d+\.({'|'.join(SITES)})", hook):
             try:
                 resolve_specs(cfg, hidden, f"hook {hook} of {model_dir}")
             except ValueError as e:

@@ -103,3 +103,16 @@ def tiny_model(tiny_models):
     bert (encoder, WordPiece tokenizer).
     """
     return tiny_models.model
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_models) -> tuple[Path, Path]:
+    """Two tiny GPT-2s with one tokenizer and architecture and different weights (seeds 0 and 1): a stand-in
+    base model and fine-tune for paired capture and model diffing."""
+    from tests.tiny_models import build_tiny_model
+
+    base = tiny_models.model("gpt2")
+    finetuned = build_tiny_model(
+        "gpt2", tiny_models.root / "model-gpt2-seed1", tiny_models.tokenizer("bpe"), seed=1
+    )
+    return base, finetuned

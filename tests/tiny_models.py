@@ -151,8 +151,11 @@ _MODEL_CLASSES = {
 }
 
 
-def build_tiny_model(family: str, out_dir: str | Path, tokenizer_dir: str | Path) -> Path:
+def build_tiny_model(family: str, out_dir: str | Path, tokenizer_dir: str | Path, seed: int = _SEED) -> Path:
     """Saves a seeded random model of FAMILY (config + model.safetensors + tokenizer files) into OUT_DIR.
+
+    Two seeds of one family give two models with the same architecture and tokenizer and different weights
+    (a stand-in "base" and "fine-tune" for paired capture).
 
     BERT needs a WordPiece tokenizer directory (`build_tokenizer(..., style="wordpiece")`), the causal
     families a BPE one.
@@ -176,12 +179,12 @@ def build_tiny_model(family: str, out_dir: str | Path, tokenizer_dir: str | Path
     }
     # Padded like real checkpoints: some tokenizer classes add a token (Qwen2Tokenizer adds <|endoftext|>).
     config = _config(family, len(tokenizer) + 64, special)
-    torch.manual_seed(_SEED)
+    torch.manual_seed(seed)
     model = getattr(tf, _MODEL_CLASSES[family])(config).eval()
     out = Path(out_dir)
     model.save_pretrained(out)
     for item in Path(tokenizer_dir).iterdir():
         if item.is_file():
             shutil.copy2(item, out / item.name)
-    (out / "saeforge_tiny.json").write_text(json.dumps({"family": family, "seed": _SEED}))
+    (out / "saeforge_tiny.json").write_text(json.dumps({"family": family, "seed": seed}))
     return out

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,15 +25,21 @@ from saeforge.activations.manifest import (
     MANIFEST,
     Manifest,
     ModelCard,
+    PairCard,
     RankProgress,
     ShardEntry,
     TokenCounts,
 )
+from saeforge.activations.paired import check_embeddings
 from saeforge.activations.shards import write_shard
 from saeforge.activations.stats import RunningStats
 from saeforge.activations.writer import shard_name
 from saeforge.atomic import write_bytes
 from saeforge.dtypes import torch_dtype
+from saeforge.text.packing import packing_tokens
+
+if TYPE_CHECKING:
+    from saeforge.models.loading import LoadedModel
 
 # Bytes a row costs besides its activations: token id (8) + (sequence, position) (16) + its context's share.
 ROW_OVERHEAD_BYTES = 8 + 16 + 8
@@ -67,11 +75,10 @@ def bytes_per_row(d_in: int, dtype: str) -> int:
 
 
 def store_status(cfg: CaptureConfig) -> dict[str, str]:
-    """For each hook: "complete", "partial" (resumable) or "new"; raises CaptureError when out/<hook> holds a
-    store captured with different settings."""
+    """For each store of `cfg.store_dirs()`: "complete", "partial" (resumable) or "new"; raises CaptureError
+    when its directory holds a store captured with different settings."""
     out = {}
-    for hook in cfg.hooks:
-        d = Path(cfg.out) / hook
+    for hook, d in cfg.store_dirs().items():
         m = d / MANIFEST
         if m.is_file():
             manifest = Manifest.read(m)
@@ -100,10 +107,10 @@ def _check_same(saved: dict | None, cfg: CaptureConfig, d: Path) -> None:
 class _HookWriter:
     """Pending rows and committed progress of one hook's store in this process."""
 
-    def __init__(self, cfg: CaptureConfig, hook: str, rank: int, world: int, state: RankProgress):
+    def __init__(self, cfg: CaptureConfig, hook: str, rank: int, world: int, state: RankProgress, dir: Path):
         self.cfg = cfg
         self.hook = hook
-        self.dir = Path(cfg.out) / hook
+        self.dir = dir
         self.rank, self.world = rank, world
         self.state = state
         self.d_in: int | None = len(state.sum) if state.sum is not None else None
@@ -113,6 +120,7 @@ class _HookWriter:
         self.contexts: dict[int, torch.Tensor] = {}
         self.grid = cfg.batch_size * cfg.context_size + 1
         self.card: tuple[ModelCard, str] | None = None
+        self.pair: PairCard | None = None
 
     def _stats(self, d_in: int) -> RunningStats:
         if self.stats is None:
@@ -241,6 +249,7 @@ class _HookWriter:
                 False,
                 model_card=model_card,
                 tokenizer=tokenizer,
+                pair=self.pair,
             )
             manifest.write(self.dir / MANIFEST)
         else:
@@ -257,6 +266,7 @@ def _manifest(
     model_card: ModelCard | None = None,
     tokenizer: str | None = None,
     exhausted: bool = False,
+    pair: PairCard | None = None,
 ) -> Manifest:
     shards = [s for st in states for s in st.shards]
     stats = RunningStats(d_in or 1)
@@ -286,6 +296,7 @@ def _manifest(
         stats=stats.result() if complete or exhausted else None,
         model=model_card,
         tokenizer=tokenizer,
+        pair=pair,
         context_size=cfg.context_size,
         prepend_bos=cfg.prepend_bos,
         exclude_special=cfg.exclude_special,
@@ -309,8 +320,7 @@ def _manifest(
     )
 
 
-def _load_state(cfg: CaptureConfig, hook: str, rank: int, world: int) -> RankProgress:
-    d = Path(cfg.out) / hook
+def _load_state(cfg: CaptureConfig, d: Path, rank: int, world: int) -> RankProgress:
     d.mkdir(parents=True, exist_ok=True)
     for stale in d.glob(f".shard-{rank:03d}-*.tmp"):
         stale.unlink()
@@ -354,86 +364,136 @@ def check_disk(cfg: CaptureConfig, d_ins: dict[str, int], rows_left: int) -> Non
 ProgressFn = Callable[[int, int], None]
 
 
-def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str, Path]:
-    """Captures cfg.tokens rows at every hook of cfg.hooks; returns {hook: store directory}.
+@dataclass
+class _Model:
+    """One model of the capture and the writers of its stores ({store name: writer})."""
 
-    Resumes a partial capture in cfg.out (same settings), returns at once for a complete one. Under
-    torch.distributed (torchrun), each process runs the forward passes of its share of the batch grid and
-    writes its own shards; rank 0 writes the manifest. `progress(tokens_done, tokens_total)` is called after
-    every forward batch of this process. Raises CorpusExhausted (store kept, marked incomplete) if the corpus
-    is shorter than cfg.tokens, NonFiniteActivations on NaN/inf, CaptureError on missing disk space.
-    """
-    from saeforge.models import load_model
+    role: str | None
+    loaded: LoadedModel
+    card: ModelCard
+    writers: dict[str, _HookWriter]
 
-    rank, world = _world()
-    out = Path(cfg.out)
-    dirs = {h: out / h for h in cfg.hooks}
-    status = store_status(cfg)
-    if all(s == "complete" for s in status.values()):
-        return dirs
-    if any(s == "complete" for s in status.values()):
-        done = [h for h, s in status.items() if s == "complete"]
-        raise CaptureError(
-            f"hooks {done} are already complete in {out}; capture the other hooks into another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
-    from saeforge.models import resolve_hook, run_hooks
 
+def _open_model(cfg: CaptureConfig, role: str | None, path: str, rank: int, world: int) -> _Model:
+    from saeforge.models import load_model, resolve_hook
+
+    loaded = load_model(path, dtype=cfg.model_dtype, device=cfg.device)
     for h in cfg.hooks:
         resolve_hook(loaded.model, h)
-    writers = {h: _HookWriter(cfg, h, rank, world, _load_state(cfg, h, rank, world)) for h in cfg.hooks}
+    dirs = cfg.store_dirs()
+    writers = {}
+    for hook in cfg.hooks:
+        name = hook if role is None else f"{role}/{hook}"
+        writers[name] = _HookWriter(
+            cfg, hook, rank, world, _load_state(cfg, dirs[name], rank, world), dirs[name]
+        )
     fingerprint = loaded.fingerprint
-    card = ModelCard(path=str(loaded.path), fingerprint=fingerprint, family=loaded.family, kind=loaded.kind)
-    tokenizer_name = str(getattr(loaded.tokenizer, "name_or_path", "") or type(loaded.tokenizer).__name__)
     for w in writers.values():
-        w.card = (card, tokenizer_name)
         saved = w.dir / MANIFEST
         if saved.is_file() and (old := Manifest.read(saved)).model and old.model.fingerprint != fingerprint:
             raise CaptureError(
                 f"{w.dir} was captured from a model with other weights (fingerprint {old.model.fingerprint[:12]} vs "
                 f"{fingerprint[:12]}); choose another --out"
             )
-    start = min(w.state.next_batch for w in writers.values())
+    card = ModelCard(path=str(loaded.path), fingerprint=fingerprint, family=loaded.family, kind=loaded.kind)
+    return _Model(role, loaded, card, writers)
+
+
+def _card_writers(models: list[_Model], tokenizer) -> None:
+    """Gives every writer its manifest's model card, tokenizer name and (paired capture) pair card."""
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    pair = None
+    if len(models) == 2:
+        pair = PairCard(role="base", base=models[0].card, finetuned=models[1].card)
+    for m in models:
+        for w in m.writers.values():
+            w.card = (m.card, name)
+            w.pair = pair.model_copy(update={"role": m.role}) if pair else None
+
+
+def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str, Path]:
+    """Captures cfg.tokens rows at every hook of cfg.hooks; returns {store name: directory} (cfg.store_dirs()).
+
+    A paired capture (cfg.finetuned_model) runs both models over the same contexts, tokenized by the fine-tuned
+    model's tokenizer (saeforge.activations.paired), and writes out/base/<hook> and out/finetuned/<hook>.
+    Resumes a partial capture in cfg.out (same settings), returns at once for a complete one. Under
+    torch.distributed (torchrun), each process runs the forward passes of its share of the batch grid and
+    writes its own shards; rank 0 writes the manifest. `progress(tokens_done, tokens_total)` is called after
+    every forward batch of this process. Raises CorpusExhausted (store kept, marked incomplete) if the corpus
+    is shorter than cfg.tokens, NonFiniteActivations on NaN/inf, CaptureError on missing disk space,
+    TokenizerMismatch when the paired models' tokenizers read the corpus differently.
+    """
+    from saeforge.models import run_hooks
+
+    rank, world = _world()
+    out = Path(cfg.out)
+    dirs = cfg.store_dirs()
+    status = store_status(cfg)
+    if all(s == "complete" for s in status.values()):
+        return dirs
+    if any(s == "complete" for s in status.values()):
+        done = [h for h, s in status.items() if s == "complete"]
+        raise CaptureError(
+            f"stores {done} are already complete in {out}; capture the other hooks into another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    models = [_open_model(cfg, role, path, rank, world) for role, path in cfg.models()]
+    # The fine-tuned (last) model's tokenizer makes the one token stream every model reads.
+    tokenizer = models[-1].loaded.tokenizer
+    _card_writers(models, tokenizer)
+    writers = {name: w for m in models for name, w in m.writers.items()}
     stream = ContextStream(
         [(s.source, s.weight) for s in cfg.data],
-        loaded.tokenizer,
+        tokenizer,
         cfg.context_size,
         cfg.tokens,
         cfg.batch_size,
         prepend_bos=cfg.prepend_bos,
         exclude_special=cfg.exclude_special,
         seed=cfg.seed,
+        base_tokenizer=models[0].loaded.tokenizer if len(models) > 1 else None,
     )
+    if len(models) > 1:
+        framing = packing_tokens(tokenizer, cfg.prepend_bos)
+        check_embeddings(
+            [t for t in (framing.start, framing.separator) if t is not None], models[0].loaded, "base"
+        )
+    start = min(w.state.next_batch for w in writers.values())
     checked = False
-    device = loaded.device
+    device = models[0].loaded.device
     for batch in stream:
         if batch.index % world != rank or batch.index < start:
             continue
+        ids = batch.tokens.to(device)
         with torch.no_grad():
-            acts = run_hooks(
-                loaded, batch.tokens.to(device), torch.ones_like(batch.tokens).to(device), cfg.hooks
-            )
+            acts = [run_hooks(m.loaded, ids, torch.ones_like(ids), cfg.hooks) for m in models]
         if not checked:
             rows_left = (cfg.tokens - sum(w.state.count for w in writers.values()) // len(writers)) // world
-            check_disk(cfg, {h: a.shape[-1] for h, a in acts.items()}, rows_left)
+            widths = {
+                n: a[w.hook].shape[-1]
+                for m, a in zip(models, acts, strict=True)
+                for n, w in m.writers.items()
+            }
+            check_disk(cfg, widths, rows_left)
             checked = True
-        for h, w in writers.items():
-            w.add(batch, acts[h].detach().cpu())
-            w.flush()
-            w.prune_contexts()
+        for m, model_acts in zip(models, acts, strict=True):
+            for w in m.writers.values():
+                w.add(batch, model_acts[w.hook].detach().cpu())
+                w.flush()
+                w.prune_contexts()
         if progress is not None:
             progress(stream.seen, cfg.tokens)
-    for w in writers.values():
-        w.flush(final=True)
-        if w.d_in is None:
-            w.d_in = loaded.d_model
-    return _finish(cfg, writers, stream, card, tokenizer_name, rank, world, dirs)
+    for m in models:
+        for w in m.writers.values():
+            w.flush(final=True)
+            if w.d_in is None:
+                w.d_in = m.loaded.d_model
+    return _finish(cfg, writers, stream, rank, world, dirs)
 
 
-def _finish(cfg, writers, stream, card, tokenizer_name, rank, world, dirs) -> dict[str, Path]:
+def _finish(cfg, writers, stream, rank, world, dirs) -> dict[str, Path]:
     exhausted = stream.exhausted
-    for h, w in writers.items():
+    for w in writers.values():
         if world == 1:
             states = [w.state]
         else:
@@ -447,14 +507,15 @@ def _finish(cfg, writers, stream, card, tokenizer_name, rank, world, dirs) -> di
         if rank == 0:
             manifest = _manifest(
                 cfg,
-                h,
+                w.hook,
                 w.d_in,
                 states,
                 complete=not exhausted,
                 stream=stream,
-                model_card=card,
-                tokenizer=tokenizer_name,
+                model_card=w.card[0],
+                tokenizer=w.card[1],
                 exhausted=exhausted,
+                pair=w.pair,
             )
             manifest.write(w.dir / MANIFEST)
             if not exhausted:

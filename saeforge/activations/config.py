@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saeforge.device import DEFAULT_DEVICE, Device
 from saeforge.dtypes import StorageDtype
+
+# The two models of a paired capture, in --model order; their stores go to out/<role>/<hook>.
+ROLES = ("base", "finetuned")
 
 
 class CorpusSource(BaseModel):
@@ -24,7 +27,14 @@ class CaptureConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="local model directory (config.json, weights, tokenizer)")
+    model: str = Field(
+        description="local model directory (config.json, weights, tokenizer); the base model of a paired capture"
+    )
+    finetuned_model: str | None = Field(
+        default=None,
+        description="paired capture: a fine-tuned model run over the same contexts as `model` (on the command "
+        "line a second --model); stores go to out/base/<hook> and out/finetuned/<hook>",
+    )
     hooks: list[str] = Field(
         min_length=1,
         description="hook names, e.g. layers.3.resid_post or a module path; one store per hook at out/<hook>",
@@ -36,7 +46,9 @@ class CaptureConfig(BaseModel):
     tokens: int = Field(
         gt=0, description="non-special corpus tokens to capture (rows per store before outlier dropping)"
     )
-    out: Path = Field(description="output directory; each hook's store goes to out/<hook>")
+    out: Path = Field(
+        description="output directory; each hook's store goes to out/<hook> (paired capture: out/<role>/<hook>)"
+    )
     context_size: int = Field(default=128, ge=2, description="tokens per packed context")
     dtype: StorageDtype = Field(default="float32", description="stored dtype of the activations")
     shard_tokens: int = Field(default=65536, gt=0, description="rows per shard file")
@@ -68,6 +80,29 @@ class CaptureConfig(BaseModel):
             if "/" in h or h in ("", ".", ".."):
                 raise ValueError(f"hook name {h!r} cannot name a directory (it may not contain '/')")
         return v
+
+    @model_validator(mode="after")
+    def _paired_rows_stay_aligned(self) -> CaptureConfig:
+        if self.finetuned_model is not None and self.drop_outliers is not None:
+            raise ValueError(
+                "drop_outliers cannot be used in a paired capture (two --model): each model would drop other "
+                "rows and the stores would no longer be aligned; leave --drop-outliers out"
+            )
+        return self
+
+    def models(self) -> list[tuple[str | None, str]]:
+        """[(role, model directory)]: [(None, model)], or [("base", model), ("finetuned", finetuned_model)]."""
+        if self.finetuned_model is None:
+            return [(None, self.model)]
+        return list(zip(ROLES, (self.model, self.finetuned_model), strict=True))
+
+    def store_dirs(self) -> dict[str, Path]:
+        """{store name: directory}: {hook: out/<hook>}, or for a paired capture {role/hook: out/role/hook}."""
+        return {
+            hook if role is None else f"{role}/{hook}": Path(self.out) / (role or "") / hook
+            for role, _ in self.models()
+            for hook in self.hooks
+        }
 
     def resume_key(self) -> dict:
         """The settings a store's content depends on (device and out do not count)."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from saeforge.activations.manifest import CorpusCard
+from saeforge.activations.paired import agreeing_texts
 
 
 @dataclass
@@ -36,7 +37,8 @@ class ContextBatch:
 class ContextStream:
     """Iterates the grid of context batches of a mixture of sources until `tokens` candidate positions.
 
-    After iteration: `seen` candidate tokens, `special_excluded`, per-source `cards` (contexts, tokens), and
+    With `base_tokenizer` (paired capture), every document is checked to tokenize the same with it
+    (saeforge.activations.paired). After iteration: `seen` candidate tokens, `special_excluded`, per-source `cards` (contexts, tokens), and
     `exhausted` / `exhausted_source` when a source ran out before the budget was reached.
     """
 
@@ -50,9 +52,11 @@ class ContextStream:
         prepend_bos: bool = True,
         exclude_special: bool = True,
         seed: int = 0,
+        base_tokenizer=None,
     ):
         self.sources = sources
         self.tokenizer = tokenizer
+        self.base_tokenizer = base_tokenizer
         self.context_size = context_size
         self.tokens = tokens
         self.batch_size = batch_size
@@ -68,11 +72,14 @@ class ContextStream:
     def _contexts(self) -> Iterator[tuple[int, torch.Tensor]]:
         from saeforge.text import pack, read_texts
 
+        def texts(src: str):
+            docs = read_texts(src, tokenizer=self.tokenizer)
+            if self.base_tokenizer is None:
+                return docs
+            return agreeing_texts(docs, self.tokenizer, self.base_tokenizer, src)
+
         streams = [
-            pack(
-                read_texts(src, tokenizer=self.tokenizer), self.tokenizer, self.context_size, self.prepend_bos
-            )
-            for src, _ in self.sources
+            pack(texts(src), self.tokenizer, self.context_size, self.prepend_bos) for src, _ in self.sources
         ]
         weights = np.array([w for _, w in self.sources], dtype=np.float64)
         rng = np.random.default_rng(self.seed)

@@ -46,6 +46,14 @@ class ModelCard(_Lenient):
     kind: str | None = None
 
 
+class PairCard(_Lenient):
+    """Paired capture: which of the two models this store holds, and both models (docs/formats.md)."""
+
+    role: Literal["base", "finetuned"]
+    base: ModelCard
+    finetuned: ModelCard
+
+
 class CorpusCard(_Lenient):
     source: str
     weight: float = 1.0
@@ -91,6 +99,9 @@ class Manifest(_Lenient):
     stats: Stats | None = None
     model: ModelCard | None = None
     tokenizer: str | None = None
+    pair: PairCard | None = Field(
+        default=None, description="paired capture: this store's role and both models"
+    )
     context_size: int | None = None
     prepend_bos: bool | None = None
     exclude_special: bool | None = None

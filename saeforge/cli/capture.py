@@ -1,4 +1,9 @@
-"""`saeforge capture`: activations of a local model at one or more hooks -> one store per hook."""
+"""`saeforge capture`: activations of a local model at one or more hooks -> one store per hook.
+
+`--model BASE --model FINETUNED` captures both models over the same contexts (paired capture, for `saeforge
+diff`): OUT/base/<hook> and OUT/finetuned/<hook>. The two `--model`s fill CaptureConfig's `model` and
+`finetuned_model`.
+"""
 
 from __future__ import annotations
 
@@ -39,11 +44,17 @@ def _init_distributed(device: str) -> None:
 @app.command()
 @config_options(
     CaptureConfig,
-    exclude={"data", "exclude_special"},
+    exclude={"data", "exclude_special", "model", "finetuned_model"},
     flags={"hooks": "--hook", "batch_size": ("--forward-batch-size", "--batch-size")},
 )
 def capture(
     settings: Settings,
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        help="Local model directory (config.json, weights, tokenizer). Give it twice, --model BASE --model "
+        "FINETUNED, to capture both over the same contexts into OUT/base/<hook> and OUT/finetuned/<hook>.",
+    ),
     data: list[str] = typer.Option(
         ...,
         "--data",
@@ -63,8 +74,15 @@ def capture(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     sources = [{"source": s, "weight": w} for s, w in zip(data, _weights(mix, len(data)), strict=True)]
+    if len(model) > 2:
+        fail(f"--model is given {len(model)} times; give one model, or two (--model BASE --model FINETUNED)")
     with exit_codes():
-        cfg = settings.build(data=sources, exclude_special=not include_special)
+        cfg = settings.build(
+            model=model[0],
+            finetuned_model=model[1] if len(model) == 2 else None,
+            data=sources,
+            exclude_special=not include_special,
+        )
     from saeforge.activations.capture import CaptureError, capture, store_status
 
     out, tokens = cfg.out, cfg.tokens
@@ -74,7 +92,9 @@ def capture(
         status = store_status(cfg)
         if all(s == "complete" for s in status.values()):
             if rank == 0:
-                typer.echo(f"already complete: {', '.join(str(out / h) for h in cfg.hooks)}; nothing to do.")
+                typer.echo(
+                    f"already complete: {', '.join(map(str, cfg.store_dirs().values()))}; nothing to do."
+                )
             return
         if rank == 0 and any(s == "partial" for s in status.values()):
             typer.echo(f"resuming the partial capture in {out}")

@@ -31,7 +31,8 @@ def eval_command(
 
     Each SAE gets a verdict (good, deceptively-good, dead, duplicated, noisy) with its evidence; rules and every
     metric are defined in docs/evaluation.md. SAEs of one config trained with different seeds are also compared
-    for stability.
+    for stability. With --compare-activations (SAE transfer, e.g. a base SAE on a fine-tuned model's
+    activations), each SAE is also evaluated on that store and its latents' frequency drift is listed.
     """
     from rich.console import Console
     from rich.table import Table
@@ -39,6 +40,7 @@ def eval_command(
     with exit_codes():
         cfg = settings.build(out=out)
     from saeforge.eval import comparison_rows, run_eval, write_eval_outputs
+    from saeforge.eval.drift import drift_line
     from saeforge.eval.outputs import COMPARISON_KEYS
 
     err_console = Console(stderr=True)
@@ -65,4 +67,6 @@ def eval_command(
     console.print(table)
     for r in results:
         console.print(f"[bold]{r['name']}[/bold]: {r['verdict_evidence']}")
+        if r.get("drift") is not None:
+            console.print(drift_line(r))
     console.print(f"metrics and plots in {cfg.out} ({len(paths)} files)")

@@ -58,7 +58,7 @@ class Settings:
     def flag(self, field: str) -> str:
         return self.flags.get(field, "--" + field.replace("_", "-"))
 
-    def build(self, model: type[BaseModel] | None = None, **extra: Any) -> Any:
+    def build(self, model: type[BaseModel] | None = None, /, **extra: Any) -> Any:
         """`model` (default: the command's config) from the options plus `extra`; ConfigError names flags."""
         model = model or self.model
         given = {k: v for k, v in {**self.values, **extra}.items() if v is not None}

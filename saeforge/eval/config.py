@@ -10,6 +10,9 @@ from saeforge.device import DEFAULT_DEVICE, Device
 
 # Largest d_sae for which stability across seeds runs the Hungarian match (O(d_sae^3)).
 HUNGARIAN_MAX_LATENTS = 8192
+# Latent drift between two stores (saeforge.eval.drift): a frequency change by this factor, above this floor.
+DRIFT_RATIO = 10.0
+DRIFT_MIN_FREQUENCY = 1e-4
 
 
 class EvalConfig(BaseModel):
@@ -54,11 +57,39 @@ class EvalConfig(BaseModel):
         gt=0,
         description="largest d_sae for which the Hungarian stability match across seeds is computed",
     )
+    compare_activations: Path | None = Field(
+        default=None,
+        description="a second store at the same hook (e.g. the fine-tuned model's): adds its metrics (compare.*) "
+        "and the per-latent drift between the stores, out/<sae name>/drift.json, drift.csv, drift_frequency.png",
+    )
+    compare_model: Path | None = Field(
+        default=None,
+        description="model of compare_activations (e.g. the fine-tuned model), for its CE/KL; needed with model",
+    )
+    drift_ratio: float = Field(
+        default=DRIFT_RATIO,
+        gt=1,
+        description="frequency factor by which a latent counts as appeared or vanished",
+    )
+    drift_min_frequency: float = Field(
+        default=DRIFT_MIN_FREQUENCY,
+        gt=0,
+        lt=1,
+        description="a latent appears (vanishes) only if it fires on at least this fraction of the compare "
+        "(base) tokens",
+    )
 
     @model_validator(mode="after")
     def _model_for_corpora(self) -> EvalConfig:
         if self.model is None and (self.data or self.extra_data):
             raise ValueError(
                 "data/extra_data are read with the model's tokenizer: give model (--model DIR) too"
+            )
+        if self.compare_model is not None and self.compare_activations is None:
+            raise ValueError("compare_model scores compare_activations: give --compare-activations STORE too")
+        if self.compare_activations is not None and (self.model is None) != (self.compare_model is None):
+            raise ValueError(
+                "with compare_activations, the downstream metrics are measured on both sides: give both --model "
+                "(the base store's model) and --compare-model (the compare store's model), or neither"
             )
         return self

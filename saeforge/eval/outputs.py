@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from saeforge.atomic import write_text, write_with
+from saeforge.eval.drift import write_drift
 from saeforge.eval.plots import (
     density_histogram_figure,
     density_histogram_png,
@@ -81,7 +82,8 @@ def write_eval_outputs(results: Sequence[Mapping[str, Any]], out: str | Path) ->
     """Writes everything an evaluation produces under `out`; returns {what: path}.
 
     out/<name>/metrics.json, out/<name>/latent_density.safetensors, out/<name>/density_histogram.png per SAE
-    (name: the result's `name`, else sae<i>);
+    (name: the result's `name`, else sae<i>), and with a compare store out/<name>/drift.json, drift.csv and
+    drift_frequency.png;
     out/comparison.csv and out/comparison.json; out/pareto_l0_fvu.png and out/pareto_l0_ce_loss_score.png
     when there are several SAEs (the latter only when CE scores were measured).
     """
@@ -95,6 +97,8 @@ def write_eval_outputs(results: Sequence[Mapping[str, Any]], out: str | Path) ->
             paths[f"{name}/density_histogram.png"] = density_histogram_png(
                 r["latent_density"], png, name, r.get("dead_density_floor")
             )
+        if r.get("drift") is not None:
+            paths.update({f"{name}/{k}": v for k, v in write_drift(r, out / name).items()})
     rows = comparison_rows(results)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(COMPARISON_KEYS))

@@ -6,12 +6,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from saeforge.eval.config import EvalConfig
 from saeforge.eval.dictionary import stability
 from saeforge.eval.downstream import contexts_from_source
+from saeforge.eval.drift import latent_drift, metric_changes
 from saeforge.eval.evaluate import evaluate, extra_label
 from saeforge.sae.base import SAE
 
@@ -79,77 +81,127 @@ def _store_contexts(cfg: EvalConfig, store: Any, tokenizer: Any, context_size: i
     if sources:
         return contexts_from_source(sources[0], tokenizer, context_size, cfg.contexts)
     raise ValueError(
-        f"the activation store {cfg.activations} keeps no token contexts and its manifest names no corpus: "
+        f"the activation store {store.path} keeps no token contexts and its manifest names no corpus: "
         "give --data SOURCE for the downstream metrics"
     )
 
 
-def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Evaluates every SAE of `cfg` and returns one flat metrics dict each (with `name`, `sae_path`).
-
-    Checks every SAE against the store (d_in, hook) before any long work. Writes nothing: see
-    `saeforge.eval.write_eval_outputs`. `progress` receives one line per stage.
-    """
+def _open_store(path: Path, sae_paths: Sequence[Path], saes: Sequence[SAE]) -> Any:
+    """Opens the store at `path` and checks every SAE against it (d_in, hook)."""
     from saeforge.activations.store import ActivationStore
-    from saeforge.sae import load_sae
 
-    say = progress or (lambda _msg: None)
-    store = ActivationStore.open(cfg.activations)
-    saes = [load_sae(p, device=cfg.device).eval() for p in cfg.saes]
-    for path, sae in zip(cfg.saes, saes, strict=True):
+    store = ActivationStore.open(path)
+    for sae_path, sae in zip(sae_paths, saes, strict=True):
         if sae.d_in != store.d_in:
             raise ValueError(
-                f"SAE {path} has d_in {sae.d_in} but the activation store {cfg.activations} holds activations of "
+                f"SAE {sae_path} has d_in {sae.d_in} but the activation store {path} holds activations of "
                 f"d_in {store.d_in}: evaluate it on activations captured at the hook it was trained on"
             )
         sae_hook = sae.cfg.metadata.get("hook_name")
         if sae_hook and store.hook and sae_hook != store.hook:
             raise ValueError(
-                f"SAE {path} was trained at hook {sae_hook!r} but the activation store {cfg.activations} holds hook "
+                f"SAE {sae_path} was trained at hook {sae_hook!r} but the activation store {path} holds hook "
                 f"{store.hook!r}: give a store captured at {sae_hook!r}"
             )
+    return store
 
-    loaded, contexts, extra = None, None, {}
-    if cfg.model is not None:
-        from saeforge.models import load_model
 
-        say(f"loading model {cfg.model}")
-        loaded = load_model(str(cfg.model), device=cfg.device)
-        context_size = cfg.context_size or store.manifest.context_size or 128
-        if cfg.data:
-            contexts = contexts_from_source(cfg.data, loaded.tokenizer, context_size, cfg.contexts)
-        else:
-            contexts = _store_contexts(cfg, store, loaded.tokenizer, context_size)
-        for source in cfg.extra_data:
-            label = extra_label(source)
-            if label in extra:
-                raise ValueError(f"two extra corpora share the label {label!r}: rename one of the files")
-            extra[label] = contexts_from_source(source, loaded.tokenizer, context_size, cfg.contexts)
+def _downstream(cfg: EvalConfig, store: Any, model: Path | None, extra_data: Sequence[str], say) -> tuple:
+    """(loaded model, contexts, {label: contexts}) for a store's downstream metrics; Nones without a model."""
+    if model is None:
+        return None, None, {}
+    from saeforge.models import load_model
 
-    total = min(cfg.tokens or store.num_rows, store.num_rows)
+    say(f"loading model {model}")
+    loaded = load_model(str(model), device=cfg.device)
+    context_size = cfg.context_size or store.manifest.context_size or 128
+    if cfg.data:
+        contexts = contexts_from_source(cfg.data, loaded.tokenizer, context_size, cfg.contexts)
+    else:
+        contexts = _store_contexts(cfg, store, loaded.tokenizer, context_size)
+    extra = {}
+    for source in extra_data:
+        label = extra_label(source)
+        if label in extra:
+            raise ValueError(f"two extra corpora share the label {label!r}: rename one of the files")
+        extra[label] = contexts_from_source(source, loaded.tokenizer, context_size, cfg.contexts)
+    return loaded, contexts, extra
 
-    def counted(name: str) -> Iterator[Tensor]:
+
+class _Side:
+    """One store an SAE is evaluated on, with its model and contexts (base, or the compare store)."""
+
+    def __init__(self, cfg: EvalConfig, label: str, store: Any, downstream: tuple, say):
+        self.cfg, self.label, self.store, self.say = cfg, label, store, say
+        self.loaded, self.contexts, self.extra = downstream
+        self.baseline_cache: dict = {}
+
+    def _batches(self, name: str) -> Iterator[Tensor]:
+        total = min(self.cfg.tokens or self.store.num_rows, self.store.num_rows)
         done = 0
-        for x in limited_batches(store.iter_batches(cfg.batch_size), cfg.tokens):
+        for x in limited_batches(self.store.iter_batches(self.cfg.batch_size), self.cfg.tokens):
             yield x
             done += x.shape[0]
-            say(f"{name}: {done:,}/{total:,} activations")
-        if loaded is not None:
-            say(f"{name}: splicing the reconstruction into the model")
+            self.say(f"{name}{self.label}: {done:,}/{total:,} activations")
+        if self.loaded is not None:
+            self.say(f"{name}{self.label}: splicing the reconstruction into the model")
 
-    results, baseline_cache = [], {}
+    def evaluate(self, name: str, sae: SAE) -> dict[str, Any]:
+        return evaluate(
+            sae,
+            self._batches(name),
+            model=self.loaded,
+            hook=sae.cfg.metadata.get("hook_name") or self.store.hook,
+            contexts=self.contexts,
+            extra=self.extra,
+            downstream_batch_size=self.cfg.downstream_batch_size,
+            baseline_cache=self.baseline_cache,
+        )
+
+
+def _drift(cfg: EvalConfig, base: dict[str, Any], compare: dict[str, Any]) -> dict[str, Any]:
+    """compare.* metrics, drift.* scalars and the `drift` data (saeforge.eval.drift) of one SAE."""
+    fires = [np.rint(m["latent_density"] * m["tokens"]) for m in (base, compare)]
+    drift = latent_drift(
+        fires[0], base["tokens"], fires[1], compare["tokens"], cfg.drift_ratio, cfg.drift_min_frequency
+    )
+    out: dict[str, Any] = {f"compare.{k}": v for k, v in compare.items() if k != "latent_density"}
+    out["base_activations"] = str(cfg.activations)
+    out["compare_activations"] = str(cfg.compare_activations)
+    out["compare_latent_density"] = compare["latent_density"]
+    out.update({f"drift.{k}": v for k, v in {**drift["summary"], **metric_changes(base, compare)}.items()})
+    out["drift"] = drift
+    return out
+
+
+def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Evaluates every SAE of `cfg` and returns one flat metrics dict each (with `name`, `sae_path`).
+
+    Checks every SAE against the store(s) (d_in, hook) before any long work. With `compare_activations`, each
+    result also holds the compare store's metrics (`compare.<key>`), the drift scalars (`drift.<key>`) and
+    the per-latent drift (`drift`, see saeforge.eval.drift). Writes nothing: see
+    `saeforge.eval.write_eval_outputs`. `progress` receives one line per stage.
+    """
+    from saeforge.sae import load_sae
+
+    say = progress or (lambda _msg: None)
+    saes = [load_sae(p, device=cfg.device).eval() for p in cfg.saes]
+    store = _open_store(cfg.activations, cfg.saes, saes)
+    compare_store = None
+    if cfg.compare_activations is not None:
+        compare_store = _open_store(cfg.compare_activations, cfg.saes, saes)
+    sides = [_Side(cfg, "", store, _downstream(cfg, store, cfg.model, cfg.extra_data, say), say)]
+    if compare_store is not None:
+        downstream = _downstream(cfg, compare_store, cfg.compare_model, (), say)
+        sides.append(_Side(cfg, " (compare)", compare_store, downstream, say))
+
+    results = []
     for name, path, sae in zip(sae_names(cfg.saes), cfg.saes, saes, strict=True):
         say(f"evaluating {name}")
-        metrics = evaluate(
-            sae,
-            counted(name),
-            model=loaded,
-            hook=sae.cfg.metadata.get("hook_name") or store.hook,
-            contexts=contexts,
-            extra=extra,
-            downstream_batch_size=cfg.downstream_batch_size,
-            baseline_cache=baseline_cache,
-        )
-        results.append({"name": name, "sae_path": str(path), **metrics})
+        metrics = sides[0].evaluate(name, sae)
+        result = {"name": name, "sae_path": str(path), **metrics}
+        if len(sides) > 1:
+            result.update(_drift(cfg, metrics, sides[1].evaluate(name, sae)))
+        results.append(result)
     add_stability(results, saes, cfg.hungarian_max_latents)
     return results

@@ -117,6 +117,10 @@ def test_builtin_example_runs_end_to_end_at_small_scale(tmp_path):
         ({"capture": {"tokens": 100, "model": "x"}}, "capture.model"),
         ({"capture": {"tokens": -5}}, "capture.tokens"),
         (
+            {"capture": {"tokens": 100, "finetuned_model": "ft"}},
+            "saeforge capture --model BASE --model FINETUNED",
+        ),
+        (
             {"train": {"tokens": 1000, "batch_size": 100, "saes": [{"name": "a", "architecture": "nope"}]}},
             "nope",
         ),
