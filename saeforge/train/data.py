@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeforge.distributed import DistContext
 from saeforge.errors import ConfigError
 from saeforge.train.config import TrainConfig
-from saeforge.train.distributed import DistContext
 
 
 def source_d_in(store: Any, source: Any, activations: Any) -> tuple[int, str, Iterator[Tensor] | None]:

@@ -31,8 +31,9 @@ from torch import Tensor
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
 from saeforge.device import resolve_device
+from saeforge.distributed import DistContext
 from saeforge.errors import ConfigError
-from saeforge.sae import kernels
+from saeforge.report.figures import plot_curves
 from saeforge.sae.base import SAE, TrainStepInput
 from saeforge.train import metrics, state
 from saeforge.train.checkpoint import (
@@ -44,9 +45,8 @@ from saeforge.train.checkpoint import (
 from saeforge.train.config import TrainConfig
 from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_store, source_d_in
 from saeforge.train.defaults import OptimSettings
-from saeforge.train.distributed import DistContext
 from saeforge.train.loggers import MetricLoggers, check_logger_packages
-from saeforge.train.plots import plot_curves
+from saeforge.train.optim import Adam
 from saeforge.train.runcard import data_card, run_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
 from saeforge.train.signals import StopSignal
@@ -170,7 +170,7 @@ class _Run:
             torch.manual_seed(r.spec.seed)
             model = sae_api.create_training_sae(r.sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = kernels.Adam(params, lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps)
+            opt = Adam(params, lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps)
             since = torch.zeros(r.d_sae, dtype=torch.long, device=self.device)
             self.members.append(_Member(r, model, opt, params, since))
         self._reset_acc()
