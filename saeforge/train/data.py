@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,53 +17,64 @@ from saeforge.errors import ConfigError
 from saeforge.train.config import TrainConfig
 
 
-def source_d_in(store: Any, source: Any, activations: Any) -> tuple[int, str, Iterator[Tensor] | None]:
-    """(d_in, where it came from, batches): d_in of the store, else of the source (its `d_in`, or its first
-    batch, which is kept for step 0 in the returned batches; None when nothing was read)."""
-    if store is not None:
-        return store.d_in, f"the store {activations}", None
-    d_in = getattr(source, "d_in", None)
-    if d_in is not None:
-        return int(d_in), "the batch source", None
+def source_widths(
+    stores: list[Any], source: Any, cfg: TrainConfig
+) -> tuple[tuple[int, ...], str, Iterator[Any] | None]:
+    """(each part's width, where they came from, batches): of the stores, else of the source (its `d_ins` or
+    `d_in`, or its first batch, kept for step 0 in the returned batches; None when nothing was read)."""
+    if stores:
+        names = ", ".join(str(p) for p in cfg.activation_paths)
+        return tuple(s.d_in for s in stores), f"the store {names}", None
+    d_ins = getattr(source, "d_ins", None) or getattr(source, "d_in", None)
+    if d_ins is not None:
+        return (tuple(d_ins) if isinstance(d_ins, (tuple, list)) else (int(d_ins),)), "the batch source", None
     it = iter(source)
     first = next(it)
-    return int(first.shape[-1]), "the batch source", itertools.chain([first], it)
+    parts = (first,) if isinstance(first, Tensor) else tuple(first)
+    return tuple(int(x.shape[-1]) for x in parts), "the batch source", itertools.chain([first], it)
 
 
-def open_store(cfg: TrainConfig, source: Iterable[Tensor] | None) -> Any:
-    """The store at cfg.activations (None without one; then a `source` is required)."""
-    if cfg.activations is None:
+def open_stores(cfg: TrainConfig, source: Iterable[Any] | None) -> list[Any]:
+    """The stores the run reads (`TrainConfig.activation_paths`; [] without one, then a `source` is required)."""
+    paths = cfg.activation_paths
+    if not paths:
         if source is None:
             raise ConfigError(
                 "activations: give an activation store directory (or pass `source` from Python)"
             )
-        return None
+        return []
     from saeforge.activations.store import ActivationStore
 
-    try:
-        return ActivationStore.open(cfg.activations)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"activations: cannot open the store {cfg.activations}: {e}") from e
+    stores = []
+    for path in paths:
+        try:
+            stores.append(ActivationStore.open(path))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"activations: cannot open the store {path}: {e}") from e
+    return stores
 
 
-def open_loader(cfg: TrainConfig, store: Any, ctx: DistContext) -> Any:
-    """The store's shuffling loader; each rank reads its slice of every global batch."""
+def open_loader(cfg: TrainConfig, stores: list[Any], ctx: DistContext) -> Any:
+    """The stores' shuffling loader (aligned over several stores); each rank reads its slice of every batch."""
+    from saeforge.activations.aligned import AlignedLoader
     from saeforge.activations.loader import ActivationLoader
 
+    kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
     try:
-        return ActivationLoader(
-            store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
-        )
+        if len(stores) == 1:
+            return ActivationLoader(stores[0], **kwargs)
+        return AlignedLoader(stores, **kwargs)
     except ValueError as e:
-        raise ConfigError(f"activations: cannot read the store {cfg.activations}: {e}") from e
+        names = ", ".join(str(p) for p in cfg.activation_paths)
+        raise ConfigError(f"activations: cannot read the stores {names}: {e}") from e
 
 
-def data_fingerprint(store: Any) -> str | None:
-    """sha256 over the store's shard list (rows and checksums): the same data wherever the store lives."""
-    if store is None:
+def data_fingerprint(stores: list[Any]) -> str | None:
+    """sha256 over the stores' shard lists (rows and checksums): the same data wherever the stores live."""
+    if not stores:
         return None
-    shards = [[s.rows, s.sha256] for s in store.manifest.shards]
-    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+    shards = [[[s.rows, s.sha256] for s in store.manifest.shards] for store in stores]
+    return hashlib.sha256(json.dumps(shards[0] if len(shards) == 1 else shards).encode()).hexdigest()
 
 
 def describe_batch(source: Any, store: Any) -> str:
@@ -82,3 +94,37 @@ def describe_batch(source: Any, store: Any) -> str:
         if bad_rows:
             bad.append(f"shard {path} rows {bad_rows[:10]}")
     return "; ".join(bad) or "shards " + ", ".join(str(p) for p, _ in where)
+
+
+def check_shapes(
+    parts, step: int, local_batch: int, widths, batch_size: int, world_size: int, d_in: int
+) -> None:
+    """Raises ValueError unless every part of the step's batch is [local_batch, width]."""
+    shapes = tuple((local_batch, w) for w in widths)
+    if tuple(tuple(x.shape) for x in parts) != shapes:
+        got = [tuple(x.shape) for x in parts]
+        raise ValueError(
+            f"batch of step {step} has shape {got[0] if len(got) == 1 else got}, expected "
+            f"{' and '.join(f'[{b}, {w}]' for b, w in shapes)} (batch_size {batch_size} / "
+            f"{world_size} ranks, d_in {d_in})"
+        )
+
+
+def activation_scales(samples, source: Any, mode: str) -> tuple[float, ...]:
+    """Per input part, the factor sqrt(d) / E||x|| (the source's own if it has one) or 1 (mode "none")."""
+    if mode != "expected_norm":
+        return (1.0,) * len(samples)
+    given = getattr(source, "scales", None) or (getattr(source, "activation_scale", None),)
+    if len(given) != len(samples):
+        given = (None,) * len(samples)
+    scales = tuple(
+        float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).mean().item() if s is None else s)
+        for x, s in zip(samples, given, strict=True)
+    )
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ConfigError(
+            f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {scales} (the data's "
+            "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
+            "normalize_activations: none"
+        )
+    return scales
