@@ -176,9 +176,8 @@ class _Run:
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        check_shapes(
-            parts, step, self.local_batch, self.layout.widths, self.cfg.batch_size, self.ctx.world_size
-        )
+        widths, world = self.layout.widths, self.ctx.world_size
+        check_shapes(parts, step, self.local_batch, widths, self.cfg.batch_size, world, self.d_in)
         return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
 
     def _scaled(self, parts: Parts) -> tuple[Tensor, Tensor | None]:
