@@ -15,7 +15,7 @@ from bench.steps import Shape, measure
 def measure_loop(shape: Shape, steps: int, warmup: int, workdir: Path) -> dict[str, float]:
     """Writes a store of (steps + warmup + 1) batches of synthetic activations, trains a TopK SAE on it with
     `saeforge.train.train` and times every step from the progress callback. Returns the loop's tokens/s
-    (median step), the bare step's tokens/s with the trainer's optimiser (kernels.Adam), and their ratio."""
+    (median step), the bare step's tokens/s with the trainer's optimiser (Adam), and their ratio."""
     from saeforge.activations.writer import write_store
     from saeforge.train.config import TrainConfig
     from saeforge.train.trainer import train

@@ -18,6 +18,7 @@ from bench.harness import PhaseClock, Timing, time_calls
 from bench.reference import PLAIN
 from saeforge.sae import create_training_sae, kernels
 from saeforge.sae.base import TrainStepInput
+from saeforge.train.optim import Adam
 
 TOPK_FAMILY = ("topk", "batchtopk")
 DENSE = ("standard", "jumprelu", "gated")
@@ -52,12 +53,12 @@ def activations(shape: Shape, n: int = 2, seed: int = 0) -> list[Tensor]:
 
 
 def make_adam(params: list[Tensor], kind: str) -> torch.optim.Adam:
-    """Adam with the trainer's hyper-parameters: "saeforge" is `kernels.Adam` (what saeforge's trainer builds:
+    """Adam with the trainer's hyper-parameters: "saeforge" is `Adam` (what saeforge's trainer builds:
     fused, copy-free on column-major W_enc), "torch" is `torch.optim.Adam(...)` with torch's default
     implementation for the device (what a plain PyTorch loop gets), "foreach" / "fused" force torch's others."""
     hyper = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8}
     if kind == "saeforge":
-        return kernels.Adam(params, **hyper)
+        return Adam(params, **hyper)
     options = {"torch": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
     return torch.optim.Adam(params, **hyper, **options)
 

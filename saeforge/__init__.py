@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from saeforge.version import __version__
 
 __all__ = ["CrossCoder", "__version__", "load_sae", "save_sae"]
 

@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
 from saeforge.errors import ConfigError
-from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
+from saeforge.eval import EvalConfig, run_eval, write_eval_outputs
+from saeforge.models.hooks import SITES
+from saeforge.report.evaluation import evaluation_section_html
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
 
@@ -173,7 +175,6 @@ def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig])
     """
     from transformers import AutoConfig
 
-    from saeforge.models.hooks import SITES
     from saeforge.train.specs import resolve_specs
 
     hidden = getattr(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), "hidden_size", None)

@@ -35,6 +35,8 @@ from saeforge.activations.shards import write_shard
 from saeforge.activations.stats import RunningStats
 from saeforge.activations.writer import shard_name
 from saeforge.atomic import write_bytes
+from saeforge.device import resolve_device
+from saeforge.distributed import DistContext
 from saeforge.dtypes import torch_dtype
 from saeforge.text.packing import packing_tokens
 
@@ -55,14 +57,6 @@ class CorpusExhausted(CaptureError):
 
 class NonFiniteActivations(CaptureError):
     """A captured activation is NaN or inf; the message names the hook, shard, row, sequence and position."""
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def progress_file(store_dir: Path, rank: int) -> Path:
@@ -423,9 +417,17 @@ def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str,
     is shorter than cfg.tokens, NonFiniteActivations on NaN/inf, CaptureError on missing disk space,
     TokenizerMismatch when the paired models' tokenizers read the corpus differently.
     """
+    ctx = DistContext.from_env(resolve_device(cfg.device))
+    try:
+        return _capture(cfg, ctx, progress)
+    finally:
+        ctx.close()
+
+
+def _capture(cfg: CaptureConfig, ctx: DistContext, progress: ProgressFn | None) -> dict[str, Path]:
     from saeforge.models import run_hooks
 
-    rank, world = _world()
+    rank, world = ctx.rank, ctx.world_size
     out = Path(cfg.out)
     dirs = cfg.store_dirs()
     status = store_status(cfg)
@@ -488,20 +490,18 @@ def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str,
             w.flush(final=True)
             if w.d_in is None:
                 w.d_in = m.loaded.d_model
-    return _finish(cfg, writers, stream, rank, world, dirs)
+    return _finish(cfg, writers, stream, ctx, dirs)
 
 
-def _finish(cfg, writers, stream, rank, world, dirs) -> dict[str, Path]:
+def _finish(cfg, writers, stream, ctx: DistContext, dirs) -> dict[str, Path]:
+    rank, world = ctx.rank, ctx.world_size
     exhausted = stream.exhausted
     for w in writers.values():
         if world == 1:
             states = [w.state]
         else:
-            import torch.distributed as dist
-
             w.save_progress()
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, (w.state.model_dump(), w.d_in))
+            gathered = ctx.gather_objects((w.state.model_dump(), w.d_in))
             states = [RankProgress.model_validate(g[0]) for g in gathered]
             w.d_in = next((g[1] for g in gathered if g[1] is not None), w.d_in)
         if rank == 0:
@@ -521,10 +521,7 @@ def _finish(cfg, writers, stream, rank, world, dirs) -> dict[str, Path]:
             if not exhausted:
                 for f in w.dir.glob("progress-rank*.json"):
                     f.unlink()
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    ctx.barrier()
     if exhausted:
         rows = {h: sum(s.rows for s in w.state.shards) for h, w in writers.items()}
         raise CorpusExhausted(

@@ -31,16 +31,6 @@ def _weights(mix: str | None, n: int) -> list[float]:
     return weights
 
 
-def _init_distributed(device: str) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        from saeforge.device import resolve_device
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo" if resolve_device(device).type == "cpu" else "nccl")
-
-
 @app.command()
 @config_options(
     CaptureConfig,
@@ -86,7 +76,6 @@ def capture(
     from saeforge.activations.capture import CaptureError, capture, store_status
 
     out, tokens = cfg.out, cfg.tokens
-    _init_distributed(cfg.device)
     rank = int(os.environ.get("RANK", "0"))
     try:
         status = store_status(cfg)

@@ -39,9 +39,9 @@ def eval_command(
 
     with exit_codes():
         cfg = settings.build(out=out)
-    from saeforge.eval import comparison_rows, run_eval, write_eval_outputs
+    from saeforge.eval import run_eval, write_eval_outputs
     from saeforge.eval.drift import drift_line
-    from saeforge.eval.outputs import COMPARISON_KEYS
+    from saeforge.report.evaluation import COMPARISON_KEYS, comparison_rows
 
     err_console = Console(stderr=True)
     with exit_codes(failed=(ValueError, FileNotFoundError)), err_console.status("evaluating") as status:

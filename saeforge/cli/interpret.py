@@ -163,9 +163,9 @@ def _describe(cfg: InterpretConfig, sae, store, chosen):
 
 
 def _write(result, out: Path) -> tuple[Path, Path]:
-    from saeforge.interpret.dashboard import write_dashboard
     from saeforge.interpret.index import build_index
     from saeforge.interpret.records import save_interpretation
+    from saeforge.report.dashboard import write_dashboard
 
     save_interpretation(result, out / "latents.json")
     return write_dashboard(result, out), build_index(result.latents, out)
@@ -186,9 +186,9 @@ def attribute(settings: Settings) -> None:
 
     from saeforge.atomic import write_text
     from saeforge.interpret.attribution import attribute as run_attribute
-    from saeforge.interpret.dashboard import write_dashboard
     from saeforge.interpret.records import load_interpretation, save_interpretation
     from saeforge.models import HookError, load_model
+    from saeforge.report.dashboard import write_dashboard
     from saeforge.sae import load_sae
 
     with exit_codes():

@@ -29,7 +29,7 @@ def _duration(s: float) -> str:
 @config_options(PlanConfig, flags={"batch_size": ("--forward-batch-size", "--batch-size")})
 def plan(settings: Settings) -> None:
     """Print disk, memory and time estimates for capturing TOKENS at HOOK and training an SAE on them."""
-    from saeforge.activations.plan import plan as make_plan
+    from saeforge.plan import plan as make_plan
 
     with exit_codes():
         cfg = settings.build()

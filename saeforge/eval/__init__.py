@@ -2,7 +2,7 @@
 
 `evaluate(sae, batches, ...)` returns flat metrics and a verdict for one SAE; `run_eval(EvalConfig)` evaluates
 SAE directories on an activation store; `write_eval_outputs` writes metrics.json files, the comparison table and
-plots. Every key is documented in docs/evaluation.md.
+plots (drawn by `saeforge.report`). Every key is documented in docs/evaluation.md.
 """
 
 from saeforge.lazy import lazy_exports
@@ -16,14 +16,9 @@ lazy_exports(
         "stability": "saeforge.eval.dictionary",
         "downstream_scores": "saeforge.eval.downstream",
         "evaluate": "saeforge.eval.evaluate",
-        "comparison_rows": "saeforge.eval.outputs",
-        "evaluation_section_html": "saeforge.eval.outputs",
+        "comparison_rows": "saeforge.report.evaluation",
         "write_eval_outputs": "saeforge.eval.outputs",
         "write_metrics": "saeforge.eval.outputs",
-        "density_histogram_figure": "saeforge.eval.plots",
-        "density_histogram_png": "saeforge.eval.plots",
-        "pareto_figure": "saeforge.eval.plots",
-        "save_png": "saeforge.eval.plots",
         "run_eval": "saeforge.eval.runner",
         "site_metrics": "saeforge.eval.sites",
         "target_metrics": "saeforge.eval.sites",

@@ -133,8 +133,8 @@ def drift_line(result: Mapping[str, Any]) -> str:
 def write_drift(result: Mapping[str, Any], directory: str | Path) -> dict[str, Path]:
     """Writes `drift.json` (summary, thresholds, appeared/vanished lists), `drift.csv` (one row per latent) and
     `drift_frequency.png` for a result of run_eval with a compare store; returns {file name: path}."""
-    from saeforge.eval.plots import save_png
     from saeforge.report.drift import drift_figure
+    from saeforge.report.figures import save_png
 
     drift = result["drift"]
     directory = Path(directory)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,45 +15,15 @@ from safetensors.torch import save_file
 
 from saeforge.atomic import write_text, write_with
 from saeforge.eval.drift import write_drift
-from saeforge.eval.plots import (
-    density_histogram_figure,
-    density_histogram_png,
-    figure_png_bytes,
-    pareto_figure,
-    save_png,
-)
-
-COMPARISON_KEYS = (
-    "name",
-    "verdict",
-    "d_sae",
-    "l0",
-    "fvu",
-    "explained_variance",
-    "ce_loss_score",
-    "kl_div_score",
-    "pooled_cosine",
-    "dead_fraction",
-    "dense_fraction_10",
-    "duplication",
-    "absorption_proxy",
-    "stability_match_fraction",
-)
-PARETO_PLOTS = {"pareto_l0_fvu.png": ("fvu", False), "pareto_l0_ce_loss_score.png": ("ce_loss_score", True)}
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+from saeforge.report.evaluation import COMPARISON_KEYS, PARETO_PLOTS, comparison_rows
+from saeforge.report.figures import density_histogram_png, pareto_figure, save_png
+from saeforge.report.format import plain
 
 
 def scalar_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-able scalar entries of a result (arrays such as `latent_density` left out; NaN -> null)."""
     return {
-        k: _clean(v)
+        k: plain(v)
         for k, v in result.items()
         if isinstance(v, (int, float, str, bool, np.generic)) or v is None
     }
@@ -71,11 +38,6 @@ def write_metrics(result: Mapping[str, Any], directory: str | Path) -> Path:
         tensors = {"latent_density": torch.as_tensor(np.asarray(density, dtype=np.float64))}
         write_with(directory / "latent_density.safetensors", lambda p: save_file(tensors, p))
     return path
-
-
-def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per SAE with the COMPARISON_KEYS columns (None where not measured)."""
-    return [{k: _clean(r.get(k)) for k in COMPARISON_KEYS} for r in results]
 
 
 def write_eval_outputs(results: Sequence[Mapping[str, Any]], out: str | Path) -> dict[str, Path]:
@@ -112,47 +74,3 @@ def write_eval_outputs(results: Sequence[Mapping[str, Any]], out: str | Path) ->
             if fig is not None:
                 paths[filename] = save_png(fig, out / filename)
     return paths
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
-def evaluation_section_html(results: Sequence[Mapping[str, Any]]) -> str:
-    """A self-contained HTML <section> (table, verdicts with evidence, embedded PNG plots) for report.html."""
-    rows = comparison_rows(results)
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in COMPARISON_KEYS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(row[k]))}</td>" for k in COMPARISON_KEYS) + "</tr>"
-        for row in rows
-    )
-    parts = [
-        '<section class="evaluation">',
-        "<h2>Evaluation</h2>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
-        "<ul>",
-        *(
-            f"<li><b>{html.escape(str(r['name']))}</b>: {html.escape(str(r.get('verdict_evidence', '')))}</li>"
-            for r in results
-        ),
-        "</ul>",
-    ]
-    for r in results:
-        if r.get("latent_density") is not None:
-            fig = density_histogram_figure(r["latent_density"], str(r["name"]), r.get("dead_density_floor"))
-            parts.append(_img(figure_png_bytes(fig), f"latent density histogram of {r['name']}"))
-    if len(results) > 1:
-        for key, higher in PARETO_PLOTS.values():
-            fig = pareto_figure(results, key, higher)
-            if fig is not None:
-                parts.append(_img(figure_png_bytes(fig), f"L0 against {key}"))
-    parts.append("</section>")
-    return "\n".join(parts)

@@ -13,7 +13,6 @@ lazy_exports(
         "default_decode": "saeforge.interpret.contexts",
         "tokenizer_decode": "saeforge.interpret.contexts",
         "top_contexts": "saeforge.interpret.contexts",
-        "write_dashboard": "saeforge.interpret.dashboard",
         "build_index": "saeforge.interpret.index",
         "search": "saeforge.interpret.index",
         "JudgeClient": "saeforge.interpret.judge",

@@ -5,14 +5,12 @@ from __future__ import annotations
 import html
 import time
 
+from saeforge.report.figures import pyplot
 from saeforge.report.html import _CSS, _png
 
 
 def _plot(summary) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not summary.buckets:
         return None

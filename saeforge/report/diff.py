@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from saeforge.interpret.dashboard import CSS
+from saeforge.report.dashboard import CSS
+from saeforge.report.figures import pyplot
+from saeforge.report.format import fmt
 from saeforge.report.html import _png
 
 MAX_TABLE_ROWS = 5000
@@ -48,18 +50,11 @@ color: var(--muted); font-size: 11px; } .plots img { max-width: 520px; border: 1
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return escape(str(v))
+    return escape(fmt(v, digits))
 
 
 def _relative_norm_png(latents: list[dict]) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rel = np.array([r["relative_norm"] for r in latents if r["category"] != "dead"], dtype=np.float64)
     if rel.size == 0:
@@ -74,10 +69,7 @@ def _relative_norm_png(latents: list[dict]) -> str | None:
 
 
 def _scaling_png(latents: list[dict]) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pts = [
         r for r in latents if r["nu_eps"] is not None and r["nu_r"] is not None and r["category"] != "dead"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import matplotlib
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+
+from saeforge.report.figures import pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _COLOURS = {"kept": "#8a8a8a", "appeared": "#2e7d32", "vanished": "#b03a2e"}
 
@@ -20,7 +22,7 @@ def drift_figure(
     fb, fc = np.asarray(freq_base, dtype=np.float64), np.asarray(freq_compare, dtype=np.float64)
     status = np.asarray(status)
     low = floor / 2
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(5, 4.5), dpi=100)
     for name, colour in _COLOURS.items():
         mask = status == name
         if mask.any():

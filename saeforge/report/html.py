@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from saeforge.report.figures import pyplot
+from saeforge.report.format import fmt
+
 HEADLINE_KEYS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction_10", "ce_loss_score")
 
 
@@ -54,17 +57,12 @@ class SAEReport:
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _curves(reports: Sequence[SAEReport], key: str, ylabel: str, log: bool = False) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not any(any(key in h for h in r.history) for r in reports):
         return None
@@ -85,10 +83,7 @@ def _curves(reports: Sequence[SAEReport], key: str, ylabel: str, log: bool = Fal
 
 
 def _density_hist(reports: Sequence[SAEReport]) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     dens = [(r.name, r.density) for r in reports if r.density is not None]
     if not dens:
@@ -108,10 +103,8 @@ def _density_hist(reports: Sequence[SAEReport]) -> str | None:
     return _png(fig)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
+def _cell(v: Any) -> str:
+    return html.escape(fmt(v))
 
 
 def _context_html(ex: ContextExample) -> str:
@@ -162,13 +155,13 @@ def render_report(
 ) -> str:
     """Returns the report as one HTML string. `facts`: key/value lines shown under the title (model, hook...)."""
     facts = facts or {}
-    head = "".join(f"<div><b>{html.escape(k)}</b>: {_fmt(v)}</div>" for k, v in facts.items())
+    head = "".join(f"<div><b>{html.escape(k)}</b>: {_cell(v)}</div>" for k, v in facts.items())
     keys = [k for k in HEADLINE_KEYS if any(k in r.metrics for r in reports)]
     rows = []
     for r in reports:
         verdict = str(r.metrics.get("verdict", ""))
         cls = "verdict-good" if verdict == "good" else "verdict-bad"
-        cells = "".join(f"<td>{_fmt(r.metrics.get(k, ''))}</td>" for k in keys)
+        cells = "".join(f"<td>{_cell(r.metrics.get(k, ''))}</td>" for k in keys)
         evidence = str(r.metrics.get("verdict_evidence", ""))
         evidence = html.escape(evidence.removeprefix(f"{verdict}:").strip())
         rows.append(

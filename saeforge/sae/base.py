@@ -24,6 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from saeforge.distributed import Collectives
+
 
 class SAEConfig(BaseModel):
     """What `cfg.json` holds (SAELens layout). Unknown keys in a file are kept in `metadata` on load."""
@@ -110,23 +112,6 @@ class SAE(nn.Module):
     def saved_cfg(self) -> dict[str, Any]:
         """The architecture's cfg.json entries beyond the shared ones (its `cfg_keys`, in that order)."""
         return {key: getattr(self.cfg, key) for key in self.cfg_keys}
-
-
-class Collectives:
-    """Data-parallel collectives an architecture may need for batch-wide statistics.
-
-    The single-process default is the identity; the trainer passes a torch.distributed-backed one under torchrun.
-    """
-
-    world_size: int = 1
-
-    def all_reduce_sum(self, t: Tensor) -> Tensor:
-        """Sum of `t` over ranks (returns a tensor; does not modify `t` in the single-process case)."""
-        return t
-
-    def all_gather_cat(self, t: Tensor) -> Tensor:
-        """Concatenation of every rank's `t` along dim 0, in rank order."""
-        return t
 
 
 @dataclass

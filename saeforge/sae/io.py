@@ -19,12 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-import saeforge
 from saeforge.atomic import write_with
 from saeforge.device import resolve_device
 from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
 from saeforge.sae import registry
 from saeforge.sae.base import SAE, SAEConfig
+from saeforge.version import __version__
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -56,7 +56,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None 
     if not version[:1].isdigit() or int(version.split(".")[0]) < 6:
         # The layout version SAELens reads this file as (its pre-6 configs are converted on load).
         meta["sae_lens_version"] = "6.0.0"
-    meta["saeforge_version"] = saeforge.__version__
+    meta["saeforge_version"] = __version__
     cfg_dict: dict[str, Any] = {
         "architecture": cfg.architecture,
         "d_in": cfg.d_in,

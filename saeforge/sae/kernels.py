@@ -10,8 +10,8 @@ The TopK-family pattern (architectures choose *which* latents fire; kernels make
 
 `gather_preacts` returns pre[b, idx[b, j]] with gradients w.r.t. x, W_enc and b_enc that equal those of the
 dense expression `(x @ W_enc + b_enc).gather(1, idx)`. `sparse_decode` returns sum_j vals[b, j] W_dec[idx[b, j]].
-`topk_select(pre, k)` is an exact, faster `pre.topk(k, dim=1)` for wide rows. `Adam` is torch's fused Adam made
-copy-free and correct on column-major parameters. The `_eager` functions are the references the fast paths are
+`topk_select(pre, k)` is an exact, faster `pre.topk(k, dim=1)` for wide rows. (The optimiser that keeps column-major
+parameters copy-free is `saeforge.train.optim.Adam`.) The `_eager` functions are the references the fast paths are
 tested against (values and gradients).
 
 How the fast paths stay sparse (B tokens, w selected latents per token, n = B * w pairs):
@@ -203,52 +203,3 @@ def topk_select_fast(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
 gather_preacts = gather_preacts_fast
 sparse_decode = sparse_decode_fast
 topk_select = topk_select_fast
-
-
-class Adam(torch.optim.Adam):
-    """`torch.optim.Adam(fused=True)` that keeps the fused kernel correct and copy-free on transposed parameters.
-
-    torch's fused CPU kernel copies every non-contiguous tensor to a contiguous one and back, each step: a W_enc
-    [d_in, d_sae] stored column-major (rows of W_enc^T, the layout the sparse backward writes) would cost four
-    extra passes over 75 MB at d_in=768, d_sae=24576. It also mixes elements up when a gradient's memory layout
-    differs from its parameter's (torch 2.13). Adam is elementwise, so this gives every gradient and moment its
-    parameter's layout, then runs the kernel on the contiguous transposed views of column-major ones. Same
-    arguments, state and state_dict as torch.optim.Adam.
-    """
-
-    _MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def __init__(
-        self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
-    ):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
-
-    def _init_group(
-        self, group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
-    ):
-        has_complex = super()._init_group(
-            group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
-        )
-        moments = [exp_avgs, exp_avg_sqs, max_exp_avg_sqs]
-        for i, p in enumerate(params_with_grad):
-            if grads[i].stride() != p.stride():
-                grads[i] = torch.empty_like(p, dtype=grads[i].dtype).copy_(grads[i])
-            for name, tensors in zip(self._MOMENTS, moments, strict=True):
-                if tensors and tensors[i].stride() != p.stride():
-                    tensors[i] = self.state[p][name] = torch.empty_like(p, dtype=tensors[i].dtype).copy_(
-                        tensors[i]
-                    )
-            if p.dim() == 2 and not p.is_contiguous() and p.t().is_contiguous():
-                for tensors in (params_with_grad, grads, *moments):
-                    if tensors:
-                        tensors[i] = tensors[i].t()
-        return has_complex
-
-    def load_state_dict(self, state_dict) -> None:
-        """Loads like torch.optim.Adam, then gives each moment its parameter's memory layout (checkpoints hold
-        contiguous tensors), so that a resumed run takes the same kernel path, bit for bit."""
-        super().load_state_dict(state_dict)
-        for p, state in self.state.items():
-            for name, value in state.items():
-                if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
-                    state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from saeforge.distributed import DistContext
 from saeforge.errors import ConfigError
 from saeforge.train.config import TrainConfig
-from saeforge.train.distributed import DistContext
 
 
 def source_widths(
@@ -93,3 +94,37 @@ def describe_batch(source: Any, store: Any) -> str:
         if bad_rows:
             bad.append(f"shard {path} rows {bad_rows[:10]}")
     return "; ".join(bad) or "shards " + ", ".join(str(p) for p, _ in where)
+
+
+def check_shapes(
+    parts, step: int, local_batch: int, widths, batch_size: int, world_size: int, d_in: int
+) -> None:
+    """Raises ValueError unless every part of the step's batch is [local_batch, width]."""
+    shapes = tuple((local_batch, w) for w in widths)
+    if tuple(tuple(x.shape) for x in parts) != shapes:
+        got = [tuple(x.shape) for x in parts]
+        raise ValueError(
+            f"batch of step {step} has shape {got[0] if len(got) == 1 else got}, expected "
+            f"{' and '.join(f'[{b}, {w}]' for b, w in shapes)} (batch_size {batch_size} / "
+            f"{world_size} ranks, d_in {d_in})"
+        )
+
+
+def activation_scales(samples, source: Any, mode: str) -> tuple[float, ...]:
+    """Per input part, the factor sqrt(d) / E||x|| (the source's own if it has one) or 1 (mode "none")."""
+    if mode != "expected_norm":
+        return (1.0,) * len(samples)
+    given = getattr(source, "scales", None) or (getattr(source, "activation_scale", None),)
+    if len(given) != len(samples):
+        given = (None,) * len(samples)
+    scales = tuple(
+        float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).mean().item() if s is None else s)
+        for x, s in zip(samples, given, strict=True)
+    )
+    if not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ConfigError(
+            f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {scales} (the data's "
+            "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
+            "normalize_activations: none"
+        )
+    return scales

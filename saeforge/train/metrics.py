@@ -66,6 +66,18 @@ def reduce_sums(
     return out
 
 
+def step_metrics(out, y: Tensor) -> dict[str, Tensor]:
+    """One SAE's step as float64 scalars (sse against y [B, d], l0, loss, loss_<term>) plus its fired counts."""
+    terms = {f"loss_{k}": v.detach().to(torch.float64) for k, v in out.losses.items()}
+    return {
+        "fired": out.fired.detach(),
+        "l0": out.l0.detach(),
+        "sse": (out.x_hat.detach() - y).pow(2).sum(dtype=torch.float64),
+        **terms,
+        "loss": out.loss.detach().to(torch.float64),
+    }
+
+
 def scalar_extras(extras: dict[str, Tensor]) -> dict[str, float]:
     """The last step output's one-number extras (lambda, a threshold) for the record (one device sync per
     record, none per step); per-latent ones are left out."""

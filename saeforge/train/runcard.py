@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import saeforge
 from saeforge import sae as sae_api
 from saeforge.train.config import SAESpec, TrainConfig
 from saeforge.train.defaults import OptimSettings
+from saeforge.version import __version__
 
 SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth", "group_sizes")
 INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
@@ -56,7 +56,7 @@ def run_card(
     sparsity = {k: sae_config[k] for k in keys if sae_config.get(k) is not None}
     model = data.get("model") or {}
     return {
-        "saeforge_version": saeforge.__version__,
+        "saeforge_version": __version__,
         "name": spec.name,
         "architecture": architecture,
         "model": model.get("path"),

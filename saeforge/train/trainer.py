@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -31,9 +30,9 @@ from torch import Tensor
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
 from saeforge.device import resolve_device
+from saeforge.distributed import DistContext
 from saeforge.errors import ConfigError
-from saeforge.sae import kernels
-from saeforge.sae.base import SAE, TrainStepInput
+from saeforge.sae.base import TrainStepInput
 from saeforge.train import metrics, state
 from saeforge.train.checkpoint import (
     checkpoint_name,
@@ -42,13 +41,21 @@ from saeforge.train.checkpoint import (
     save_checkpoint,
 )
 from saeforge.train.config import TrainConfig
-from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_stores, source_widths
+from saeforge.train.data import (
+    activation_scales,
+    check_shapes,
+    data_fingerprint,
+    describe_batch,
+    open_loader,
+    open_stores,
+    source_widths,
+)
 from saeforge.train.defaults import OptimSettings
-from saeforge.train.distributed import DistContext
 from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
 from saeforge.train.loggers import MetricLoggers, check_logger_packages
-from saeforge.train.plots import plot_curves
-from saeforge.train.runcard import data_card, run_card
+from saeforge.train.optim import Adam
+from saeforge.train.results import TrainedSAE, export_results, non_finite
+from saeforge.train.runcard import data_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
 from saeforge.train.signals import StopSignal
 from saeforge.train.specs import ResolvedSAE, resolve_specs
@@ -57,13 +64,7 @@ from saeforge.train.state import check_resumable
 log = logging.getLogger("saeforge.train")
 
 CHECKPOINTS = "checkpoints"
-RUN_CARD = "run_card.json"
-CURVES = "curves.png"
 RESOLVED_CONFIG = "config.resolved.json"
-
-
-class NonFiniteError(RuntimeError):
-    """NaN or inf in an input batch or a loss; the run stopped before updating any weight."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -89,23 +90,6 @@ class ProgressEvent:
     total_tokens: int
     tokens_per_s: float
     metrics: dict[str, dict[str, float]] | None = None
-
-
-@dataclass
-class TrainedSAE:
-    """One trained SAE.
-
-    sae: the exported inference SAE (takes raw activations). path: its folder (cfg.json + weights).
-    metrics: the final record's metrics. history: every record, {"step", "tokens", "loss", <loss terms>, "l0",
-    "fvu", "dead_fraction", "lr"}.
-    """
-
-    name: str
-    sae: SAE
-    path: Path
-    metrics: dict[str, float]
-    history: list[dict[str, float]]
-    run_card: dict[str, Any]
 
 
 @dataclass
@@ -168,15 +152,13 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
 
-    # -- building and restoring state -------------------------------------------------------------------
-
     def _build(self) -> None:
         self.members: list[_Member] = []
         for r in self.resolved:
             torch.manual_seed(r.spec.seed)
             model = sae_api.create_training_sae(r.sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = kernels.Adam(params, lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps)
+            opt = Adam(params, lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps)
             since = torch.zeros(r.d_sae, dtype=torch.long, device=self.device)
             self.members.append(_Member(r, model, opt, params, since))
         self._reset_acc()
@@ -194,14 +176,8 @@ class _Run:
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        shapes = tuple((self.local_batch, w) for w in self.layout.widths)
-        if tuple(tuple(x.shape) for x in parts) != shapes:
-            got = [tuple(x.shape) for x in parts]
-            raise ValueError(
-                f"batch of step {step} has shape {got[0] if len(got) == 1 else got}, expected "
-                f"{' and '.join(f'[{b}, {w}]' for b, w in shapes)} (batch_size {self.cfg.batch_size} / "
-                f"{self.ctx.world_size} ranks, d_in {self.d_in})"
-            )
+        widths, world = self.layout.widths, self.ctx.world_size
+        check_shapes(parts, step, self.local_batch, widths, self.cfg.batch_size, world, self.d_in)
         return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
 
     def _scaled(self, parts: Parts) -> tuple[Tensor, Tensor | None]:
@@ -212,22 +188,7 @@ class _Run:
         """Initialises from the first batch (gathered over ranks); returns that batch's (x, target), scaled."""
         parts = self._next_batch(0)
         samples = tuple(self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x for x in parts)
-        if self.cfg.normalize_activations == "expected_norm":
-            given = getattr(self.source, "scales", None) or (getattr(self.source, "activation_scale", None),)
-            if len(given) != len(samples):
-                given = (None,) * len(samples)
-            self.scale = tuple(
-                float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).mean().item() if s is None else s)
-                for x, s in zip(samples, given, strict=True)
-            )
-            if not all(math.isfinite(s) and s > 0 for s in self.scale):
-                raise ConfigError(
-                    f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {self.scale} (the data's "
-                    "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
-                    "normalize_activations: none"
-                )
-        else:
-            self.scale = (1.0,) * len(parts)
+        self.scale = activation_scales(samples, self.source, self.cfg.normalize_activations)
         x_sample, target_sample = self.layout.combine(
             tuple(x * s for x, s in zip(samples, self.scale, strict=True))
         )
@@ -291,14 +252,11 @@ class _Run:
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
                 "loaders": [st["loader"] for st in ranks],
                 "config": self.cfg.model_dump(mode="json"),
-                "resolved": self._resolved_json(),
+                "resolved": {r.name: r.to_json() for r in self.resolved},
             }
             save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
         self.ctx.barrier()
         return self.ckpt_root / checkpoint_name(steps_done)
-
-    def _resolved_json(self) -> dict[str, Any]:
-        return {r.name: r.to_json() for r in self.resolved}
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -309,11 +267,7 @@ class _Run:
         NaN/inf before any update.
 
         Returns each SAE's step metrics and the float64 column sums of the target [d_out]."""
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.cfg.autocast == "bfloat16"
-            else contextlib.nullcontext()
-        )
+        autocast = _autocast(self.device, self.cfg.autocast)
         # The float64 column sums feed the input statistics and double as an exact finiteness check: a NaN or
         # inf propagates into its column's sum, and float32 values cannot overflow a float64 sum of a batch.
         y = x if target is None else target
@@ -336,24 +290,14 @@ class _Run:
             out.loss.backward()
             m.extras = out.extras
             flags.append(~torch.isfinite(out.loss.detach()))
-            sse = (out.x_hat.detach() - y).pow(2).sum(dtype=torch.float64)
-            terms = {f"loss_{k}": v.detach().to(torch.float64) for k, v in out.losses.items()}
-            results.append(
-                {
-                    "fired": out.fired.detach(),
-                    "l0": out.l0.detach(),
-                    "sse": sse,
-                    **terms,
-                    "loss": out.loss.detach().to(torch.float64),
-                }
-            )
+            results.append(metrics.step_metrics(out, y))
         bad = self.ctx.all_reduce_(torch.stack(flags).to(torch.float32))
         if bool(bad.any()):
             described = describe_batch(self.source, self.store) if bool(flags[0]) else None
             shards = [s for s in self.ctx.gather_objects(described) if s]
             where = "; ".join(shards) or describe_batch(self.source, self.store)
             bad_saes = [m.name for m, b in zip(self.members, bad[1:], strict=True) if b > 0]
-            raise _non_finite(step, bool(bad[0] > 0), bad_saes, where, latest_checkpoint(self.ckpt_root))
+            raise non_finite(step, bool(bad[0] > 0), bad_saes, where, latest_checkpoint(self.ckpt_root))
         return results, y_sum
 
     def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor, x_sum: Tensor) -> None:
@@ -407,7 +351,10 @@ class _Run:
             cfg.out.mkdir(parents=True, exist_ok=True)
             if self.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
                 MetricLoggers.truncate(cfg.out, 0)
-            resolved = {"config": cfg.model_dump(mode="json"), "resolved": self._resolved_json()}
+            resolved = {
+                "config": cfg.model_dump(mode="json"),
+                "resolved": {r.name: r.to_json() for r in self.resolved},
+            }
             write_text(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
             loggers = MetricLoggers(cfg.out, cfg.loggers, cfg.model_dump(mode="json"), cfg.wandb_project)
         try:
@@ -416,7 +363,7 @@ class _Run:
         finally:
             if loggers is not None:
                 loggers.close()
-        return _export(self)
+        return export_results(self)
 
     def _loop(
         self,
@@ -466,52 +413,10 @@ class _Run:
                 )
 
 
-def _export(run: _Run) -> list[TrainedSAE]:
-    """Exports every SAE (folded to raw activations), writes its folder, the run card and the curves."""
-    out = []
-    for m in run.members:
-        x_scale, y_scale = run.layout.export_scales(run.scale)
-        target = {} if run.layout.kind == "sae" else {"target_scale": y_scale}
-        sae = m.model.export(activation_scale=x_scale, **target)
-        hist = [{"step": r["step"], "tokens": r["tokens"], **r["saes"][m.name]} for r in run.history]
-        card = run_card(
-            run.cfg,
-            m.resolved.spec,
-            sae_config=m.resolved.sae_cfg.model_dump(mode="json"),
-            optim=m.optim,
-            data=run.data,
-            activation_scale=run.saved_scale,
-            world_size=run.ctx.world_size,
-            steps=run.total_steps,
-            device=str(run.device),
-            num_rows=run.store.num_rows if run.store is not None else None,
-        )
-        if run.layout.kind == "transcoder" and len(run.stores) == 2:
-            card["hook_name_out"] = run.stores[1].hook
-        card["final_metrics"] = (
-            {k: v for k, v in hist[-1].items() if k not in ("step", "tokens")} if hist else {}
-        )
-        path = run.cfg.out / m.name
-        if run.ctx.is_main:
-            sae_api.save_sae(sae, path, metadata=card)
-        out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
-    if run.ctx.is_main:
-        write_text(run.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1))
-        if run.cfg.plots:
-            plot_curves(run.history, run.cfg.out / CURVES)
-    run.ctx.barrier()
-    return out
-
-
-def _non_finite(
-    step: int, input_bad: bool, bad_saes: list[str], where: str, kept: Path | None
-) -> NonFiniteError:
-    keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written"
-    if input_bad:
-        what = "NaN or inf in the input activations"
-    else:
-        what = f"NaN or inf in the loss of SAE {bad_saes} (inputs were finite)"
-    return NonFiniteError(f"{what} at step {step}, batch from {where}; weights not updated, {keep}")
+def _autocast(device: torch.device, mode: str):
+    return (
+        torch.autocast(device.type, dtype=torch.bfloat16) if mode == "bfloat16" else contextlib.nullcontext()
+    )
 
 
 def train(

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from saeforge.eval import evaluate, evaluation_section_html, write_eval_outputs, write_metrics
-from saeforge.eval.outputs import COMPARISON_KEYS
-from saeforge.eval.plots import pareto_front
+from saeforge.eval import evaluate, write_eval_outputs, write_metrics
+from saeforge.report.evaluation import COMPARISON_KEYS, evaluation_section_html
+from saeforge.report.figures import pareto_front
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from saeforge.interpret.dashboard import write_dashboard
 from saeforge.interpret.index import build_index, has_fts5, search
 from saeforge.interpret.pipeline import interpret
 from saeforge.interpret.records import DetectionScore, load_interpretation, save_interpretation
+from saeforge.report.dashboard import write_dashboard
 from tests.interpret.helpers import identity_sae, planted_stream
 
 

@@ -1,8 +1,13 @@
-"""Data parallelism over torch.distributed (torchrun): NCCL on GPU, gloo on CPU.
+"""The one distributed layer: joining the torchrun process group, and the collectives the stages use.
 
-Every rank holds a full copy of every SAE and reads its own slice of each global batch. Gradients are summed
-over ranks and divided by the world size, which equals one process's gradient on the global batch because
-each rank's loss is a mean over an equal-sized slice. Batch-wide statistics go through `TorchCollectives`.
+Capture, the streaming source and training each take their place in a run from `DistContext.from_env`: it joins
+the process group when WORLD_SIZE > 1 (NCCL on GPU, gloo on CPU) unless the caller already has, and leaves it
+on `close()` if it joined. `Collectives` is the protocol an SAE architecture sees for batch-wide statistics
+(identity in one process); `TorchCollectives` implements it over the process group.
+
+Data-parallel training: every rank holds a full copy of every SAE and reads its own slice of each global batch.
+Gradients are summed over ranks and divided by the world size, which equals one process's gradient on the
+global batch because each rank's loss is a mean over an equal-sized slice.
 """
 
 from __future__ import annotations
@@ -15,7 +20,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from saeforge.sae.base import Collectives
+
+class Collectives:
+    """Data-parallel collectives an architecture may need for batch-wide statistics.
+
+    The single-process default is the identity; `TorchCollectives` (below) backs it under torchrun.
+    """
+
+    world_size: int = 1
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum of `t` over ranks (returns a tensor; does not modify `t` in the single-process case)."""
+        return t
+
+    def all_gather_cat(self, t: Tensor) -> Tensor:
+        """Concatenation of every rank's `t` along dim 0, in rank order."""
+        return t
 
 
 class TorchCollectives(Collectives):

@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from saeforge.atomic import write_text
-from saeforge.interpret.records import Interpretation, LatentRecord, TokenContext
+from saeforge.report.format import fmt
+
+if TYPE_CHECKING:  # the records are read as plain attributes: rendering imports no stage
+    from saeforge.interpret.records import Interpretation, LatentRecord, TokenContext
 
 CSS = """
 :root { --fg:#1f2328; --muted:#656d76; --line:#d8dee4; --bg:#f6f8fa; --acc:#0969da; }
@@ -85,8 +89,8 @@ def _page(title: str, body: str, root: str, sub: str = "", script: str = "") -> 
     )
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}g}"
+def _num(x: float | None, digits: int = 3) -> str:
+    return fmt(None if x is None else float(x), digits)
 
 
 def _show(tok: str) -> str:
@@ -153,8 +157,8 @@ def latent_page(rec: LatentRecord, sub: str) -> str:
     stats = [
         ("density", f"{rec.density:.3%}"),
         ("active rows", f"{rec.n_active:,} / {rec.n_rows:,}"),
-        ("max activation", _fmt(rec.max_activation)),
-        ("mean when active", _fmt(rec.mean_activation)),
+        ("max activation", _num(rec.max_activation)),
+        ("mean when active", _num(rec.mean_activation)),
     ]
     if det is not None:
         stats += [
@@ -168,7 +172,7 @@ def latent_page(rec: LatentRecord, sub: str) -> str:
     for b in sorted({c.band for c in rec.quantiles if c.band is not None}):
         lo = rec.quantile_edges[b] if b < len(rec.quantile_edges) else None
         hi = rec.quantile_edges[b + 1] if b + 1 < len(rec.quantile_edges) else None
-        bands.append(f"<div class='band'>band {b + 1} (activation {_fmt(lo)} – {_fmt(hi)})</div>")
+        bands.append(f"<div class='band'>band {b + 1} (activation {_num(lo)} – {_num(hi)})</div>")
         bands += [context_html(c, rec.max_activation) for c in rec.quantiles if c.band == b]
     neg = "".join(context_html(c, rec.max_activation) for c in rec.negatives[:5])
     body = (
@@ -194,11 +198,11 @@ def index_page(interp: Interpretation, sub: str) -> str:
             [str(r.latent), r.explanation or "", *(t.strip() for t in r.top_tokens(10))]
             + [t.token.strip() for t in r.promoted[:10]]
         ).lower()
-        score = _fmt(r.detection.balanced_accuracy, 2) if r.detection else "–"
+        score = _num(r.detection.balanced_accuracy, 2) if r.detection else "–"
         rows.append(
             f"<tr data-search='{escape(search, quote=True)}'><td class='num'>"
             f"<a href='latents/{r.latent}.html'>{r.latent}</a></td><td class='num'>{r.density:.3%}</td>"
-            f"<td class='num'>{_fmt(r.max_activation)}</td><td>{expl}</td><td>{toks}</td><td>{promoted}</td>"
+            f"<td class='num'>{_num(r.max_activation)}</td><td>{expl}</td><td>{toks}</td><td>{promoted}</td>"
             f"<td class='num'>{score}</td></tr>"
         )
     attr = "<p><a href='attribution.html'>Logit attribution</a></p>" if interp.attributions else ""
@@ -208,7 +212,7 @@ def index_page(interp: Interpretation, sub: str) -> str:
     if judge:
         jline = (
             f"<div class='stat'><b>{judge['unclear_share']:.0%}</b><span>unclear</span></div>"
-            f"<div class='stat'><b>{_fmt(judge.get('mean_balanced_accuracy'), 2)}</b>"
+            f"<div class='stat'><b>{_num(judge.get('mean_balanced_accuracy'), 2)}</b>"
             "<span>mean detection bal. acc.</span></div>"
         )
     body = (

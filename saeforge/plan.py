@@ -1,8 +1,9 @@
 """Estimates before spending: store disk size, SAE + Adam memory, capture and training time on this machine.
 
 Times come from a short timed run here: a few truncated forward passes of the model to the hook, and a few
-dense SAE training steps (encode, ReLU, decode, backward, Adam) of the planned size. The dense step is an upper
-bound for TopK with a sparse decoder.
+training steps of a real dense SAE of the planned size (the `standard` architecture and the trainer's Adam).
+The dense step is an upper bound for TopK with a sparse decoder. The planner sits after train/ in the stage
+order (it uses models, activations, sae and train), beside pipeline.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from pydantic import BaseModel
 
 from saeforge.activations.capture import bytes_per_row
+from saeforge.sae import TrainStepInput, create_training_sae
+from saeforge.train.optim import Adam
 
 _TRAIN_BATCH = 1024
 
@@ -45,21 +48,24 @@ def _timed(fn, repeats: int) -> float:
 
 
 def time_sae_step(d_in: int, d_sae: int, batch: int = _TRAIN_BATCH, repeats: int = 2) -> float:
-    """Seconds of one dense SAE training step (forward, backward, Adam) on a [batch, d_in] batch."""
+    """Seconds of one training step of a real dense SAE (the `standard` architecture: encode, ReLU, decode,
+    L1 penalty, backward, the trainer's Adam) on a [batch, d_in] batch."""
     g = torch.Generator().manual_seed(0)
-    W_enc = torch.randn(d_in, d_sae, generator=g).div_(d_in**0.5).requires_grad_()
-    W_dec = torch.randn(d_sae, d_in, generator=g).div_(d_sae**0.5).requires_grad_()
-    b_enc = torch.zeros(d_sae, requires_grad=True)
-    b_dec = torch.zeros(d_in, requires_grad=True)
+    torch.manual_seed(0)
+    sae = create_training_sae(
+        {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "sparsity_coefficient": 1.0}
+    )
+    params = [p for p in sae.parameters() if p.requires_grad]
+    opt = Adam(params, lr=1e-4)
     x = torch.randn(batch, d_in, generator=g)
-    opt = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=1e-4)
 
     def step():
-        opt.zero_grad()
-        f = torch.relu((x - b_dec) @ W_enc + b_enc)
-        loss = ((f @ W_dec + b_dec - x) ** 2).sum(-1).mean() + f.abs().sum(-1).mean()
-        loss.backward()
+        out = sae.training_forward(TrainStepInput(x=x, step=0))
+        out.loss.backward()
+        sae.before_optimizer_step()
         opt.step()
+        sae.after_optimizer_step()
+        opt.zero_grad(set_to_none=True)
 
     return _timed(step, repeats)
 

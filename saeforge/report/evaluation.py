@@ -1,0 +1,70 @@
+"""The evaluation's comparison table and its HTML section (for report.html), from eval's result dicts."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from saeforge.report.figures import density_histogram_figure, figure_png_bytes, pareto_figure
+from saeforge.report.format import fmt, plain
+
+COMPARISON_KEYS = (
+    "name",
+    "verdict",
+    "d_sae",
+    "l0",
+    "fvu",
+    "explained_variance",
+    "ce_loss_score",
+    "kl_div_score",
+    "pooled_cosine",
+    "dead_fraction",
+    "dense_fraction_10",
+    "duplication",
+    "absorption_proxy",
+    "stability_match_fraction",
+)
+PARETO_PLOTS = {"pareto_l0_fvu.png": ("fvu", False), "pareto_l0_ce_loss_score.png": ("ce_loss_score", True)}
+
+
+def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per SAE with the COMPARISON_KEYS columns (None where not measured)."""
+    return [{k: plain(r.get(k)) for k in COMPARISON_KEYS} for r in results]
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def evaluation_section_html(results: Sequence[Mapping[str, Any]]) -> str:
+    """A self-contained HTML <section> (table, verdicts with evidence, embedded PNG plots) for report.html."""
+    rows = comparison_rows(results)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in COMPARISON_KEYS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt(row[k]))}</td>" for k in COMPARISON_KEYS) + "</tr>"
+        for row in rows
+    )
+    parts = [
+        '<section class="evaluation">',
+        "<h2>Evaluation</h2>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        "<ul>",
+        *(
+            f"<li><b>{html.escape(str(r['name']))}</b>: {html.escape(str(r.get('verdict_evidence', '')))}</li>"
+            for r in results
+        ),
+        "</ul>",
+    ]
+    for r in results:
+        if r.get("latent_density") is not None:
+            fig = density_histogram_figure(r["latent_density"], str(r["name"]), r.get("dead_density_floor"))
+            parts.append(_img(figure_png_bytes(fig), f"latent density histogram of {r['name']}"))
+    if len(results) > 1:
+        for key, higher in PARETO_PLOTS.values():
+            fig = pareto_figure(results, key, higher)
+            if fig is not None:
+                parts.append(_img(figure_png_bytes(fig), f"L0 against {key}"))
+    parts.append("</section>")
+    return "\n".join(parts)
