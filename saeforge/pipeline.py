@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
+from saeforge.hook_names import canonical_hook_name
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
 
@@ -68,6 +69,11 @@ class RunConfig(BaseModel):
     train: dict[str, Any] = Field(description="TrainConfig fields (tokens, batch_size, saes, ...)")
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields")
     report: ReportSection = Field(default_factory=ReportSection)
+
+    @field_validator("hooks")
+    @classmethod
+    def _canonical_hooks(cls, v: list[str]) -> list[str]:
+        return [canonical_hook_name(h) for h in v]
 
     @field_validator("capture", "train", "eval")
     @classmethod

@@ -33,6 +33,7 @@ from saeforge.activations.stats import RunningStats
 from saeforge.activations.store import TORCH_DTYPES
 from saeforge.activations.writer import shard_name
 from saeforge.atomic import write_bytes
+from saeforge.hook_names import canonical_hook_name
 
 # Bytes a row costs besides its activations: token id (8) + (sequence, position) (16) + its context's share.
 ROW_OVERHEAD_BYTES = 8 + 16 + 8
@@ -91,6 +92,7 @@ class CaptureConfig(BaseModel):
     @field_validator("hooks")
     @classmethod
     def _hook_names(cls, v: list[str]) -> list[str]:
+        v = [canonical_hook_name(h) for h in v]
         if len(set(v)) != len(v):
             raise ValueError(f"hooks are repeated: {v}")
         for h in v:

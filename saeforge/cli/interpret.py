@@ -130,8 +130,10 @@ def interpret(
         _fail(
             f"the store has d_in={store.d_in} but the SAE has d_in={sae_obj.d_in}: use the store of its hook"
         )
+    from saeforge.hook_names import canonical_hook_name
+
     sae_hook = sae_obj.cfg.metadata.get("hook_name")
-    if sae_hook and store.hook and sae_hook != store.hook:
+    if sae_hook and store.hook and canonical_hook_name(sae_hook) != canonical_hook_name(store.hook):
         _fail(f"the SAE was trained at hook {sae_hook!r} but the store holds {store.hook!r}")
     model_dir = _model_dir(model, store.manifest)
     lm, decode, vocab = None, None, None

@@ -13,6 +13,7 @@ from torch import Tensor
 from saeforge.eval.dictionary import HUNGARIAN_MAX_LATENTS, stability
 from saeforge.eval.downstream import contexts_from_source
 from saeforge.eval.evaluate import evaluate, extra_label
+from saeforge.hook_names import canonical_hook_name
 from saeforge.sae.base import SAE
 
 
@@ -133,7 +134,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
                 f"d_in {store.d_in}: evaluate it on activations captured at the hook it was trained on"
             )
         sae_hook = sae.cfg.metadata.get("hook_name")
-        if sae_hook and store.hook and sae_hook != store.hook:
+        if sae_hook and store.hook and canonical_hook_name(sae_hook) != canonical_hook_name(store.hook):
             raise ValueError(
                 f"SAE {path} was trained at hook {sae_hook!r} but the activation store {cfg.activations} holds hook "
                 f"{store.hook!r}: give a store captured at {sae_hook!r}"

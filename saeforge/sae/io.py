@@ -23,6 +23,7 @@ import saeforge
 from saeforge.atomic import write_with
 from saeforge.sae.base import DTYPES, SAE, SAEConfig
 from saeforge.sae.registry import inference_class
+from saeforge.sae.saelens_compat import SAEFORGE_HOOK_KEY, metadata_for_saelens, metadata_from_saelens
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -46,7 +47,7 @@ SAELENS_METADATA_KEYS = {
     "prepend_bos", "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
     "sae_lens_version", "sae_lens_training_version", "hook_name_out", "hook_head_index_out", "hf_hook_name",
     "hf_hook_name_out", "dataset_trust_remote_code", "activation_fn", "activation_fn_str", "activation_fn_kwargs",
-    "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index",
+    "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index", SAEFORGE_HOOK_KEY,
 }  # fmt: skip
 WEIGHT_NAMES = {
     "standard": ("W_enc", "b_enc", "W_dec", "b_dec"),
@@ -60,13 +61,14 @@ SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
 def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Writes `sae` to directory `path` (created if needed) in the SAELens v6 layout; returns the directory.
 
-    `metadata` (e.g. {"hook_name": "layers.3.resid_post", "model_name": ...}) is merged into cfg.metadata.
+    `metadata` (e.g. {"hook_name": "layers.3.resid_post", "model_name": ...}) is merged into cfg.metadata; a
+    canonical hook_name is written in its TransformerLens spelling (sae/saelens_compat.py).
     Each file is written to a temporary name and renamed into place, weights first.
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
-    meta = {**cfg.metadata, **(metadata or {})}
+    meta = metadata_for_saelens({**cfg.metadata, **(metadata or {})})
     reshape = meta.pop("reshape_activations", "none")
     version = str(meta.get("sae_lens_version", ""))
     if not version[:1].isdigit() or int(version.split(".")[0]) < 6:
@@ -117,6 +119,7 @@ def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dic
             meta[key] = raw.pop(key)
     if "hook_point" in meta and "hook_name" not in meta:
         meta["hook_name"] = meta.pop("hook_point")
+    meta = metadata_from_saelens(meta)
     act_fn = meta.get("activation_fn", meta.get("activation_fn_str"))
     architecture = raw.get("architecture", "standard")
     if act_fn == "topk" and architecture == "standard":
