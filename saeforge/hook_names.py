@@ -8,7 +8,8 @@ meaning, which SAELens writes as `metadata.hook_name` and `HookedSAETransformer.
     layers.{i}.attn_out    <->  blocks.{i}.hook_attn_out
     layers.{i}.mlp_out     <->  blocks.{i}.hook_mlp_out
 
-Any other name (a module path, another TransformerLens hook) has no counterpart and maps to itself. The values
+Any other name (a module path, another TransformerLens hook) has no counterpart and maps to itself; so does
+`layers.{i}.mlp_in` (the MLP's normalised input), which is not TransformerLens's `hook_mlp_in` (taken before ln2). The values
 agree when TransformerLens loads the model without weight processing (`TRANSFORMERLENS_LOADING`): folding
 LayerNorm weights leaves these four tensors alone, but centring the writing weights shifts every one of them.
 This module is plain string work (no torch), so the SAE files (`saeforge.sae.io`) and hook resolution

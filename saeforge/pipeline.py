@@ -29,6 +29,7 @@ from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
 from saeforge.hook_names import canonical_hook_name
+from saeforge.models.hooks import SITES
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
 
@@ -169,7 +170,7 @@ def resolve(run: RunConfig) -> StagePlan:
     return StagePlan(run=run, model_dir=model_dir, capture_train=cap, capture_heldout=heldout, train=trains)
 
 
-_CANONICAL_HOOK = re.compile(r"^layers\.\d+\.(resid_pre|resid_post|mlp_out|attn_out)$")
+_CANONICAL_HOOK = re.compile(rf"^layers\.\d+\.({'|'.join(SITES)})$")
 
 
 def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig]) -> None:

@@ -1,10 +1,12 @@
 """saeforge.activations: capture activations into checksummed shards, read them back, shuffle them for training.
 
 capture(CaptureConfig) -> one store per hook; ActivationStore.open(dir) reads one; ActivationLoader serves
-globally shuffled, exactly resumable training batches from it; StreamingSource serves the same batches computed
+globally shuffled, exactly resumable training batches from it; AlignedLoader serves tuples of the same rows of
+stores captured together (check_aligned proves they were); StreamingSource serves the same batches computed
 live from the model. Formats: docs/formats.md.
 """
 
+from saeforge.activations.aligned import AlignedLoader, check_aligned
 from saeforge.activations.capture import (
     CaptureConfig,
     CaptureError,
@@ -23,6 +25,7 @@ from saeforge.activations.writer import write_store
 
 __all__ = [
     "ActivationLoader",
+    "AlignedLoader",
     "ActivationStore",
     "CaptureConfig",
     "CaptureError",
@@ -36,6 +39,7 @@ __all__ = [
     "StoreError",
     "StreamingSource",
     "capture",
+    "check_aligned",
     "find_stores",
     "store_status",
     "verify_shards",

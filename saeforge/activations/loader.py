@@ -67,6 +67,17 @@ def gather_rows(store: ActivationStore, rows: np.ndarray, dtype: torch.dtype) ->
     return out.to(dtype)
 
 
+def rows_source(store: ActivationStore, rows: np.ndarray) -> list[tuple[str, list[int]]]:
+    """[(shard path, row indices inside that shard)] of global rows `rows`, for error messages."""
+    rows = np.sort(rows)
+    shard_of = np.searchsorted(store.row_offsets, rows, side="right") - 1
+    out = []
+    for s in np.unique(shard_of):
+        local = rows[shard_of == s] - store.row_offsets[s]
+        out.append((str(store.shard_path(int(s))), local.tolist()))
+    return out
+
+
 class ActivationLoader:
     """Infinite iterator of training batches [batch_size // world_size, d_in] from an activation store.
 
@@ -174,15 +185,7 @@ class ActivationLoader:
 
     def last_source(self) -> list[tuple[str, list[int]]]:
         """For the last batch: [(shard path, row indices inside that shard)], for error messages."""
-        if self._last is None:
-            return []
-        rows = np.sort(self._last)
-        shard_of = np.searchsorted(self.store.row_offsets, rows, side="right") - 1
-        out = []
-        for s in np.unique(shard_of):
-            local = rows[shard_of == s] - self.store.row_offsets[s]
-            out.append((str(self.store.shard_path(int(s))), local.tolist()))
-        return out
+        return [] if self._last is None else rows_source(self.store, self._last)
 
     @property
     def activation_scale(self) -> float:

@@ -99,7 +99,7 @@ def train_command(
     architecture: str | None = typer.Option(
         None,
         "--architecture",
-        help="SAE architecture: topk, batchtopk, matryoshka, jumprelu, gated, standard.",
+        help="SAE architecture, a registered name (docs/architectures.md); an unknown name lists them.",
     ),
     k: int | None = typer.Option(None, "--k", help="Active latents per token (TopK family)."),
     expansion_factor: float | None = typer.Option(

@@ -49,17 +49,23 @@ class SAEConfig(BaseModel):
 
 
 class SAE(nn.Module):
-    """Inference SAE. Subclasses implement `encode`; decode is shared."""
+    """Inference SAE. Subclasses implement `encode`; decode is shared. Training classes extend these.
+
+    Class attributes an architecture sets: `architecture` (its registered name) and `cfg_keys` (cfg.json keys
+    beyond the shared ones that it reads and writes, each required on load). Its saved weight names and shapes
+    are those of its parameters (`weights_for_saving`).
+    """
 
     architecture: ClassVar[str]
+    cfg_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
         d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
 
     @property
@@ -90,6 +96,10 @@ class SAE(nn.Module):
     def weights_for_saving(self) -> dict[str, Tensor]:
         """Tensors written to `sae_weights.safetensors` (SAELens names)."""
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    def saved_cfg(self) -> dict[str, Any]:
+        """The architecture's cfg.json entries beyond the shared ones (its `cfg_keys`, in that order)."""
+        return {key: getattr(self.cfg, key) for key in self.cfg_keys}
 
 
 class Collectives:

@@ -12,13 +12,19 @@ theta, a moving average of the smallest kept activation, replaces the batch rule
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import BaseModel, Field
 from torch import Tensor
 
 from saeforge.sae import kernels
 from saeforge.sae.base import Collectives, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
+from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import TopKFamilySAE
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
 
 
 def _kth_largest(values: Tensor, k: int) -> Tensor:
@@ -28,9 +34,20 @@ def _kth_largest(values: Tensor, k: int) -> Tensor:
     return values.kthvalue(values.numel() - k + 1).values
 
 
+class BatchTopKFields(BaseModel):
+    threshold_momentum: float = Field(
+        default=0.99, ge=0, lt=1, description="batchtopk/matryoshka: EMA momentum of the inference threshold"
+    )
+
+
 class BatchTopKTrainingSAE(TopKFamilySAE):
+    """Trains by the batch rule; its `encode` is the exported JumpReLU rule (one threshold for every latent)."""
+
     architecture = "batchtopk"
     inference_architecture = "jumprelu"
+    description = "top k*B latents over the batch; a threshold estimated in training is used at inference"
+    config_fields = BatchTopKFields
+    sparsity_settings = (*TopKFamilySAE.sparsity_settings, "threshold_momentum")
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
@@ -98,6 +115,7 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
         mse = (x_hat - x).pow(2).sum(-1).mean()
         auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
-        losses = {"mse": mse, "auxk": auxk}
-        fired = self._fired(idx, vals, self.d_sae)
-        return TrainStepOutput(x_hat, mse + auxk, losses, fired, fired.sum() / x.shape[0], self._extras())
+        return self._output(x, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
+
+
+register_architecture(training=BatchTopKTrainingSAE)

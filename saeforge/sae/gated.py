@@ -20,13 +20,17 @@ grows to compensate, and the SAE collapses.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
-from saeforge.sae.training import PenaltySAE, _affine
+from saeforge.sae.registry import register_architecture
+from saeforge.sae.training import PenaltySAE, _affine, capped
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
 
 
 class GatedSAE(SAE):
@@ -41,28 +45,45 @@ class GatedSAE(SAE):
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
-    def encode(self, x: Tensor) -> Tensor:
+    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pi_gate, pi_mag) [..., d_sae]."""
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
-        gate = (x @ self.W_enc + self.b_gate) > 0
-        return gate * (x @ (self.W_enc * self.r_mag.exp()) + self.b_mag).relu()
+        return x @ self.W_enc + self.b_gate, x @ (self.W_enc * self.r_mag.exp()) + self.b_mag
+
+    def encode(self, x: Tensor) -> Tensor:
+        pi_gate, pi_mag = self._paths(x)
+        return (pi_gate > 0) * pi_mag.relu()
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """The magnitude path's pre-activations [..., d_sae]."""
+        return self._paths(x)[1]
 
 
-class GatedTrainingSAE(PenaltySAE):
+class GatedTrainingSAE(GatedSAE, PenaltySAE):
     architecture = "gated"
     inference_architecture = "gated"
+    description = "gated encoder with an L1 penalty on the gate"
+    sparsity_settings = (*PenaltySAE.sparsity_settings, "aux_coefficient")
     unit_norm_decoder = True
-
-    def __init__(self, cfg: TrainingSAEConfig):
-        super().__init__(cfg)
-        self.b_enc = None
-        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
     @staticmethod
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
         return 0.1 * math.sqrt(cfg.d_in / cfg.target_l0)
+
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        # Rajamanoharan et al. 2024 (arXiv 2404.16014): Adam betas (0, 0.999), lr 3e-4.
+        return dict(
+            lr=3e-4,
+            betas=(0.0, 0.999),
+            eps=1e-8,
+            lr_schedule="constant",
+            lr_warmup_steps=capped(1_000, total_steps, 0.05),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=capped(1_000, total_steps, 0.05),
+            grad_clip_norm=0.0,
+        )
 
     @property
     def aux_coefficient(self) -> float:
@@ -73,14 +94,6 @@ class GatedTrainingSAE(PenaltySAE):
         W_mag = self.W_enc * self.r_mag.exp()
         pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_dec @ self.W_enc)
         return pi_gate, _affine(x, W_mag, self.b_mag - self.b_dec @ W_mag)
-
-    def encode(self, x: Tensor) -> Tensor:
-        pi_gate, pi_mag = self._paths(x)
-        return (pi_gate > 0) * pi_mag.relu()
-
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """The magnitude path's pre-activations [..., d_sae]."""
-        return self._paths(x)[1]
 
     @torch.no_grad()
     def _inference_state(self, s: float) -> dict[str, Tensor]:
@@ -108,3 +121,6 @@ class GatedTrainingSAE(PenaltySAE):
         aux = (x_gate - x).pow(2).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1, "aux": self.aux_coefficient * aux}
         return self._output(inp, x_hat, z, losses)
+
+
+register_architecture(training=GatedTrainingSAE, inference=GatedSAE)

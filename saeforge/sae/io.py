@@ -22,7 +22,7 @@ from torch import Tensor
 import saeforge
 from saeforge.atomic import write_with
 from saeforge.sae.base import DTYPES, SAE, SAEConfig
-from saeforge.sae.registry import inference_class
+from saeforge.sae.registry import INFERENCE_ARCHITECTURES, inference_class
 from saeforge.sae.saelens_compat import (
     SAEFORGE_HOOK_KEY,
     fold_input_scale,
@@ -36,19 +36,7 @@ from saeforge.sae.saelens_compat import (
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 
-CORE_KEYS = {
-    "architecture",
-    "d_in",
-    "d_sae",
-    "dtype",
-    "device",
-    "apply_b_dec_to_input",
-    "normalize_activations",
-    "k",
-    "metadata",
-    "reshape_activations",
-    "rescale_acts_by_decoder_norm",
-}
+CORE_KEYS = {*SAEConfig.model_fields, "reshape_activations", "rescale_acts_by_decoder_norm"}
 # Keys SAELens writes (v6 metadata fields and pre-6 flat training-config fields) that saeforge keeps as metadata.
 SAELENS_METADATA_KEYS = {
     "model_name", "hook_name", "hook_layer", "hook_head_index", "model_class_name", "model_from_pretrained_kwargs",
@@ -58,12 +46,6 @@ SAELENS_METADATA_KEYS = {
     "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index", SAEFORGE_HOOK_KEY,
     "norm_scaling_factor",
 }  # fmt: skip
-WEIGHT_NAMES = {
-    "standard": ("W_enc", "b_enc", "W_dec", "b_dec"),
-    "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
-    "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
-    "gated": ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"),
-}
 SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
 
 
@@ -94,10 +76,8 @@ def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None 
         "normalize_activations": cfg.normalize_activations,
         "reshape_activations": reshape,
         "metadata": meta,
+        **sae.saved_cfg(),
     }
-    if cfg.architecture == "topk":
-        cfg_dict["k"] = cfg.k
-        cfg_dict["rescale_acts_by_decoder_norm"] = False
     dtype = DTYPES[cfg.dtype]
     weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in sae.weights_for_saving().items()}
     write_with(out / WEIGHTS_FILENAME, lambda p: save_file(weights, p))
@@ -161,7 +141,7 @@ def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dic
         "device": raw.get("device", "cpu"),
         "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", True),
         "normalize_activations": norm,
-        "k": raw.get("k") if architecture == "topk" else None,
+        "k": raw.get("k"),
         "metadata": meta,
     }
     extra = {"rescale_acts_by_decoder_norm": bool(raw.get("rescale_acts_by_decoder_norm", False))}
@@ -219,8 +199,11 @@ def load_sae(
         core["dtype"] = dtype
     cls = inference_class(core["architecture"])
     core["architecture"] = cls.architecture
-    if cls.architecture == "topk" and not core["k"]:
-        raise ValueError(f"{cfg_path}: a topk SAE needs k in cfg.json")
+    other_keys = {key for c in INFERENCE_ARCHITECTURES.values() for key in c.cfg_keys} - set(cls.cfg_keys)
+    core.update(dict.fromkeys(other_keys))
+    for key in cls.cfg_keys:
+        if not core.get(key):
+            raise ValueError(f"{cfg_path}: a {cls.architecture} SAE needs {key} in cfg.json")
     cfg = SAEConfig(**{**core, "device": device})
     if cfg.k is not None and cfg.k > cfg.d_sae:
         raise ValueError(f"{cfg_path}: k={cfg.k} is larger than d_sae={cfg.d_sae}")
@@ -233,12 +216,9 @@ def load_sae(
             raise ValueError(
                 f"{weights_path}: tensor {name!r} has dtype {t.dtype}; SAE weights are floating point"
             )
-    expected = {
-        "W_enc": (cfg.d_in, cfg.d_sae),
-        "W_dec": (cfg.d_sae, cfg.d_in),
-        "b_dec": (cfg.d_in,),
-        **{n: (cfg.d_sae,) for n in ("b_enc", "threshold", "b_gate", "b_mag", "r_mag", "scaling_factor")},
-    }
+    with torch.device("meta"):
+        shapes = {n: tuple(t.shape) for n, t in cls(cfg).state_dict().items()}
+    expected = {"scaling_factor": (cfg.d_sae,), "threshold": (cfg.d_sae,), **shapes}
     for name, t in weights.items():
         want = expected.get(name.replace("log_threshold", "threshold"))
         if want is not None and tuple(t.shape) != want:
@@ -249,7 +229,7 @@ def load_sae(
     _fold_weights(weights, cfg, extra, str(weights_path))
     if scale is not None:
         fold_input_scale(weights, scale)
-    names = WEIGHT_NAMES[cls.architecture]
+    names = tuple(shapes)
     missing = [n for n in names if n not in weights]
     unexpected = [n for n in weights if n not in names]
     if missing or unexpected:

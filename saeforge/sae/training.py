@@ -16,14 +16,19 @@ pre-activation units and do not change.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from saeforge.sae import kernels
+from saeforge.sae import kernels, registry
 from saeforge.sae.base import SAE, SAEConfig, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
+
+DEFAULT_K = 32
 
 
 @torch.no_grad()
@@ -46,33 +51,59 @@ def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
 
 
-class TrainingSAE(nn.Module):
-    """Base of the training architectures. Subclasses set `architecture` and implement `training_forward`,
-    `encode` and `_inference_state` (what `export` writes)."""
+def capped(paper_steps: int, total_steps: int, fraction: float) -> int:
+    """A warm-up length from a paper (in steps of runs of billions of tokens), capped at a fraction of short runs."""
+    return min(paper_steps, int(total_steps * fraction))
+
+
+class TrainingSAE(SAE):
+    """Base of the training architectures: an inference SAE (`SAE`) that also trains.
+
+    A subclass lists its inference class first among its bases (so `encode` is written once, for both) and sets:
+    `architecture` (registered name), `inference_architecture` (what `export` writes), `description` (the run
+    card's sparsity mechanism), `sparsity_settings` (the config fields that set its sparsity, for the run card),
+    `config_fields` (a pydantic model of the config fields only it reads, or None), `check_config` (checks and
+    defaults of those fields) and `optim_defaults` (its paper's optimiser settings). It implements
+    `training_forward` and `_inference_state` (what `export` writes).
+    """
 
     architecture: ClassVar[str]
     inference_architecture: ClassVar[str]
+    family: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    sparsity_settings: ClassVar[tuple[str, ...]] = ()
+    config_fields: ClassVar[type[BaseModel] | None] = None
     unit_norm_decoder: ClassVar[bool] = False
+    cfg: TrainingSAEConfig
 
     def __init__(self, cfg: TrainingSAEConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         g = torch.Generator().manual_seed(cfg.seed)
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=g)
         row_norm = 1.0 if self.unit_norm_decoder else cfg.decoder_init_norm
         W_dec *= row_norm / W_dec.norm(dim=1, keepdim=True)
+        # Replacing a parameter keeps its place in the module (state_dict and optimiser order). W_enc is W_dec.T's
+        # clone and so column-major: the sparse kernels gather its columns.
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.T.clone())
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
 
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
+    @classmethod
+    def check_config(cls, cfg: TrainingSAEConfig) -> None:
+        """Checks the architecture's fields of a validated config and fills their defaults (in place)."""
 
-    @property
-    def d_sae(self) -> int:
-        return self.cfg.d_sae
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        """Optimiser settings of an architecture without a paper recipe."""
+        return dict(
+            lr=3e-4,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            lr_schedule="constant",
+            lr_warmup_steps=capped(1_000, total_steps, 0.05),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=0,
+            grad_clip_norm=0.0,
+        )
 
     @torch.no_grad()
     def init_from_data(self, x_sample: Tensor) -> None:
@@ -109,17 +140,6 @@ class TrainingSAE(nn.Module):
         """
         return _affine(x, self.W_enc, self.b_enc - self.b_dec @ self.W_enc)
 
-    def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """[..., d_in] (scaled space) -> [..., d_sae], the per-token rule an exported SAE uses."""
-        raise NotImplementedError
-
-    def decode(self, z: Tensor) -> Tensor:
-        """[..., d_sae] -> [..., d_in] (scaled space)."""
-        return z @ self.W_dec + self.b_dec
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
-
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -138,8 +158,6 @@ class TrainingSAE(nn.Module):
     @torch.no_grad()
     def export(self, activation_scale: float = 1.0) -> SAE:
         """Inference SAE on raw activations (x_scaled = activation_scale * x), float32, on this SAE's device."""
-        from saeforge.sae.registry import INFERENCE_ARCHITECTURES
-
         if not (activation_scale > 0 and math.isfinite(activation_scale)):
             raise ValueError(f"activation_scale must be a positive finite number, got {activation_scale}")
         cfg = SAEConfig(
@@ -149,7 +167,7 @@ class TrainingSAE(nn.Module):
             apply_b_dec_to_input=False,
             **self._inference_config(),
         )
-        sae = INFERENCE_ARCHITECTURES[self.inference_architecture](cfg)
+        sae = registry.INFERENCE_ARCHITECTURES[self.inference_architecture](cfg)
         state = {k: v.to(torch.float32) for k, v in self._inference_state(float(activation_scale)).items()}
         sae.load_state_dict(state)
         return sae.to(self.W_dec.device)
@@ -161,13 +179,49 @@ class TrainingSAE(nn.Module):
         return torch.bincount(idx[active], minlength=d_sae).to(vals.dtype)
 
 
+class PenaltyFields(BaseModel):
+    """Config fields of the penalty architectures."""
+
+    sparsity_coefficient: float | None = Field(
+        default=None, gt=0, description="fixed penalty weight lambda (standard: L1, jumprelu: L0, gated: L1)"
+    )
+    target_l0: float | None = Field(
+        default=None, gt=0, description="penalty architectures: adapt lambda during training to reach this L0"
+    )
+    l0_controller_rate: float = Field(
+        default=0.02, gt=0, description="target_l0: per-step log-step of lambda per unit log(L0 / target)"
+    )
+    initial_sparsity_coefficient: float | None = Field(
+        default=None, gt=0, description="target_l0: starting lambda (architecture default if None)"
+    )
+
+
 class PenaltySAE(TrainingSAE):
     """Architectures with a sparsity penalty: lambda fixed (`sparsity_coefficient`) or adapted to `target_l0`.
 
     The controller keeps lambda in the buffer `sparsity_coefficient`. After the warm-up (sparsity_warmup == 1) it
     multiplies lambda by ((l0 + 1) / (target_l0 + 1)) ** l0_controller_rate after each training step, l0 being
-    the batch L0 averaged over data-parallel ranks; during warm-up the trainer's linear ramp alone acts.
+    the batch L0 averaged over data-parallel ranks; during warm-up the trainer's linear ramp alone acts. With
+    neither lambda nor target_l0 given, target_l0 = k (default min(32, d_sae // 2)).
     """
+
+    family = "penalty"
+    config_fields = PenaltyFields
+    sparsity_settings = (
+        "sparsity_coefficient",
+        "target_l0",
+        "l0_controller_rate",
+        "initial_sparsity_coefficient",
+    )
+
+    @classmethod
+    def check_config(cls, cfg: TrainingSAEConfig) -> None:
+        if cfg.sparsity_coefficient is not None and cfg.target_l0 is not None:
+            raise ValueError("give either sparsity_coefficient or target_l0, not both")
+        if cfg.target_l0 is not None and cfg.target_l0 > cfg.d_sae:
+            raise ValueError(f"target_l0={cfg.target_l0} is larger than d_sae={cfg.d_sae}")
+        if cfg.sparsity_coefficient is None and cfg.target_l0 is None:
+            cfg.target_l0 = float(cfg.k or min(DEFAULT_K, max(1, cfg.d_sae // 2)))
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
@@ -209,11 +263,64 @@ class PenaltySAE(TrainingSAE):
         self.sparsity_coefficient.mul_(ratio.pow(self.cfg.l0_controller_rate))
 
 
+class TopKFields(BaseModel):
+    """Config fields of the TopK family."""
+
+    k_aux: int | None = Field(
+        default=None, gt=0, description="AuxK latents per token; default d_in // 2, capped at the dead count"
+    )
+
+
 class TopKFamilySAE(TrainingSAE):
     """TopK, BatchTopK and Matryoshka share Gao et al.'s recipe: unit-norm decoder rows, W_enc = W_dec.T at init,
     b_dec from data, AuxK on dead latents, and the sparse kernels (no dense [B, d_sae] gradient, no dense decode)."""
 
+    family = "topk"
+    config_fields = TopKFields
+    sparsity_settings = ("k", "k_aux", "aux_coefficient")
     unit_norm_decoder = True
+
+    @classmethod
+    def check_config(cls, cfg: TrainingSAEConfig) -> None:
+        k_note = ""
+        if cfg.k is None:
+            cfg.k, k_note = DEFAULT_K, " (the default)"
+        if cfg.k > cfg.d_sae:
+            raise ValueError(f"k={cfg.k}{k_note} is larger than d_sae={cfg.d_sae}; choose k <= d_sae")
+        if cfg.k_aux is not None and cfg.k_aux > cfg.d_sae:
+            raise ValueError(f"k_aux={cfg.k_aux} is larger than d_sae={cfg.d_sae}; choose k_aux <= d_sae")
+        if cfg.sparsity_coefficient is not None or cfg.target_l0 is not None:
+            raise ValueError(
+                f"{cfg.architecture} sets its sparsity with k; sparsity_coefficient/target_l0 do not apply"
+            )
+
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        # Gao et al. 2024 (arXiv 2406.04093): lr 2e-4 at 2^14 latents, scaled by 1/sqrt(d_sae / 2^14);
+        # Adam eps 6.25e-10; constant lr after a short warm-up.
+        return dict(
+            lr=2e-4 / math.sqrt(d_sae / 2**14),
+            betas=(0.9, 0.999),
+            eps=6.25e-10,
+            lr_schedule="constant",
+            lr_warmup_steps=capped(100, total_steps, 0.01),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=0,
+            grad_clip_norm=1.0,
+        )
+
+    def _extras(self) -> dict[str, Tensor]:
+        """For the trainer's logs (none by default)."""
+        return {}
+
+    def _output(
+        self, x: Tensor, x_hat: Tensor, idx: Tensor, vals: Tensor, losses: dict[str, Tensor]
+    ) -> TrainStepOutput:
+        """The step's output from x [B, d_in], the reconstruction and the selected latents idx, vals [B, w]."""
+        fired = self._fired(idx, vals, self.d_sae)
+        return TrainStepOutput(
+            x_hat, sum(losses.values()), losses, fired, fired.sum() / x.shape[0], self._extras()
+        )
 
     @property
     def k_aux(self) -> int:

@@ -51,7 +51,9 @@ class SAESpec(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="directory name of this SAE under `out` (letters, digits, . _ -)",
     )
-    architecture: str = Field(description="a training architecture: topk, batchtopk, jumprelu, standard, ...")
+    architecture: str = Field(
+        description="a registered training architecture (docs/architectures.md); an unknown name lists them"
+    )
     d_in: int | None = Field(default=None, gt=0, description="input width; checked against the activations")
     d_sae: int | None = Field(default=None, gt=0, description="number of latents (or give expansion_factor)")
     expansion_factor: float | None = Field(default=None, gt=0, description="d_sae = expansion_factor * d_in")

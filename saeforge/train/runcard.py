@@ -9,28 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import saeforge
+from saeforge import sae as sae_api
 from saeforge.train.config import SAESpec, TrainConfig
 from saeforge.train.defaults import OptimSettings
 
-SPARSITY_MECHANISMS = {
-    "topk": "top-k latents per token, AuxK loss on dead latents",
-    "batchtopk": "top k*B latents over the batch; a threshold estimated in training is used at inference",
-    "matryoshka": "batch top-k with nested prefix reconstruction losses",
-    "jumprelu": "JumpReLU thresholds with an L0 penalty (straight-through estimator)",
-    "gated": "gated encoder with an L1 penalty on the gate",
-    "standard": "ReLU with an L1 penalty weighted by decoder row norms",
-}
 SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth", "group_sizes")
-_PENALTY = ("sparsity_coefficient", "target_l0", "l0_controller_rate", "initial_sparsity_coefficient")
-# The TrainingSAEConfig fields that set each architecture's sparsity (the others do not apply to it).
-SPARSITY_SETTINGS = {
-    "topk": ("k", "k_aux", "aux_coefficient"),
-    "batchtopk": ("k", "k_aux", "aux_coefficient", "threshold_momentum"),
-    "matryoshka": ("k", "k_aux", "aux_coefficient", "threshold_momentum", "group_sizes"),
-    "standard": _PENALTY,
-    "gated": (*_PENALTY, "aux_coefficient"),
-    "jumprelu": (*_PENALTY, "bandwidth", "initial_threshold"),
-}
 INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
 # Manifest fields that describe how activations were collected, not where the shards are.
 _NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}
@@ -59,7 +42,9 @@ def run_card(
 ) -> dict[str, Any]:
     """The run card of one SAE. num_rows: rows in the store (to report how many epochs the run covers)."""
     architecture = sae_config["architecture"]
-    keys = SPARSITY_SETTINGS.get(architecture, tuple(sae_config))
+    cls = sae_api.TRAINING_ARCHITECTURES.get(architecture)
+    # The config fields that set this architecture's sparsity (the others do not apply to it).
+    keys = getattr(cls, "sparsity_settings", tuple(sae_config))
     sparsity = {k: sae_config[k] for k in keys if sae_config.get(k) is not None}
     model = data.get("model") or {}
     return {
@@ -72,7 +57,7 @@ def run_card(
         "d_in": sae_config["d_in"],
         "d_sae": sae_config["d_sae"],
         "sparsity": {
-            "mechanism": SPARSITY_MECHANISMS.get(architecture, architecture),
+            "mechanism": getattr(cls, "description", architecture),
             **sparsity,
         },
         "initialisation": {k: sae_config[k] for k in INIT_SETTINGS if k in sae_config},
