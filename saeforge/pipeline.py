@@ -30,6 +30,7 @@ from saeforge.atomic import write_text
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
 from saeforge.hook_names import canonical_hook_name
 from saeforge.models.hooks import SITES
+from saeforge.report.card import write_sae_card
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
 
@@ -316,6 +317,7 @@ def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult
         write_eval_outputs(results, out / "eval" / hook)
         for t, r in zip(trained, results, strict=True):
             shutil.copyfile(out / "eval" / hook / r["name"] / "metrics.json", t.path / "metrics.json")
+            write_sae_card(t.path)
         eval_sections.append(evaluation_section_html(results))
 
         progress.stage(f"interpret {hook}", total=None)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
+from saeforge.report.card import write_sae_card
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput
 from saeforge.train.checkpoint import (
@@ -591,6 +592,7 @@ class _Run:
             path = self.cfg.out / m.name
             if self.ctx.is_main:
                 sae_api.save_sae(sae, path, metadata=card)
+                write_sae_card(path)
             out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
         if self.ctx.is_main:
             write_text(self.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1))
