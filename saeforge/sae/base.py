@@ -93,6 +93,20 @@ class SAE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
+    def to(self, *args, **kwargs):
+        """`nn.Module.to`, also taking a dtype by name (`sae.to("cuda", "bfloat16")`); cfg.dtype/device follow."""
+        args = tuple(DTYPES[a] if isinstance(a, str) and a in DTYPES else a for a in args)
+        if isinstance(kwargs.get("dtype"), str):
+            if kwargs["dtype"] not in DTYPES:
+                raise ValueError(f"dtype={kwargs['dtype']!r} is not one of {', '.join(DTYPES)}")
+            kwargs["dtype"] = DTYPES[kwargs["dtype"]]
+        out = super().to(*args, **kwargs)
+        if isinstance(self.cfg, SAEConfig):
+            names = {v: k for k, v in DTYPES.items()}
+            self.cfg.dtype = names.get(self.W_dec.dtype, self.cfg.dtype)
+            self.cfg.device = str(self.W_dec.device)
+        return out
+
     def weights_for_saving(self) -> dict[str, Tensor]:
         """Tensors written to `sae_weights.safetensors` (SAELens names)."""
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
