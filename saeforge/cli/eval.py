@@ -53,6 +53,11 @@ def eval_command(
         "--hungarian-max-latents",
         help="Largest d_sae for which the Hungarian stability match across seeds is computed.",
     ),
+    compat: str = typer.Option(
+        "saeforge",
+        "--compat",
+        help="saelens: also write SAELens/SAEBench definitions as saelens.* keys (docs/evaluation.md).",
+    ),
 ) -> None:
     """Evaluate SAEs: reconstruction (FVU), sparsity (L0, dead, dense), downstream loss, dictionary health.
 
@@ -82,6 +87,7 @@ def eval_command(
             downstream_batch_size=downstream_batch_size,
             device=device,
             hungarian_max_latents=hungarian_max_latents,
+            compat=compat,
         )
     except ValidationError as e:
         for err in e.errors():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +37,9 @@ class EvalConfig(BaseModel):
     downstream_batch_size: int = Field(default=8, gt=0, description="contexts per model forward pass")
     device: str = Field(default="cpu", description="torch device for the SAEs and the model")
     hungarian_max_latents: int = Field(default=HUNGARIAN_MAX_LATENTS, gt=0)
+    compat: Literal["saeforge", "saelens"] = Field(
+        default="saeforge", description="saelens: also report SAELens/SAEBench definitions (saelens.* keys)"
+    )
 
     @model_validator(mode="after")
     def _model_for_corpora(self) -> EvalConfig:
@@ -180,6 +183,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
             extra=extra,
             downstream_batch_size=cfg.downstream_batch_size,
             baseline_cache=baseline_cache,
+            compat=cfg.compat,
         )
         results.append({"name": name, "sae_path": str(path), **metrics})
     add_stability(results, saes, cfg.hungarian_max_latents)
