@@ -20,6 +20,7 @@ EXPECTED_COMMANDS = {
     "attribute",
     "steer",
     "features",
+    "export",
 }
 
 
