@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
+from saeforge.errors import ConfigError
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
 from saeforge.hook_names import canonical_hook_name
 from saeforge.models.hooks import SITES
@@ -40,10 +41,6 @@ BUILTIN_MODEL = "builtin"
 _CAPTURE_OWN = {"model", "hooks", "data", "out"}
 _TRAIN_OWN = {"activations", "out"}
 _EVAL_OWN = {"saes", "activations", "out", "model", "data"}
-
-
-class ConfigError(ValueError):
-    """A run config that cannot work; the message names the field and the fix."""
 
 
 class ReportSection(BaseModel):
@@ -182,13 +179,13 @@ def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig])
     """
     from transformers import AutoConfig
 
-    from saeforge.train.trainer import validate_specs
+    from saeforge.train.specs import resolve_specs
 
     hidden = getattr(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), "hidden_size", None)
     for hook, cfg in trains.items():
         if hidden is not None and _CANONICAL_HOOK.match(hook):
             try:
-                validate_specs(cfg, hidden, f"hook {hook} of {model_dir}")
+                resolve_specs(cfg, hidden, f"hook {hook} of {model_dir}")
             except ValueError as e:
                 raise ConfigError(f"train.{e}") from e
 

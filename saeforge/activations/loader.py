@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from saeforge.activations.shards import as_tensor
-from saeforge.activations.store import ST_NAMES, ActivationStore, StoreError
+from saeforge.activations.store import ActivationStore, StoreError
+from saeforge.dtypes import SAFETENSORS_NAMES
 
 _SCALE_SAMPLE = 4096
 _NP_OF = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(np.uint16)}
@@ -49,7 +50,7 @@ def gather_rows(store: ActivationStore, rows: np.ndarray, dtype: torch.dtype) ->
     sorted_rows = np.sort(rows)
     shard_of = np.searchsorted(store.row_offsets, sorted_rows, side="right") - 1
     bounds = np.searchsorted(shard_of, np.arange(store.num_shards + 1))
-    st_dtype = ST_NAMES[store.manifest.dtype]
+    st_dtype = SAFETENSORS_NAMES[store.manifest.dtype]
     same = _NP_OF[st_dtype] == np.dtype(_NP_OF_TORCH[gather_dtype])
     for s in range(store.num_shards):
         a, b = int(bounds[s]), int(bounds[s + 1])

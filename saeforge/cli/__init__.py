@@ -1,18 +1,16 @@
-"""The `saeforge` command: a thin skin over the Python API. One module per command."""
+"""The `saeforge` command: a thin skin over the Python API. One module per command.
+
+Command options come from the stages' typed configs (`saeforge.cli.options`); errors and exit codes follow
+`saeforge.errors`.
+"""
 
 from __future__ import annotations
 
 import os
 
-import typer
+from saeforge.cli.app import app
 
-app = typer.Typer(
-    name="saeforge",
-    help="Train, judge, read and use sparse autoencoders on your own language models, offline.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+__all__ = ["app", "main"]
 
 
 def _register() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from saeforge.cli import app
+from saeforge.cli.app import app
 
 export_app = typer.Typer(
     help="Export an SAE with its activations for Neuronpedia or Delphi (formats: docs/interop.md).",

@@ -24,12 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
 
 
 class SAEConfig(BaseModel):
@@ -95,14 +90,14 @@ class SAE(nn.Module):
 
     def to(self, *args, **kwargs):
         """`nn.Module.to`, also taking a dtype by name (`sae.to("cuda", "bfloat16")`); cfg.dtype/device follow."""
-        args = tuple(DTYPES[a] if isinstance(a, str) and a in DTYPES else a for a in args)
+        args = tuple(torch_dtype(a) if isinstance(a, str) and a in FLOAT_DTYPES else a for a in args)
         if isinstance(kwargs.get("dtype"), str):
-            if kwargs["dtype"] not in DTYPES:
-                raise ValueError(f"dtype={kwargs['dtype']!r} is not one of {', '.join(DTYPES)}")
-            kwargs["dtype"] = DTYPES[kwargs["dtype"]]
+            if kwargs["dtype"] not in FLOAT_DTYPES:
+                raise ValueError(f"dtype={kwargs['dtype']!r} is not one of {', '.join(FLOAT_DTYPES)}")
+            kwargs["dtype"] = torch_dtype(kwargs["dtype"])
         out = super().to(*args, **kwargs)
         if isinstance(self.cfg, SAEConfig):
-            names = {v: k for k, v in DTYPES.items()}
+            names = {torch_dtype(n): n for n in FLOAT_DTYPES}
             self.cfg.dtype = names.get(self.W_dec.dtype, self.cfg.dtype)
             self.cfg.device = str(self.W_dec.device)
         return out

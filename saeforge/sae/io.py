@@ -21,7 +21,9 @@ from torch import Tensor
 
 import saeforge
 from saeforge.atomic import write_with
-from saeforge.sae.base import DTYPES, SAE, SAEConfig
+from saeforge.device import resolve_device
+from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
+from saeforge.sae.base import SAE, SAEConfig
 from saeforge.sae.registry import INFERENCE_ARCHITECTURES, inference_class
 from saeforge.sae.saelens_compat import (
     SAEFORGE_HOOK_KEY,
@@ -78,7 +80,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None 
         "metadata": meta,
         **sae.saved_cfg(),
     }
-    dtype = DTYPES[cfg.dtype]
+    dtype = torch_dtype(cfg.dtype)
     weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in sae.weights_for_saving().items()}
     write_with(out / WEIGHTS_FILENAME, lambda p: save_file(weights, p))
     text = json.dumps(cfg_dict, indent=2, sort_keys=False)
@@ -131,8 +133,8 @@ def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dic
             raise ValueError(f"{where}: missing required key {key!r}")
     dtype = raw.get("dtype", "float32")
     dtype = dtype.removeprefix("torch.")
-    if dtype not in DTYPES:
-        raise ValueError(f"{where}: dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{where}: dtype={dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
     core = {
         "architecture": architecture,
         "d_in": raw["d_in"],
@@ -194,8 +196,8 @@ def load_sae(
     if scale is not None:
         core["normalize_activations"] = "none"
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
         core["dtype"] = dtype
     cls = inference_class(core["architecture"])
     core["architecture"] = cls.architecture
@@ -204,7 +206,8 @@ def load_sae(
     for key in cls.cfg_keys:
         if not core.get(key):
             raise ValueError(f"{cfg_path}: a {cls.architecture} SAE needs {key} in cfg.json")
-    cfg = SAEConfig(**{**core, "device": device})
+    device = resolve_device(device)
+    cfg = SAEConfig(**{**core, "device": str(device)})
     if cfg.k is not None and cfg.k > cfg.d_sae:
         raise ValueError(f"{cfg_path}: k={cfg.k} is larger than d_sae={cfg.d_sae}")
 
@@ -239,6 +242,6 @@ def load_sae(
             + (f"; unexpected: {', '.join(unexpected)}" if unexpected else "")
         )
     sae = cls(cfg)
-    target = DTYPES[cfg.dtype]
+    target = torch_dtype(cfg.dtype)
     sae.load_state_dict({n: weights[n].to(target) for n in names})
     return sae.to(device=device, dtype=target)

@@ -14,6 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from saeforge.device import DEFAULT_DEVICE, Device
+from saeforge.errors import ConfigError, format_validation_error
+
 LrSchedule = Literal["constant", "cosine", "linear"]
 LoggerName = Literal["jsonl", "tensorboard", "mlflow", "wandb"]
 
@@ -36,10 +39,6 @@ OPERATIONAL_FIELDS = frozenset(
 )
 
 
-class ConfigError(ValueError):
-    """A configuration problem found before training starts; the message names the field and the fix."""
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -57,12 +56,18 @@ class SAESpec(_Strict):
     d_in: int | None = Field(default=None, gt=0, description="input width; checked against the activations")
     d_sae: int | None = Field(default=None, gt=0, description="number of latents (or give expansion_factor)")
     expansion_factor: float | None = Field(default=None, gt=0, description="d_sae = expansion_factor * d_in")
+    # Passed through to TrainingSAEConfig (declared in the architectures' config fragments); the constraints
+    # are the same (tests/train/test_config.py checks it) so that a bad value fails when the YAML is read.
     k: int | None = Field(default=None, gt=0, description="active latents per token (TopK family)")
     k_aux: int | None = Field(default=None, gt=0, description="latents in the AuxK loss (TopK family)")
     sparsity_coefficient: float | None = Field(
-        default=None, ge=0, description="L1 / L0 penalty weight (penalty architectures)"
+        default=None, gt=0, description="fixed L1 / L0 penalty weight lambda (penalty architectures)"
     )
-    target_l0: float | None = Field(default=None, gt=0, description="instead of sparsity_coefficient")
+    target_l0: float | None = Field(
+        default=None,
+        gt=0,
+        description="penalty architectures: adapt lambda to reach this L0 (or sparsity_coefficient)",
+    )
     bandwidth: float | None = Field(default=None, gt=0, description="JumpReLU straight-through bandwidth")
     group_sizes: list[int] | None = Field(default=None, description="Matryoshka nested group sizes")
     options: dict[str, Any] = Field(
@@ -127,12 +132,12 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(default=3, ge=1, description="checkpoints kept on disk (newest)")
     loggers: list[LoggerName] = Field(
         default_factory=lambda: ["jsonl"],
-        description="jsonl always; tensorboard, mlflow (sqlite), wandb (offline)",
+        description="metric sinks: jsonl (always on), tensorboard, mlflow (sqlite), wandb (offline)",
     )
     wandb_project: str = Field(default="saeforge", description="wandb project name")
     log_every: int = Field(default=10, gt=0, description="steps between metric records")
     plots: bool = Field(default=True, description="write curves.png in the run directory at the end")
-    device: str = Field(default="auto", description="cpu, cuda, cuda:N or auto (cuda when available)")
+    device: Device = DEFAULT_DEVICE
     dtype: Literal["float32", "float64"] = Field(default="float32", description="parameter dtype")
     autocast: Literal["none", "bfloat16"] = Field(default="none", description="autocast the forward pass")
     evaluation_datasets: list[str] = Field(
@@ -179,13 +184,3 @@ class TrainConfig(_Strict):
             return cls.model_validate(data)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, source)) from None
-
-
-def format_validation_error(e: ValidationError, source: str, prefix: str = "") -> str:
-    """One line per error, each naming its field as `prefix.loc` (e.g. `saes.0.k`)."""
-    lines = [f"invalid {source}:"]
-    for err in e.errors():
-        loc = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"])) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)

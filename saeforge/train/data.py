@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from saeforge.train.config import ConfigError, TrainConfig
+from saeforge.errors import ConfigError
+from saeforge.train.config import TrainConfig
 from saeforge.train.distributed import DistContext
+
+
+def source_d_in(store: Any, source: Any, activations: Any) -> tuple[int, str, Iterator[Tensor] | None]:
+    """(d_in, where it came from, batches): d_in of the store, else of the source (its `d_in`, or its first
+    batch, which is kept for step 0 in the returned batches; None when nothing was read)."""
+    if store is not None:
+        return store.d_in, f"the store {activations}", None
+    d_in = getattr(source, "d_in", None)
+    if d_in is not None:
+        return int(d_in), "the batch source", None
+    it = iter(source)
+    first = next(it)
+    return int(first.shape[-1]), "the batch source", itertools.chain([first], it)
 
 
 def open_store(cfg: TrainConfig, source: Iterable[Tensor] | None) -> Any:
