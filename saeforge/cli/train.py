@@ -15,7 +15,8 @@ from saeforge.train.config import SAESpec, TrainConfig
 
 HELP = "\n\n".join(
     [
-        "Train SAEs on an activation store.",
+        "Train SAEs on an activation store (transcoders: --target-activations; crosscoders: several "
+        "--activations and --crosscoder).",
         "Either give CONFIG.yaml (keys: activations, tokens, batch_size, out, saes: a list of {name, architecture, "
         "k | sparsity_coefficient | target_l0, expansion_factor | d_sae, lr, seed, ...}, plus the training options "
         "of docs/training.md), or describe one SAE with flags (--activations, --architecture, --out, ...). "
@@ -94,6 +95,8 @@ class _Display:
 # Fields of a run given as flags (the one SAE's own come from SAESpec); --logger adds sinks to jsonl.
 _RUN_FLAGS = [
     "activations",
+    "target_activations",
+    "crosscoder",
     "tokens",
     "batch_size",
     "seed",
@@ -112,6 +115,7 @@ _SAE_FLAGS = [
     "target_l0",
     "lr",
     "name",
+    "skip_connection",
 ]
 _FILE_OVERRIDES = {"out", "resume", "device"}  # the flags that may override a CONFIG file
 

@@ -8,10 +8,12 @@ its name in the import line below.
 # isort: off
 # Registration order is the order architectures are listed in messages and --help.
 from saeforge.sae import standard, topk, batchtopk, jumprelu, gated, matryoshka  # noqa: F401
+from saeforge.sae import crosscoder  # noqa: F401  (dictionary kinds)
 
 # isort: on
 from saeforge.sae.base import SAE, Collectives, SAEConfig, TrainStepInput, TrainStepOutput
 from saeforge.sae.config import TrainingSAEConfig, create_training_sae
+from saeforge.sae.crosscoder import CrossCoder
 from saeforge.sae.io import load_sae, save_sae
 from saeforge.sae.registry import (
     INFERENCE_ARCHITECTURES,
@@ -25,6 +27,7 @@ __all__ = [
     "SAE",
     "TRAINING_ARCHITECTURES",
     "Collectives",
+    "CrossCoder",
     "SAEConfig",
     "TrainStepInput",
     "TrainStepOutput",

@@ -40,6 +40,9 @@ class SAEConfig(BaseModel):
     apply_b_dec_to_input: bool = True
     normalize_activations: str = "none"
     k: int | None = Field(default=None, gt=0, description="active latents per token (topk)")
+    d_out: int | None = Field(default=None, gt=0, description="output width (transcoders; default d_in)")
+    n_sites: int | None = Field(default=None, gt=0, description="sites read and written (crosscoders)")
+    sites: list[str] | None = Field(default=None, description="site names in order (crosscoders)")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -57,11 +60,11 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
-        d_in, d_sae = cfg.d_in, cfg.d_sae
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
-        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        d_x, d_y, d_sae = self.d_x, self.d_y, cfg.d_sae
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_y))
+        self.W_enc = nn.Parameter(torch.zeros(d_x, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_y))
 
     @property
     def d_in(self) -> int:
@@ -71,15 +74,29 @@ class SAE(nn.Module):
     def d_sae(self) -> int:
         return self.cfg.d_sae
 
+    @property
+    def d_x(self) -> int:
+        """Width of what the encoder reads (W_enc's rows): d_in, or every site's d_in for a crosscoder."""
+        return self.cfg.d_in
+
+    @property
+    def d_y(self) -> int:
+        """Width of what the decoder writes (W_dec's columns): d_in for an SAE, d_out for a transcoder."""
+        return self.cfg.d_in
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """The sparsity rule: [..., d_sae] pre-activations -> latents (ReLU here; architectures override it)."""
+        return pre.relu()
+
     def pre_acts(self, x: Tensor) -> Tensor:
         """[..., d_in] -> [..., d_sae] encoder pre-activations."""
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
 
-    def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def encode(self, x: Tensor) -> Tensor:
         """[..., d_in] -> [..., d_sae] latent activations."""
-        raise NotImplementedError
+        return self.activation(self.pre_acts(x))
 
     def decode(self, z: Tensor) -> Tensor:
         """[..., d_sae] -> [..., d_in]."""
@@ -134,6 +151,8 @@ class TrainStepInput:
 
     x: [B, d_in] activations (this rank's slice of the global batch), already scaled by the trainer's
         normalisation factor.
+    target: [B, d_out] what the dictionary reconstructs when it is not x (a transcoder's output site), scaled
+        like x; None for an SAE (see `y`).
     step: optimiser steps taken so far.
     dead_mask: [d_sae] bool, latents that have not fired in the last `dead_tokens` tokens (for AuxK), or None.
     sparsity_warmup: fraction in [0, 1] of the final sparsity-penalty weight to apply (linear warm-up, set by the
@@ -142,17 +161,23 @@ class TrainStepInput:
     """
 
     x: Tensor
+    target: Tensor | None = None
     step: int = 0
     dead_mask: Tensor | None = None
     sparsity_warmup: float = 1.0
     collectives: Collectives = field(default_factory=Collectives)
+
+    @property
+    def y(self) -> Tensor:
+        """What the loss compares the reconstruction with: `target`, or x itself."""
+        return self.x if self.target is None else self.target
 
 
 @dataclass
 class TrainStepOutput:
     """What a training SAE returns: the loss as named terms and what the trainer needs for metrics.
 
-    x_hat: [B, d_in] reconstruction (in the scaled space of `x`).
+    x_hat: [B, d_out] reconstruction of the step input's `y` (in the scaled space).
     loss: scalar, the sum of `losses`.
     losses: named scalar terms, e.g. {"mse": ..., "auxk": ...}.
     fired: [d_sae] number of tokens of the batch on which each latent was active (no grad).

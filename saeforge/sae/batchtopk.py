@@ -21,7 +21,7 @@ from torch import Tensor
 from saeforge.sae import kernels
 from saeforge.sae.base import Collectives, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import TopKFamilySAE
+from saeforge.sae.training import Scales, TopKFamilySAE
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -54,16 +54,15 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.long))
 
-    def encode(self, x: Tensor) -> Tensor:
+    def activation(self, pre: Tensor) -> Tensor:
         """Per-token inference rule with the estimated threshold (what the exported SAE computes)."""
-        pre = self.pre_acts(x)
         return pre.relu() * (pre > self.threshold)
 
     def _extras(self) -> dict[str, Tensor]:
         """For the trainer's logs: the inference threshold estimate."""
         return {"threshold": self.threshold.detach().clone()}
 
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.double().expand(self.d_sae).clone()}
 
     @torch.no_grad()
@@ -107,15 +106,15 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         return out_idx, out_keep
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        xc = x - self.b_dec
+        y = inp.y
+        xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
         idx, keep = self._select(pre, inp.collectives)
         vals = self._gather(xc, pre, idx).relu() * keep
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
-        return self._output(x, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
+        mse = (x_hat - y).pow(2).sum(-1).mean()
+        auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
+        return self._output(y, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
 
 
 register_architecture(training=BatchTopKTrainingSAE)

@@ -23,7 +23,11 @@ class SharedFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     architecture: str = Field(description=registry.describe())
-    d_in: int = Field(gt=0, description="input width")
+    kind: str = Field(
+        default="sae",
+        description="sae (reads and writes one site), or a registered kind: transcoder, crosscoder",
+    )
+    d_in: int = Field(gt=0, description="input width (a crosscoder's: of each site)")
     d_sae: int = Field(gt=0, description="number of latents")
     k: int | None = Field(
         default=None,
@@ -60,7 +64,7 @@ class TrainingSAEConfig(SharedFields, *registry.config_fragments()):
     @model_validator(mode="after")
     def _check(self) -> TrainingSAEConfig:
         self.architecture = registry.canonical_architecture(self.architecture)
-        cls = registry.TRAINING_ARCHITECTURES[self.architecture]
+        cls = registry.training_class(self.architecture, self.kind)
         cls.check_config(self)
         if self.k is not None and self.k > self.d_sae:
             raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}; choose k <= d_sae")
@@ -79,6 +83,11 @@ def _refuse_foreign_fields(cfg: TrainingSAEConfig, cls: type) -> None:
         for name, info in fragment.model_fields.items():
             if name in own or info.default is not None or getattr(cfg, name) is None:
                 continue
+            kinds = [k for k, mixin in registry.KINDS.items() if name in _field_names(mixin)]
+            if kinds:
+                raise ValueError(
+                    f"{name} only applies to kind {' or '.join(map(repr, kinds))}, not {cfg.kind!r}"
+                )
             users = [
                 a
                 for a in registry.training_names()
@@ -94,4 +103,4 @@ def create_training_sae(cfg: TrainingSAEConfig | dict):
     """Builds the training SAE `cfg.architecture` names (a dict is validated as a TrainingSAEConfig first)."""
     if not isinstance(cfg, TrainingSAEConfig):
         cfg = TrainingSAEConfig.model_validate(cfg)
-    return registry.TRAINING_ARCHITECTURES[cfg.architecture](cfg)
+    return registry.training_class(cfg.architecture, cfg.kind)(cfg)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, _affine, capped
+from saeforge.sae.training import PenaltySAE, Scales, _affine, capped
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -92,33 +92,33 @@ class GatedTrainingSAE(GatedSAE, PenaltySAE):
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, pi_mag) [..., d_sae]; b_dec folded into the biases (see TrainingSAE.pre_acts)."""
         W_mag = self.W_enc * self.r_mag.exp()
-        pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_dec @ self.W_enc)
-        return pi_gate, _affine(x, W_mag, self.b_mag - self.b_dec @ W_mag)
+        pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_pre @ self.W_enc)
+        return pi_gate, _affine(x, W_mag, self.b_mag - self.b_pre @ W_mag)
 
     @torch.no_grad()
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
-        W_enc, W_dec, b_dec = self.W_enc.double(), self.W_dec.double(), self.b_dec.double()
-        shift = b_dec @ W_enc
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
+        W_enc = self.W_enc.double()
+        shift = self.b_pre.double() @ W_enc
         r_mag = self.r_mag.double()
         return {
-            "W_enc": s * W_enc,
+            "W_enc": s.x[:, None] * W_enc,
             "b_gate": self.b_gate.double() - shift,
             "b_mag": self.b_mag.double() - shift * r_mag.exp(),
             "r_mag": r_mag,
-            "W_dec": W_dec / s,
-            "b_dec": b_dec / s,
+            "W_dec": self.W_dec.double() / s.y,
+            "b_dec": self.b_dec.double() / s.y,
         }
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        pi_gate, pi_mag = self._paths(x)
+        y = inp.y
+        pi_gate, pi_mag = self._paths(inp.x)
         gate_acts = pi_gate.relu()
         z = (pi_gate > 0) * pi_mag.relu()
         x_hat = self.decode(z)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        l1 = (gate_acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+        mse = (x_hat - y).pow(2).sum(-1).mean()
+        l1 = (gate_acts * self.decoder_norms()).sum(-1).mean()
         x_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
-        aux = (x_gate - x).pow(2).sum(-1).mean()
+        aux = (x_gate - y).pow(2).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1, "aux": self.aux_coefficient * aux}
         return self._output(inp, x_hat, z, losses)
 

@@ -23,8 +23,8 @@ import saeforge
 from saeforge.atomic import write_with
 from saeforge.device import resolve_device
 from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
+from saeforge.sae import registry
 from saeforge.sae.base import SAE, SAEConfig
-from saeforge.sae.registry import INFERENCE_ARCHITECTURES, inference_class
 from saeforge.sae.saelens_compat import (
     SAEFORGE_HOOK_KEY,
     fold_input_scale,
@@ -88,6 +88,12 @@ def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None 
     return out
 
 
+def _architecture_keys() -> set[str]:
+    """cfg.json keys that only some architectures read (each one's `cfg_keys`: k, d_out, n_sites, ...)."""
+    classes = [*registry.INFERENCE_ARCHITECTURES.values(), *registry.KIND_INFERENCE.values()]
+    return {key for c in classes for key in c.cfg_keys}
+
+
 def _check_typos(keys, known: set[str], where: str) -> None:
     for key in keys:
         if key in known:
@@ -143,10 +149,12 @@ def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dic
         "device": raw.get("device", "cpu"),
         "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", True),
         "normalize_activations": norm,
-        "k": raw.get("k"),
         "metadata": meta,
     }
-    extra = {"rescale_acts_by_decoder_norm": bool(raw.get("rescale_acts_by_decoder_norm", False))}
+    extra = {
+        "rescale_acts_by_decoder_norm": bool(raw.get("rescale_acts_by_decoder_norm", False)),
+        "architecture_keys": {key: raw.get(key) for key in _architecture_keys()},
+    }
     return core, extra
 
 
@@ -199,10 +207,10 @@ def load_sae(
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
         core["dtype"] = dtype
-    cls = inference_class(core["architecture"])
+    cls = registry.inference_class(core["architecture"])
     core["architecture"] = cls.architecture
-    other_keys = {key for c in INFERENCE_ARCHITECTURES.values() for key in c.cfg_keys} - set(cls.cfg_keys)
-    core.update(dict.fromkeys(other_keys))
+    given = extra["architecture_keys"]
+    core.update({key: given[key] if key in cls.cfg_keys else None for key in given})
     for key in cls.cfg_keys:
         if not core.get(key):
             raise ValueError(f"{cfg_path}: a {cls.architecture} SAE needs {key} in cfg.json")

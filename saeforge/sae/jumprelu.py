@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, capped
+from saeforge.sae.training import PenaltySAE, Scales, capped
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -80,8 +80,7 @@ class JumpReLUSAE(SAE):
         super().__init__(cfg)
         self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
 
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
+    def activation(self, pre: Tensor) -> Tensor:
         return pre.relu() * (pre > self.threshold)
 
 
@@ -130,15 +129,14 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
     def after_optimizer_step(self) -> None:
         self.threshold.clamp_(min=0.0)
 
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.detach().double()}
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        pre = self.pre_acts(x)
+        pre = self.pre_acts(inp.x)
         z = JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
         x_hat = self.decode(z)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        mse = (x_hat - inp.y).pow(2).sum(-1).mean()
         l0_term = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
         losses = {"mse": mse, "l0": self._lambda(inp) * l0_term}
         return self._output(inp, x_hat, z, losses)

@@ -67,8 +67,8 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
         self.prefix_ends = list(itertools.accumulate(cfg.group_sizes))
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        xc = x - self.b_dec
+        y = inp.y
+        xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
         idx, keep = self._select(pre, inp.collectives)
         vals = self._gather(xc, pre, idx).relu() * keep
@@ -76,12 +76,12 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
             idx.contiguous(), torch.tensor(self.prefix_ends, device=idx.device), right=True
         )
         losses: dict[str, Tensor] = {}
-        x_hat = self.b_dec.expand_as(x)
+        x_hat = self.b_dec.expand_as(y)
         for g, end in enumerate(self.prefix_ends):
             x_hat = x_hat + self._decode_sparse(idx, vals * (group == g))
-            losses[f"mse_prefix_{end}"] = (x_hat - x).pow(2).sum(-1).mean()
-        losses["auxk"] = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
-        return self._output(x, x_hat, idx, vals, losses)
+            losses[f"mse_prefix_{end}"] = (x_hat - y).pow(2).sum(-1).mean()
+        losses["auxk"] = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
+        return self._output(y, x_hat, idx, vals, losses)
 
 
 register_architecture(training=MatryoshkaTrainingSAE)

@@ -19,6 +19,11 @@ from pydantic import BaseModel
 TRAINING_ARCHITECTURES: dict[str, type] = {}
 INFERENCE_ARCHITECTURES: dict[str, type] = {}
 ALIASES: dict[str, str] = {}
+# Dictionary kinds beyond the plain SAE (reads and writes one site): kind name -> training mixin.
+KINDS: dict[str, type] = {}
+# Their inference classes (a transcoder, a crosscoder), by architecture name; load_sae reads these too.
+KIND_INFERENCE: dict[str, type] = {}
+_COMPOSED: dict[tuple[str, str], type] = {}
 
 
 def register_architecture(
@@ -42,14 +47,27 @@ def register_architecture(
             table[alias] = cls
 
 
+def register_kind(training: type, inference: tuple[type, ...] = ()) -> None:
+    """Registers a dictionary kind: `training` is a mixin (a TrainingSAE subclass naming its `kind`) that turns any
+    architecture's training class into that kind (`training_class(architecture, kind)` composes the two), and
+    `inference` are the kind's inference classes, registered under their `architecture` names."""
+    if training.kind in KINDS:
+        raise ValueError(f"dictionary kind {training.kind!r} is registered twice")
+    KINDS[training.kind] = training
+    for cls in inference:
+        if cls.architecture in KIND_INFERENCE or cls.architecture in INFERENCE_ARCHITECTURES:
+            raise ValueError(f"architecture {cls.architecture!r} is registered twice")
+        KIND_INFERENCE[cls.architecture] = cls
+
+
 def training_names() -> tuple[str, ...]:
     """Canonical training architecture names in registration order (no aliases)."""
     return tuple(n for n in TRAINING_ARCHITECTURES if n not in ALIASES)
 
 
 def inference_names() -> tuple[str, ...]:
-    """Canonical inference architecture names in registration order (no aliases)."""
-    return tuple(n for n in INFERENCE_ARCHITECTURES if n not in ALIASES)
+    """Canonical inference architecture names (SAEs, then the kinds'), in registration order (no aliases)."""
+    return tuple(n for n in INFERENCE_ARCHITECTURES if n not in ALIASES) + tuple(KIND_INFERENCE)
 
 
 def canonical_architecture(name: str, valid: tuple[str, ...] | None = None) -> str:
@@ -67,14 +85,27 @@ def canonical_architecture(name: str, valid: tuple[str, ...] | None = None) -> s
     return name
 
 
-def training_class(architecture: str) -> type:
-    """The training class of `architecture` (or an alias); an unknown name raises ValueError listing valid ones."""
-    return TRAINING_ARCHITECTURES[canonical_architecture(architecture)]
+def training_class(architecture: str, kind: str = "sae") -> type:
+    """The training class of `architecture` (or an alias) as a dictionary of `kind` ("sae", or a registered kind:
+    the kind's mixin composed with the architecture's class); an unknown name raises ValueError listing valid ones."""
+    base = TRAINING_ARCHITECTURES[canonical_architecture(architecture)]
+    if kind == "sae":
+        return base
+    if kind not in KINDS:
+        raise ValueError(f"unknown dictionary kind {kind!r}; valid kinds: sae, {', '.join(KINDS)}")
+    key = (base.architecture, kind)
+    if key not in _COMPOSED:
+        mixin = KINDS[kind]
+        _COMPOSED[key] = type(
+            f"{mixin.__name__}[{base.__name__}]", (mixin, base), {"__module__": mixin.__module__}
+        )
+    return _COMPOSED[key]
 
 
 def inference_class(architecture: str) -> type:
     """The inference class for a saved SAE's architecture; an unknown name raises ValueError listing valid ones."""
-    return INFERENCE_ARCHITECTURES[canonical_architecture(architecture, inference_names())]
+    name = canonical_architecture(architecture, inference_names())
+    return INFERENCE_ARCHITECTURES.get(name) or KIND_INFERENCE[name]
 
 
 def fragments_of(cls: type) -> list[type[BaseModel]]:
@@ -84,9 +115,10 @@ def fragments_of(cls: type) -> list[type[BaseModel]]:
 
 
 def config_fragments() -> list[type[BaseModel]]:
-    """The config fragments (pydantic models of architecture-specific fields) of every training class, each once,
-    in registration order: `TrainingSAEConfig` is composed of the shared fields and these."""
-    return list(dict.fromkeys(f for cls in TRAINING_ARCHITECTURES.values() for f in fragments_of(cls)))
+    """The config fragments (pydantic models of architecture- or kind-specific fields) of every training class and
+    kind, each once, in registration order: `TrainingSAEConfig` is composed of the shared fields and these."""
+    classes = [*TRAINING_ARCHITECTURES.values(), *KINDS.values()]
+    return list(dict.fromkeys(f for cls in classes for f in fragments_of(cls)))
 
 
 def describe() -> str:

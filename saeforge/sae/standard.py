@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
-
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import PenaltySAE
@@ -25,12 +23,9 @@ if TYPE_CHECKING:
 
 
 class StandardSAE(SAE):
-    """Inference ReLU SAE (SAELens `standard`)."""
+    """Inference ReLU SAE (SAELens `standard`; the ReLU is `SAE.activation`)."""
 
     architecture = "standard"
-
-    def encode(self, x: Tensor) -> Tensor:
-        return self.pre_acts(x).relu()
 
 
 class StandardTrainingSAE(StandardSAE, PenaltySAE):
@@ -61,11 +56,10 @@ class StandardTrainingSAE(StandardSAE, PenaltySAE):
         )
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        z = self.encode(x)
+        z = self.encode(inp.x)
         x_hat = self.decode(z)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+        mse = (x_hat - inp.y).pow(2).sum(-1).mean()
+        l1 = (z * self.decoder_norms()).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1}
         return self._output(inp, x_hat, z, losses)
 

@@ -36,8 +36,8 @@ class TopKSAE(SAE):
     architecture = "topk"
     cfg_keys = ("k",)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return topk_relu(self.pre_acts(x), self.cfg.k)
+    def activation(self, pre: Tensor) -> Tensor:
+        return topk_relu(pre, self.cfg.k)
 
     def saved_cfg(self) -> dict[str, Any]:
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
@@ -52,15 +52,15 @@ class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
         return {"k": self.cfg.k}
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        xc = x - self.b_dec
+        y = inp.y
+        xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
         idx = kernels.topk_select(pre, self.cfg.k)[1]
         vals = self._gather(xc, pre, idx).relu()
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
-        return self._output(x, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
+        mse = (x_hat - y).pow(2).sum(-1).mean()
+        auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
+        return self._output(y, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
 
 
 register_architecture(training=TopKTrainingSAE, inference=TopKSAE)

@@ -16,6 +16,7 @@ pre-activation units and do not change.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -56,6 +57,24 @@ def capped(paper_steps: int, total_steps: int, fraction: float) -> int:
     return min(paper_steps, int(total_steps * fraction))
 
 
+@dataclass(frozen=True)
+class Scales:
+    """The training space's activation scales, float64, one per dimension: x_s = x * s.x [d_x], y_s = y * s.y."""
+
+    x: Tensor
+    y: Tensor
+
+    @staticmethod
+    def of(sae: SAE, x: float | Tensor, y: float | Tensor) -> Scales:
+        out = []
+        for value, width, what in ((x, sae.d_x, "activation_scale"), (y, sae.d_y, "target_scale")):
+            t = torch.as_tensor(value, dtype=torch.float64, device=sae.W_dec.device)
+            if t.numel() not in (1, width) or not (torch.isfinite(t).all() and (t > 0).all()):
+                raise ValueError(f"{what} must be positive finite numbers (one, or {width}), got {value}")
+            out.append(t.reshape(-1).expand(width))
+        return Scales(*out)
+
+
 class TrainingSAE(SAE):
     """Base of the training architectures: an inference SAE (`SAE`) that also trains.
 
@@ -79,13 +98,26 @@ class TrainingSAE(SAE):
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
         g = torch.Generator().manual_seed(cfg.seed)
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=g)
         row_norm = 1.0 if self.unit_norm_decoder else cfg.decoder_init_norm
+        W_dec = torch.randn(cfg.d_sae, self.d_y, generator=g)
         W_dec *= row_norm / W_dec.norm(dim=1, keepdim=True)
-        # Replacing a parameter keeps its place in the module (state_dict and optimiser order). W_enc is W_dec.T's
-        # clone and so column-major: the sparse kernels gather its columns.
+        W_enc_T = W_dec
+        if self.d_x != self.d_y:  # reads one site, writes another: no tied initialisation
+            W_enc_T = torch.randn(cfg.d_sae, self.d_x, generator=g)
+            W_enc_T *= row_norm / W_enc_T.norm(dim=1, keepdim=True)
+        # Replacing a parameter keeps its place in the module (state_dict and optimiser order). W_enc is a
+        # transpose's clone and so column-major: the sparse kernels gather its columns.
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone())
+        self.W_enc = nn.Parameter(W_enc_T.T.clone())
+
+    @property
+    def b_pre(self) -> Tensor:
+        """The pre-encoder bias subtracted from x: b_dec for an SAE (input and output are one site)."""
+        return self.b_dec
+
+    def decoder_norms(self) -> Tensor:
+        """[d_sae] the decoder-norm weight of each latent in norm-weighted penalties: ||W_dec[i]||."""
+        return self.W_dec.norm(dim=1)
 
     @classmethod
     def check_config(cls, cfg: TrainingSAEConfig) -> None:
@@ -106,17 +138,24 @@ class TrainingSAE(SAE):
         )
 
     @torch.no_grad()
-    def init_from_data(self, x_sample: Tensor) -> None:
-        """Sets b_dec from a sample x_sample [N, d_in] of (scaled) activations, as `cfg.b_dec_init` says."""
-        if x_sample.ndim != 2 or x_sample.shape[1] != self.d_in:
-            raise ValueError(f"x_sample must be [N, d_in={self.d_in}], got {list(x_sample.shape)}")
-        x = x_sample.to(self.b_dec)
+    def init_from_data(self, x_sample: Tensor, target_sample: Tensor | None = None) -> None:
+        """Sets b_dec from a sample of (scaled) targets [N, d_out] (default: the inputs x_sample [N, d_in]), as
+        `cfg.b_dec_init` says."""
+        y, what = (x_sample, "x_sample") if target_sample is None else (target_sample, "target_sample")
+        if y.ndim != 2 or y.shape[1] != self.d_y:
+            width = "d_in" if target_sample is None else "d_out"
+            raise ValueError(f"{what} must be [N, {width}={self.d_y}], got {list(y.shape)}")
+        self.b_dec.copy_(self._centre(y))
+
+    @torch.no_grad()
+    def _centre(self, sample: Tensor) -> Tensor:
+        """The initial bias for data `sample` [N, d] as `cfg.b_dec_init` says."""
+        x = sample.to(self.b_dec.dtype)
         if self.cfg.b_dec_init == "geometric_median":
-            self.b_dec.copy_(geometric_median(x))
-        elif self.cfg.b_dec_init == "mean":
-            self.b_dec.copy_(x.mean(0))
-        else:
-            self.b_dec.zero_()
+            return geometric_median(x)
+        if self.cfg.b_dec_init == "mean":
+            return x.mean(0)
+        return torch.zeros_like(x[0])
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
@@ -138,37 +177,54 @@ class TrainingSAE(SAE):
         Computed as x @ W_enc + (b_enc - b_dec @ W_enc), the same value as (x - b_dec) @ W_enc + b_enc: with x
         data, b_dec's gradient is then a matvec instead of a [B, d_sae] x [d_sae, d_in] matmul.
         """
-        return _affine(x, self.W_enc, self.b_enc - self.b_dec @ self.W_enc)
+        return _affine(x, self.W_enc, self.b_enc - self.b_pre @ self.W_enc)
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @torch.no_grad()
-    def _folded(self, s: float) -> dict[str, Tensor]:
+    def _folded(self, s: Scales) -> dict[str, Tensor]:
         """W_enc, b_enc, W_dec, b_dec of the inference SAE on raw activations (see module docstring)."""
         W_enc, b_enc, W_dec, b_dec = (p.double() for p in (self.W_enc, self.b_enc, self.W_dec, self.b_dec))
-        return {"W_enc": s * W_enc, "b_enc": b_enc - b_dec @ W_enc, "W_dec": W_dec / s, "b_dec": b_dec / s}
+        b_pre = self.b_pre.double()
+        return {
+            "W_enc": s.x[:, None] * W_enc,
+            "b_enc": b_enc - b_pre @ W_enc,
+            "W_dec": W_dec / s.y,
+            "b_dec": b_dec / s.y,
+        }
 
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return self._folded(s)
 
-    def _inference_config(self) -> dict:
+    def _inference_config(self) -> dict[str, Any]:
+        """SAEConfig fields of the exported SAE beyond architecture, d_in, d_sae."""
         return {}
 
+    @property
+    def exported_architecture(self) -> str:
+        """The registered inference architecture `export` writes."""
+        return self.inference_architecture
+
     @torch.no_grad()
-    def export(self, activation_scale: float = 1.0) -> SAE:
-        """Inference SAE on raw activations (x_scaled = activation_scale * x), float32, on this SAE's device."""
-        if not (activation_scale > 0 and math.isfinite(activation_scale)):
-            raise ValueError(f"activation_scale must be a positive finite number, got {activation_scale}")
+    def export(
+        self, activation_scale: float | Tensor = 1.0, target_scale: float | Tensor | None = None
+    ) -> SAE:
+        """Inference SAE on raw activations, float32, on this SAE's device.
+
+        activation_scale: the trainer's x_scaled = activation_scale * x, a number or one per input dimension
+            [d_in] (a crosscoder's per-site scales). target_scale: the same for the target (default: as x).
+        """
+        s = Scales.of(self, activation_scale, activation_scale if target_scale is None else target_scale)
         cfg = SAEConfig(
-            architecture=self.inference_architecture,
+            architecture=self.exported_architecture,
             d_in=self.d_in,
             d_sae=self.d_sae,
             apply_b_dec_to_input=False,
             **self._inference_config(),
         )
-        sae = registry.INFERENCE_ARCHITECTURES[self.inference_architecture](cfg)
-        state = {k: v.to(torch.float32) for k, v in self._inference_state(float(activation_scale)).items()}
+        sae = registry.inference_class(self.exported_architecture)(cfg)
+        state = {k: v.to(torch.float32) for k, v in self._inference_state(s).items()}
         sae.load_state_dict(state)
         return sae.to(self.W_dec.device)
 
@@ -324,7 +380,7 @@ class TopKFamilySAE(TrainingSAE):
 
     @property
     def k_aux(self) -> int:
-        return self.cfg.k_aux or max(1, min(self.d_in // 2, self.d_sae))
+        return self.cfg.k_aux or max(1, min(self.d_x // 2, self.d_sae))
 
     @property
     def aux_coefficient(self) -> float:
@@ -342,7 +398,7 @@ class TopKFamilySAE(TrainingSAE):
         through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
         product as large as the encoder's weight gradient.
         """
-        b_enc = self.b_enc - self.b_dec @ self.W_enc.detach()
+        b_enc = self.b_enc - self.b_pre @ self.W_enc.detach()
         return kernels.gather_preacts(xc.detach(), self.W_enc, b_enc, pre, idx)
 
     def _decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from saeforge.device import DEFAULT_DEVICE, Device
 from saeforge.errors import ConfigError, format_validation_error
@@ -26,6 +26,7 @@ OPERATIONAL_FIELDS = frozenset(
     {
         "out",
         "activations",
+        "target_activations",
         "resume",
         "device",
         "checkpoint_every",
@@ -91,6 +92,9 @@ class SAESpec(_Strict):
         default=None, ge=0, description="linear warm-up of the sparsity penalty from 0"
     )
     grad_clip_norm: float | None = Field(default=None, ge=0, description="max gradient norm; 0 disables")
+    skip_connection: bool = Field(
+        default=False, description="transcoders: add a learned linear skip W_skip from input to output"
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> SAESpec:
@@ -111,9 +115,18 @@ class SAESpec(_Strict):
 class TrainConfig(_Strict):
     """A training run: the data, its length, the output directory and the SAEs it trains."""
 
-    activations: Path | None = Field(
+    activations: list[Path] | None = Field(
         default=None,
-        description="activation store directory (optional when a batch source is passed in Python)",
+        description="activation store directory (optional when a batch source is passed in Python); a list of "
+        "stores captured together for a crosscoder (a single path is a list of one)",
+    )
+    target_activations: Path | None = Field(
+        default=None,
+        description="transcoders: the store of the site they write (captured with activations); the SAEs read "
+        "`activations` and reconstruct this",
+    )
+    crosscoder: bool = Field(
+        default=False, description="train crosscoders over the sites of `activations` (one latent space)"
     )
     tokens: int = Field(gt=0, description="training tokens (activation rows); steps = tokens // batch_size")
     batch_size: int = Field(default=4096, gt=0, description="global batch size in tokens")
@@ -152,9 +165,31 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"saes: duplicate SAE names {dupes}; every SAE needs its own name (its output folder)"
             )
+        stores = self.activation_paths
+        if self.crosscoder and self.target_activations is not None:
+            raise ValueError(
+                "a crosscoder reconstructs its own sites; give activations only, not target_activations"
+            )
+        if len(stores) > 1 and not self.crosscoder:
+            raise ValueError(
+                f"activations: {len(stores)} stores given; pass crosscoder: true (--crosscoder) to train a "
+                "crosscoder over them, or give one store (and target_activations for a transcoder)"
+            )
+        if self.crosscoder and len(stores) == 1:
+            raise ValueError("crosscoder: give two or more activation stores (one per site)")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
         return self
+
+    @field_validator("activations", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @property
+    def activation_paths(self) -> list[Path]:
+        """Every store the run reads, in order: `activations`, then `target_activations`."""
+        return [*(self.activations or []), *([self.target_activations] if self.target_activations else [])]
 
     @property
     def total_steps(self) -> int:

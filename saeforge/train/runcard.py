@@ -6,6 +6,7 @@ from the activation store's manifest; training fields from the resolved configur
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import saeforge
@@ -17,6 +18,13 @@ SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth
 INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
 # Manifest fields that describe how activations were collected, not where the shards are.
 _NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}
+
+
+def _paths(paths: list[Path] | None) -> str | list[str] | None:
+    """One store as its path, several as a list."""
+    if not paths:
+        return None
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
 
 
 def data_card(manifest: Any | None) -> dict[str, Any]:
@@ -34,7 +42,7 @@ def run_card(
     sae_config: dict[str, Any],
     optim: OptimSettings,
     data: dict[str, Any],
-    activation_scale: float,
+    activation_scale: float | list[float],
     world_size: int,
     steps: int,
     device: str,
@@ -85,7 +93,8 @@ def run_card(
             "device": device,
         },
         "data": {
-            "activations": str(cfg.activations) if cfg.activations else None,
+            "activations": _paths(cfg.activations),
+            **({"target_activations": str(cfg.target_activations)} if cfg.target_activations else {}),
             "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
             **data,
         },

@@ -39,20 +39,29 @@ class ResolvedSAE:
         return {"d_in": self.d_in, "d_sae": self.d_sae, **self.optim.model_dump(mode="json")}
 
 
-def _training_sae_config(spec: SAESpec, i: int, d_in: int, d_sae: int) -> TrainingSAEConfig:
+def _training_sae_config(
+    spec: SAESpec, i: int, layout_fields: dict[str, Any], d_sae: int
+) -> TrainingSAEConfig:
     fields = {f: getattr(spec, f) for f in SPARSITY_FIELDS if getattr(spec, f) is not None}
+    if spec.skip_connection:
+        fields["skip_connection"] = True
     fields.update(spec.options)
     try:
         # Through the package, so that tests can substitute a scripted architecture.
         return sae_api.TrainingSAEConfig(
-            architecture=spec.architecture, d_in=d_in, d_sae=d_sae, seed=spec.seed, **fields
+            architecture=spec.architecture, d_sae=d_sae, seed=spec.seed, **layout_fields, **fields
         )
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, f"SAE '{spec.name}'", prefix=f"saes[{i}]")) from None
 
 
-def resolve_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[ResolvedSAE]:
-    """Checks every SAE of `cfg` against the data (`d_in`, described as `data_source`) and the registry."""
+def resolve_specs(
+    cfg: TrainConfig, d_in: int, data_source: str, layout_fields: dict[str, Any] | None = None
+) -> list[ResolvedSAE]:
+    """Checks every SAE of `cfg` against the data (`d_in`, described as `data_source`) and the registry.
+
+    layout_fields: the TrainingSAEConfig fields the data layout sets (kind, d_in, n_sites, d_out; default d_in),
+    see train/layout.py."""
     known = sorted(sae_api.TRAINING_ARCHITECTURES)
     resolved = []
     for i, spec in enumerate(cfg.saes):
@@ -69,7 +78,7 @@ def resolve_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[Resolve
         d_sae = spec.resolved_d_sae(d_in)
         if spec.k is not None and spec.k > d_sae:
             raise ConfigError(f"{where}.k: k={spec.k} exceeds d_sae={d_sae}; lower k or raise d_sae")
-        sae_cfg = _training_sae_config(spec, i, d_in, d_sae)
+        sae_cfg = _training_sae_config(spec, i, layout_fields or {"d_in": d_in}, d_sae)
         optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
         resolved.append(ResolvedSAE(spec, sae_cfg, d_in, d_sae, optim))
     return resolved

@@ -97,7 +97,7 @@ def restore_rng(t: dict[str, Tensor], rank: int, device: torch.device) -> None:
 
 
 def check_resumable(
-    meta: dict[str, Any], cfg: TrainConfig, store: Any, world_size: int, checkpoint: Path
+    meta: dict[str, Any], cfg: TrainConfig, stores: list[Any], world_size: int, checkpoint: Path
 ) -> None:
     """Raises ConfigError unless `cfg`, the store and the rank count can continue the checkpoint of `meta`."""
     saved = {k: v for k, v in meta["config"].items() if k not in OPERATIONAL_FIELDS}
@@ -108,10 +108,10 @@ def check_resumable(
             f"resume: the configuration differs from the checkpoint's in {changed}; resume with the same "
             f"settings (see {checkpoint}/state.json) or start a new run in another out directory"
         )
-    saved_data, data = meta.get("data_fingerprint"), data_fingerprint(store)
+    saved_data, data = meta.get("data_fingerprint"), data_fingerprint(stores)
     if saved_data and data and saved_data != data:
         raise ConfigError(
-            f"activations: the store {cfg.activations} holds other data than the run being resumed "
+            f"activations: the store {', '.join(map(str, cfg.activation_paths))} holds other data than the run being resumed "
             f"(its shard checksums differ from those of {meta['config']['activations']}); point activations "
             "at the run's store"
         )

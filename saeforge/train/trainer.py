@@ -43,9 +43,10 @@ from saeforge.train.checkpoint import (
     save_checkpoint,
 )
 from saeforge.train.config import TrainConfig
-from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_store, source_d_in
+from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_stores, source_widths
 from saeforge.train.defaults import OptimSettings
 from saeforge.train.distributed import DistContext
+from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
 from saeforge.train.loggers import MetricLoggers, check_logger_packages
 from saeforge.train.plots import plot_curves
 from saeforge.train.runcard import data_card, run_card
@@ -140,10 +141,15 @@ class _Run:
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
             )
-        self.store = open_store(cfg, source)
+        self.stores = open_stores(cfg, source)
+        self.store = self.stores[0] if self.stores else None
         self.source = source
-        self.d_in, where, self.batches = source_d_in(self.store, self.source, cfg.activations)
-        self.resolved = resolve_specs(cfg, self.d_in, where)
+        widths, where, self.batches = source_widths(self.stores, self.source, cfg)
+        self.layout = DataLayout.of(cfg, widths, where)
+        self.d_in = self.layout.d_in
+        sites = site_names(self.stores) or list(getattr(source, "sites", None) or [])
+        sites = sites or [f"site{i}" for i in range(len(widths))]
+        self.resolved = resolve_specs(cfg, self.d_in, where, self.layout.sae_fields(sites))
         self.ckpt_root = cfg.out / CHECKPOINTS
         self.checkpoint = latest_checkpoint(self.ckpt_root)
         if self.checkpoint is not None and not cfg.resume:
@@ -152,7 +158,7 @@ class _Run:
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
         if self.source is None:
-            self.source = open_loader(cfg, self.store, ctx)
+            self.source = open_loader(cfg, self.stores, ctx)
         if self.batches is None:
             self.batches = iter(self.source)
         self.data = data_card(
@@ -177,58 +183,78 @@ class _Run:
         self._reset_acc()
 
     def _reset_acc(self) -> None:
-        self.input_acc = metrics.input_sums(self.d_in, self.device)
+        self.input_acc = metrics.input_sums(self.layout.d_y, self.device)
         for m in self.members:
             m.acc = metrics.sae_sums(self.device)
 
-    def _next_batch(self, step: int) -> Tensor:
+    def _next_batch(self, step: int) -> Parts:
         try:
-            x = next(self.batches)
+            parts = as_parts(next(self.batches))
         except StopIteration:
             raise RuntimeError(
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        if x.shape != (self.local_batch, self.d_in):
+        shapes = tuple((self.local_batch, w) for w in self.layout.widths)
+        if tuple(tuple(x.shape) for x in parts) != shapes:
+            got = [tuple(x.shape) for x in parts]
             raise ValueError(
-                f"batch of step {step} has shape {tuple(x.shape)}, expected [{self.local_batch}, {self.d_in}] "
-                f"(batch_size {self.cfg.batch_size} / {self.ctx.world_size} ranks, d_in {self.d_in})"
+                f"batch of step {step} has shape {got[0] if len(got) == 1 else got}, expected "
+                f"{' and '.join(f'[{b}, {w}]' for b, w in shapes)} (batch_size {self.cfg.batch_size} / "
+                f"{self.ctx.world_size} ranks, d_in {self.d_in})"
             )
-        return x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
 
-    def _fresh_start(self) -> Tensor:
-        """Initialises from the first batch (gathered over ranks); returns that batch, scaled."""
-        x = self._next_batch(0)
-        sample = self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x
+    def _scaled(self, parts: Parts) -> tuple[Tensor, Tensor | None]:
+        """(x, target) of scaled parts (see train/layout.py)."""
+        return self.layout.combine(tuple(x * s for x, s in zip(parts, self.scale, strict=True)))
+
+    def _fresh_start(self) -> tuple[Tensor, Tensor | None]:
+        """Initialises from the first batch (gathered over ranks); returns that batch's (x, target), scaled."""
+        parts = self._next_batch(0)
+        samples = tuple(self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x for x in parts)
         if self.cfg.normalize_activations == "expected_norm":
-            scale = getattr(self.source, "activation_scale", None)
-            if scale is None:
-                scale = math.sqrt(self.d_in) / sample.norm(dim=-1).mean().item()
-            self.scale = float(scale)
-            if not (math.isfinite(self.scale) and self.scale > 0):
+            given = getattr(self.source, "scales", None) or (getattr(self.source, "activation_scale", None),)
+            if len(given) != len(samples):
+                given = (None,) * len(samples)
+            self.scale = tuple(
+                float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).mean().item() if s is None else s)
+                for x, s in zip(samples, given, strict=True)
+            )
+            if not all(math.isfinite(s) and s > 0 for s in self.scale):
                 raise ConfigError(
                     f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {self.scale} (the data's "
                     "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
                     "normalize_activations: none"
                 )
         else:
-            self.scale = 1.0
+            self.scale = (1.0,) * len(parts)
+        x_sample, target_sample = self.layout.combine(tuple(x * s for x, s in zip(samples, self.scale, strict=True)))
         for m in self.members:
-            m.model.init_from_data(sample * self.scale)
+            if target_sample is None:
+                m.model.init_from_data(x_sample)
+            else:
+                m.model.init_from_data(x_sample, target_sample)
             self.ctx.broadcast_module(m.model)
         torch.manual_seed(self.cfg.seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(self.cfg.seed)
-        return x * self.scale
+        return self._scaled(parts)
+
+    @property
+    def saved_scale(self) -> float | list[float]:
+        """The activation scale as checkpoints and run cards record it: one number, or one per store."""
+        return self.scale[0] if len(self.scale) == 1 else list(self.scale)
 
     def _restore(self) -> int:
         ckpt = load_checkpoint(self.checkpoint)
         meta, t = ckpt.meta, ckpt.tensors
-        check_resumable(meta, self.cfg, self.store, self.ctx.world_size, self.checkpoint)
+        check_resumable(meta, self.cfg, self.stores, self.ctx.world_size, self.checkpoint)
         for m in self.members:
             m.acc = state.decode_member(t, m.name, m.model, m.optimizer, m.since_fired, self.device)
         self.input_acc = state.decode_input(t, self.input_acc, self.device)
-        self.scale = meta["activation_scale"]
+        saved = meta["activation_scale"]
+        self.scale = tuple(saved) if isinstance(saved, list) else (saved,)
         self.elapsed_before = meta["elapsed_s"]
         step = meta["step"]
         loader_state = meta["loaders"][self.ctx.rank]
@@ -259,8 +285,8 @@ class _Run:
                 "step": steps_done,
                 "tokens": steps_done * self.cfg.batch_size,
                 "world_size": self.ctx.world_size,
-                "activation_scale": self.scale,
-                "data_fingerprint": data_fingerprint(self.store),
+                "activation_scale": self.saved_scale,
+                "data_fingerprint": data_fingerprint(self.stores),
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
                 "loaders": [st["loader"] for st in ranks],
                 "config": self.cfg.model_dump(mode="json"),
@@ -275,10 +301,13 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------------------------
 
-    def _forward_backward(self, step: int, x: Tensor) -> tuple[list[dict[str, Tensor]], Tensor]:
-        """Forward and backward of every SAE on x [B, d_in]; stops on NaN/inf before any update.
+    def _forward_backward(
+        self, step: int, x: Tensor, target: Tensor | None = None
+    ) -> tuple[list[dict[str, Tensor]], Tensor]:
+        """Forward and backward of every SAE on x [B, d_in] (reconstructing target [B, d_out], default x); stops on
+        NaN/inf before any update.
 
-        Returns each SAE's step metrics and the float64 column sums of x [d_in]."""
+        Returns each SAE's step metrics and the float64 column sums of the target [d_out]."""
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.cfg.autocast == "bfloat16"
@@ -286,11 +315,16 @@ class _Run:
         )
         # The float64 column sums feed the input statistics and double as an exact finiteness check: a NaN or
         # inf propagates into its column's sum, and float32 values cannot overflow a float64 sum of a batch.
-        x_sum = x.sum(0, dtype=torch.float64)
-        results, flags = [], [~torch.isfinite(x_sum).all()]
+        y = x if target is None else target
+        y_sum = y.sum(0, dtype=torch.float64)
+        input_bad = ~torch.isfinite(y_sum).all()
+        if target is not None:
+            input_bad = input_bad | ~torch.isfinite(x.sum(dtype=torch.float64))
+        results, flags = [], [input_bad]
         for m in self.members:
             inp = TrainStepInput(
                 x=x,
+                target=target,
                 step=step,
                 dead_mask=m.since_fired >= self.cfg.dead_tokens,
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
@@ -301,7 +335,7 @@ class _Run:
             out.loss.backward()
             m.extras = out.extras
             flags.append(~torch.isfinite(out.loss.detach()))
-            sse = (out.x_hat.detach() - x).pow(2).sum(dtype=torch.float64)
+            sse = (out.x_hat.detach() - y).pow(2).sum(dtype=torch.float64)
             terms = {f"loss_{k}": v.detach().to(torch.float64) for k, v in out.losses.items()}
             results.append(
                 {
@@ -319,7 +353,7 @@ class _Run:
             where = "; ".join(shards) or describe_batch(self.source, self.store)
             bad_saes = [m.name for m, b in zip(self.members, bad[1:], strict=True) if b > 0]
             raise _non_finite(step, bool(bad[0] > 0), bad_saes, where, latest_checkpoint(self.ckpt_root))
-        return results, x_sum
+        return results, y_sum
 
     def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor, x_sum: Tensor) -> None:
         rows = x.shape[0] * self.ctx.world_size
@@ -362,7 +396,7 @@ class _Run:
         cfg = self.cfg
         self._build()
         self.t0 = time.perf_counter()
-        pending: Tensor | None = None
+        pending: tuple[Tensor, Tensor | None] | None = None
         if self.checkpoint is not None:
             start = self._restore()
         else:
@@ -384,14 +418,18 @@ class _Run:
         return _export(self)
 
     def _loop(
-        self, start: int, pending: Tensor | None, stop: StopSignal, loggers: MetricLoggers | None
+        self,
+        start: int,
+        pending: tuple[Tensor, Tensor | None] | None,
+        stop: StopSignal,
+        loggers: MetricLoggers | None,
     ) -> None:
         cfg, t_loop = self.cfg, time.perf_counter()
         for step in range(start, self.total_steps):
-            x = pending if pending is not None else self._next_batch(step) * self.scale
+            x, target = pending if pending is not None else self._scaled(self._next_batch(step))
             pending = None
-            results, x_sum = self._forward_backward(step, x)
-            self._update(step, results, x, x_sum)
+            results, y_sum = self._forward_backward(step, x, target)
+            self._update(step, results, x if target is None else target, y_sum)
             done = step + 1
             tokens_per_s = (done - start) * cfg.batch_size / max(time.perf_counter() - t_loop, 1e-9)
             record = None
@@ -431,7 +469,9 @@ def _export(run: _Run) -> list[TrainedSAE]:
     """Exports every SAE (folded to raw activations), writes its folder, the run card and the curves."""
     out = []
     for m in run.members:
-        sae = m.model.export(activation_scale=run.scale)
+        x_scale, y_scale = run.layout.export_scales(run.scale)
+        target = {} if run.layout.kind == "sae" else {"target_scale": y_scale}
+        sae = m.model.export(activation_scale=x_scale, **target)
         hist = [{"step": r["step"], "tokens": r["tokens"], **r["saes"][m.name]} for r in run.history]
         card = run_card(
             run.cfg,
@@ -439,12 +479,14 @@ def _export(run: _Run) -> list[TrainedSAE]:
             sae_config=m.resolved.sae_cfg.model_dump(mode="json"),
             optim=m.optim,
             data=run.data,
-            activation_scale=run.scale,
+            activation_scale=run.saved_scale,
             world_size=run.ctx.world_size,
             steps=run.total_steps,
             device=str(run.device),
             num_rows=run.store.num_rows if run.store is not None else None,
         )
+        if run.layout.kind == "transcoder" and len(run.stores) == 2:
+            card["hook_name_out"] = run.stores[1].hook
         card["final_metrics"] = (
             {k: v for k, v in hist[-1].items() if k not in ("step", "tokens")} if hist else {}
         )
@@ -481,7 +523,9 @@ def train(
 
     source: an iterable of float32 [batch_size / world_size, d_in] batches, optionally with `state_dict()` /
         `load_state_dict()` (exact resume), `activation_scale`, `d_in`, `manifest` and `last_source()`;
-        by default the shuffling loader of the store at `cfg.activations`.
+        by default the shuffling loader of the store at `cfg.activations`. For a crosscoder (`cfg.crosscoder`)
+        or a transcoder, batches are tuples of aligned [batch_size / world_size, d_i] tensors: one per site, or
+        (input, target); the source may have `scales`, `d_ins` and `sites` (see train/layout.py).
     progress: called on the main rank after every step with a `ProgressEvent`.
 
     Raises ConfigError before any work on a bad configuration, NonFiniteError on NaN/inf, and
