@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saeforge.device import DEFAULT_DEVICE, Device
 
@@ -55,10 +54,18 @@ class EvalConfig(BaseModel):
         gt=0,
         description="largest d_sae for which the Hungarian stability match across seeds is computed",
     )
-    compat: Literal["saeforge", "saelens"] = Field(
+    compat: str = Field(
         default="saeforge",
-        description="saelens: also write SAELens/SAEBench definitions as saelens.* keys (docs/evaluation.md)",
+        description="saeforge, or saelens: also write SAELens/SAEBench definitions as saelens.* keys "
+        "(docs/evaluation.md)",
     )
+
+    @field_validator("compat")
+    @classmethod
+    def _compat(cls, v: str) -> str:
+        if v not in ("saeforge", "saelens"):
+            raise ValueError(f"compat={v!r} is not one of saeforge, saelens")
+        return v
 
     @model_validator(mode="after")
     def _model_for_corpora(self) -> EvalConfig:

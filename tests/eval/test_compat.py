@@ -84,3 +84,11 @@ def test_ce_recovered_scores_special_tokens_as_saelens_does(tiny_model, saes):
     assert m["saelens.ce_loss_zero_ablation"] == pytest.approx(zero, rel=1e-5)
     assert m["saelens.ce_loss_score"] == pytest.approx((zero - with_sae) / (zero - clean), rel=1e-4)
     assert m["saelens.ce_loss_score"] != pytest.approx(m["ce_loss_score"], rel=1e-4)
+
+
+def test_eval_cli_offers_compat_and_refuses_an_unknown_mode(cli, tmp_path):
+    assert "--compat" in cli("eval", "--help").stdout
+    bad = cli(
+        "eval", "--sae", tmp_path, "--activations", tmp_path, "--out", tmp_path, "--compat", "x", check=False
+    )
+    assert bad.returncode != 0 and "saeforge, saelens" in bad.stderr
