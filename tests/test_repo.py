@@ -21,6 +21,8 @@ EXPECTED_COMMANDS = {
     "steer",
     "features",
     "export",
+    "serve",
+    "audit",
 }
 
 
