@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from saeforge.version import __version__
 
-__all__ = ["CrossCoder", "__version__", "load_sae", "save_sae"]
+__all__ = ["CrossCoder", "__version__", "load_model", "load_sae", "save_sae", "text_activations"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from saeforge import sae
 
         return getattr(sae, name)
+    if name in ("load_model", "text_activations"):
+        from saeforge import models
+
+        return getattr(models, name)
     raise AttributeError(f"module 'saeforge' has no attribute {name!r}")

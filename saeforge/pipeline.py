@@ -29,7 +29,9 @@ from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
 from saeforge.errors import ConfigError
 from saeforge.eval import EvalConfig, run_eval, write_eval_outputs
+from saeforge.hook_names import canonical_hook_name
 from saeforge.models.hooks import SITES
+from saeforge.report.card import write_sae_card
 from saeforge.report.evaluation import evaluation_section_html
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
@@ -67,6 +69,11 @@ class RunConfig(BaseModel):
     train: dict[str, Any] = Field(description="TrainConfig fields (tokens, batch_size, saes, ...)")
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields")
     report: ReportSection = Field(default_factory=ReportSection)
+
+    @field_validator("hooks")
+    @classmethod
+    def _canonical_hooks(cls, v: list[str]) -> list[str]:
+        return [canonical_hook_name(h) for h in v]
 
     @field_validator("capture", "train", "eval")
     @classmethod
@@ -310,6 +317,7 @@ def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult
         write_eval_outputs(results, out / "eval" / hook)
         for t, r in zip(trained, results, strict=True):
             shutil.copyfile(out / "eval" / hook / r["name"] / "metrics.json", t.path / "metrics.json")
+            write_sae_card(t.path)
         eval_sections.append(evaluation_section_html(results))
 
         progress.stage(f"interpret {hook}", total=None)

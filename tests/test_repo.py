@@ -21,6 +21,7 @@ EXPECTED_COMMANDS = {
     "steer",
     "features",
     "diff",
+    "export",
     "serve",
     "audit",
 }

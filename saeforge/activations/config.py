@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from saeforge.device import DEFAULT_DEVICE, Device
 from saeforge.dtypes import StorageDtype
+from saeforge.hook_names import canonical_hook_name
 
 # The two models of a paired capture, in --model order; their stores go to out/<role>/<hook>.
 ROLES = ("base", "finetuned")
@@ -74,6 +75,7 @@ class CaptureConfig(BaseModel):
     @field_validator("hooks")
     @classmethod
     def _hook_names(cls, v: list[str]) -> list[str]:
+        v = [canonical_hook_name(h) for h in v]
         if len(set(v)) != len(v):
             raise ValueError(f"hooks are repeated: {v}")
         for h in v:

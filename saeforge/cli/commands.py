@@ -4,6 +4,7 @@ from saeforge.cli import (
     capture,  # noqa: F401
     diff,  # noqa: F401
     eval,  # noqa: F401
+    export,  # noqa: F401
     features,  # noqa: F401
     interpret,  # noqa: F401
     plan,  # noqa: F401

@@ -10,6 +10,7 @@ import typer
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes, fail
 from saeforge.errors import EXIT_FAILED, ConfigError
+from saeforge.hook_names import canonical_hook_name
 from saeforge.interpret.config import AttributeConfig, InterpretConfig
 
 
@@ -115,7 +116,7 @@ def _open_inputs(cfg: InterpretConfig):
             f"the store has d_in={store.d_in} but the SAE has d_in={sae.d_in}: use the store of its hook"
         )
     sae_hook = sae.cfg.metadata.get("hook_name")
-    if sae_hook and store.hook and sae_hook != store.hook:
+    if sae_hook and store.hook and canonical_hook_name(sae_hook) != canonical_hook_name(store.hook):
         raise ConfigError(f"the SAE was trained at hook {sae_hook!r} but the store holds {store.hook!r}")
     return sae, store, chosen, judge
 

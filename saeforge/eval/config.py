@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saeforge.device import DEFAULT_DEVICE, Device
 
@@ -78,6 +78,18 @@ class EvalConfig(BaseModel):
         description="a latent appears (vanishes) only if it fires on at least this fraction of the compare "
         "(base) tokens",
     )
+    compat: str = Field(
+        default="saeforge",
+        description="saeforge, or saelens: also write SAELens/SAEBench definitions as saelens.* keys "
+        "(docs/evaluation.md)",
+    )
+
+    @field_validator("compat")
+    @classmethod
+    def _compat(cls, v: str) -> str:
+        if v not in ("saeforge", "saelens"):
+            raise ValueError(f"compat={v!r} is not one of saeforge, saelens")
+        return v
 
     @model_validator(mode="after")
     def _model_for_corpora(self) -> EvalConfig:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeforge.eval.compat import COMPAT_MODES, SAELensAccumulator, saelens_downstream
 from saeforge.eval.dictionary import absorption_proxy, decoder_neighbours, duplication_metrics
 from saeforge.eval.downstream import (
     ablations,
@@ -71,6 +72,7 @@ def evaluate(
     downstream_batch_size: int = 8,
     chunk: int = 1024,
     baseline_cache: dict | None = None,
+    compat: str = "saeforge",
 ) -> dict[str, Any]:
     """Evaluates `sae` on activations and, when `model` is given, on the model's outputs.
 
@@ -82,6 +84,7 @@ def evaluate(
     chunk: rows per block of decoder cosines ([chunk, d_sae] in memory at once).
     baseline_cache: a dict shared across calls that evaluate several SAEs on the same model and data: the
         zero- and mean-ablation forward passes, which do not depend on the SAE, then run once.
+    compat: "saelens" adds `saelens.*` keys, SAELens's and SAEBench's definitions (eval/compat.py).
 
     Returns flat metrics (documented in docs/evaluation.md) with `verdict` and `verdict_evidence`, plus
     `latent_density`, a [d_sae] float64 numpy array (not a scalar; `write_metrics` stores it apart).
@@ -95,8 +98,11 @@ def evaluate(
     hook = hook or sae.cfg.metadata.get("hook_name")
     if model is not None and not hook:
         raise ValueError("pass `hook`: the SAE's cfg.json has no metadata.hook_name to splice at")
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"compat={compat!r} is not one of {', '.join(COMPAT_MODES)}")
+    saelens = SAELensAccumulator(sae) if compat == "saelens" else None
     max_cos, neighbours = decoder_neighbours(sae.W_dec, chunk=chunk)
-    acc = _stream(sae, batches, neighbours)
+    acc = _stream(sae, batches if saelens is None else saelens.tap(batches), neighbours)
     metrics: dict[str, Any] = {
         "architecture": sae.cfg.architecture,
         "d_in": sae.d_in,
@@ -125,13 +131,26 @@ def evaluate(
             )
 
         if contexts is not None:
-            metrics.update(scores(*_as_contexts(contexts, model)))
+            tokens, special = _as_contexts(contexts, model)
+            metrics.update(scores(tokens, special))
+            if saelens is not None:
+                every = downstream_scores(
+                    forward,
+                    model.kind,
+                    tokens,
+                    torch.zeros_like(special),
+                    replacements,
+                    downstream_batch_size,
+                )
+                metrics.update(saelens_downstream(every))
         for label, ctx in (extra or {}).items():
             tokens, special = _as_contexts(ctx, model)
             sub = _stream(sae, hook_activations(model, hook, tokens, special, downstream_batch_size), None)
             extra_metrics = {**sub.result(), **scores(tokens, special)}
             metrics.update({f"extra.{label}.{k}": v for k, v in extra_metrics.items()})
 
+    if saelens is not None:
+        metrics.update(saelens.result())
     metrics["verdict"], metrics["verdict_evidence"] = verdict(metrics)
     metrics["latent_density"] = acc.density()
     return metrics

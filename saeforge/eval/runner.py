@@ -15,6 +15,7 @@ from saeforge.eval.dictionary import stability
 from saeforge.eval.downstream import contexts_from_source
 from saeforge.eval.drift import latent_drift, metric_changes
 from saeforge.eval.evaluate import evaluate, extra_label
+from saeforge.hook_names import canonical_hook_name
 from saeforge.sae.base import SAE
 
 
@@ -98,7 +99,7 @@ def _open_store(path: Path, sae_paths: Sequence[Path], saes: Sequence[SAE]) -> A
                 f"d_in {store.d_in}: evaluate it on activations captured at the hook it was trained on"
             )
         sae_hook = sae.cfg.metadata.get("hook_name")
-        if sae_hook and store.hook and sae_hook != store.hook:
+        if sae_hook and store.hook and canonical_hook_name(sae_hook) != canonical_hook_name(store.hook):
             raise ValueError(
                 f"SAE {sae_path} was trained at hook {sae_hook!r} but the activation store {path} holds hook "
                 f"{store.hook!r}: give a store captured at {sae_hook!r}"
@@ -156,6 +157,7 @@ class _Side:
             extra=self.extra,
             downstream_batch_size=self.cfg.downstream_batch_size,
             baseline_cache=self.baseline_cache,
+            compat=self.cfg.compat,
         )
 
 

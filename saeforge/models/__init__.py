@@ -23,6 +23,7 @@ from saeforge.models.loading import (  # noqa: E402
     builtin_example_model,
     load_model,
 )
+from saeforge.models.texts import text_activations  # noqa: E402
 
 __all__ = [
     "EXAMPLE_MODEL_SHA256",
@@ -39,4 +40,5 @@ __all__ = [
     "resolve_hook",
     "run_hooks",
     "splice",
+    "text_activations",
 ]

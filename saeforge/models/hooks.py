@@ -26,6 +26,9 @@ Llama-style blocks and sequential GPT-NeoX, `post_attention_layernorm(resid_pre)
 BERT's MLP (`intermediate` then `output.dense`) reads the attention sublayer's normalised output
 `h = LN1(resid_pre + attn_out)`: its `mlp_in` is the input of `intermediate`.
 
+Each canonical name may also be given in its TransformerLens spelling (`blocks.{i}.hook_resid_post`, ...;
+`saeforge.hook_names`): it resolves to the same HookPoint, named canonically.
+
 Any module path of the model (`model.layers.3.mlp`, as in `model.named_modules()`) names that module's output;
 `PATH:input` names its input (the first positional argument, or the `hidden_states` keyword). Outputs that are
 tuples (or lists, or ModelOutputs) contribute their first element. Every activation is a Tensor [batch, seq, d].
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from saeforge.hook_names import canonical_hook_name
 from saeforge.models.loading import LoadedModel
 
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_in")
@@ -159,18 +163,19 @@ def resolve_hook(model: LoadedModel | nn.Module, name: str | HookPoint) -> HookP
     if isinstance(name, HookPoint):
         return name
     root = _unwrap(model)
+    given, name = name, canonical_hook_name(name)
     match = _CANONICAL.fullmatch(name)
     if match:
         layer, site = int(match.group(1)), match.group(2)
         path, blocks = find_blocks(model)
         if layer >= len(blocks):
             raise HookError(
-                f"hook {name!r}: layer {layer} does not exist, the model has {len(blocks)} blocks (0..{len(blocks) - 1}); "
+                f"hook {given!r}: layer {layer} does not exist, the model has {len(blocks)} blocks (0..{len(blocks) - 1}); "
                 + _valid_names_message(model, name)
             )
         sites = _sites(blocks[layer])
         if site not in sites:
-            raise HookError(f"hook {name!r}: unknown site {site!r}; " + _valid_names_message(model, name))
+            raise HookError(f"hook {given!r}: unknown site {site!r}; " + _valid_names_message(model, name))
         rel, io = sites[site]
         module_path = f"{path}.{layer}" + (f".{rel}" if rel else "")
         return HookPoint(name, root.get_submodule(module_path), io, layer, module_path)
@@ -287,19 +292,20 @@ def run_hooks(
 ) -> dict[str, torch.Tensor]:
     """One no-grad forward pass over input_ids LongTensor [B, T]; returns {hook name: Tensor [B, T, d]}.
 
-    The forward stops after the deepest hooked block when `stop_after_deepest` (see `record`).
+    The result is keyed by the names as given (a TransformerLens spelling stays one). The forward stops after
+    the deepest hooked block when `stop_after_deepest` (see `record`).
     """
     if not hooks:
         raise HookError("run_hooks needs at least one hook")
-    with torch.no_grad(), record(loaded, hooks, stop_after_deepest) as acts:
+    points = [resolve_hook(loaded, h) for h in hooks]
+    with torch.no_grad(), record(loaded, points, stop_after_deepest) as acts:
         _forward(loaded, input_ids, attention_mask)
-    names = [resolve_hook(loaded, h).name for h in hooks]
-    missing = [n for n in names if n not in acts]
+    missing = [p.name for p in points if p.name not in acts]
     if missing:
         raise HookError(
             f"hooks {missing} never ran during the forward pass; is the module used by forward()?"
         )
-    return {n: acts[n] for n in names}
+    return {(h if isinstance(h, str) else h.name): acts[p.name] for h, p in zip(hooks, points, strict=True)}
 
 
 def _check_shape(new: torch.Tensor, old: torch.Tensor, name: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from saeforge.distributed import Collectives
+from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
 
 
 class SAEConfig(BaseModel):
@@ -104,6 +105,20 @@ class SAE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
+
+    def to(self, *args, **kwargs):
+        """`nn.Module.to`, also taking a dtype by name (`sae.to("cuda", "bfloat16")`); cfg.dtype/device follow."""
+        args = tuple(torch_dtype(a) if isinstance(a, str) and a in FLOAT_DTYPES else a for a in args)
+        if isinstance(kwargs.get("dtype"), str):
+            if kwargs["dtype"] not in FLOAT_DTYPES:
+                raise ValueError(f"dtype={kwargs['dtype']!r} is not one of {', '.join(FLOAT_DTYPES)}")
+            kwargs["dtype"] = torch_dtype(kwargs["dtype"])
+        out = super().to(*args, **kwargs)
+        if isinstance(self.cfg, SAEConfig):
+            names = {torch_dtype(n): n for n in FLOAT_DTYPES}
+            self.cfg.dtype = names.get(self.W_dec.dtype, self.cfg.dtype)
+            self.cfg.device = str(self.W_dec.device)
+        return out
 
     def weights_for_saving(self) -> dict[str, Tensor]:
         """Tensors written to `sae_weights.safetensors` (SAELens names)."""

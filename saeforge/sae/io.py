@@ -24,6 +24,15 @@ from saeforge.device import resolve_device
 from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
 from saeforge.sae import registry
 from saeforge.sae.base import SAE, SAEConfig
+from saeforge.sae.saelens_compat import (
+    SAEFORGE_HOOK_KEY,
+    fold_input_scale,
+    input_scale,
+    metadata_for_saelens,
+    metadata_from_saelens,
+    rename_legacy_tensors,
+    topk_k,
+)
 from saeforge.version import __version__
 
 CFG_FILENAME = "cfg.json"
@@ -36,7 +45,8 @@ SAELENS_METADATA_KEYS = {
     "prepend_bos", "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
     "sae_lens_version", "sae_lens_training_version", "hook_name_out", "hook_head_index_out", "hf_hook_name",
     "hf_hook_name_out", "dataset_trust_remote_code", "activation_fn", "activation_fn_str", "activation_fn_kwargs",
-    "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index",
+    "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index", SAEFORGE_HOOK_KEY,
+    "norm_scaling_factor",
 }  # fmt: skip
 SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
 
@@ -44,13 +54,14 @@ SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
 def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Writes `sae` to directory `path` (created if needed) in the SAELens v6 layout; returns the directory.
 
-    `metadata` (e.g. {"hook_name": "layers.3.resid_post", "model_name": ...}) is merged into cfg.metadata.
+    `metadata` (e.g. {"hook_name": "layers.3.resid_post", "model_name": ...}) is merged into cfg.metadata; a
+    canonical hook_name is written in its TransformerLens spelling (sae/saelens_compat.py).
     Each file is written to a temporary name and renamed into place, weights first.
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
-    meta = {**cfg.metadata, **(metadata or {})}
+    meta = metadata_for_saelens({**cfg.metadata, **(metadata or {})})
     reshape = meta.pop("reshape_activations", "none")
     version = str(meta.get("sae_lens_version", ""))
     if not version[:1].isdigit() or int(version.split(".")[0]) < 6:
@@ -105,11 +116,13 @@ def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dic
             meta[key] = raw.pop(key)
     if "hook_point" in meta and "hook_name" not in meta:
         meta["hook_name"] = meta.pop("hook_point")
+    meta = metadata_from_saelens(meta)
     act_fn = meta.get("activation_fn", meta.get("activation_fn_str"))
     architecture = raw.get("architecture", "standard")
     if act_fn == "topk" and architecture == "standard":
         architecture = "topk"
-        raw.setdefault("k", (meta.get("activation_fn_kwargs") or {}).get("k"))
+    if architecture == "topk":
+        raw["k"] = topk_k(raw, meta)
     norm = raw.get("normalize_activations", "none")
     if isinstance(norm, bool) or norm is None:
         norm = "expected_average_only_in" if norm else "none"
@@ -163,10 +176,17 @@ def _fold_weights(weights: dict[str, Tensor], cfg: SAEConfig, extra: dict[str, A
         weights["W_dec"] = weights["W_dec"] / norm[:, None]
 
 
-def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = None) -> SAE:
+def load_sae(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    dtype: str | None = None,
+    norm_scaling_factor: float | None = None,
+) -> SAE:
     """Loads an inference SAE from a saeforge or SAELens directory (`cfg.json` + `sae_weights.safetensors`).
 
     dtype: override of cfg.json's dtype ("float32", "bfloat16", ...). Shapes are checked against d_in/d_sae.
+    norm_scaling_factor: the input scale s of a release trained on x * s (SAELens's pretrained_saes.yaml lists
+        it); folded into the weights so that the SAE reads raw activations. Default: cfg.json's, if any.
     """
     root = Path(path)
     cfg_path, weights_path = root / CFG_FILENAME, root / WEIGHTS_FILENAME
@@ -180,6 +200,9 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
     core, extra = _normalise_cfg(raw, str(cfg_path))
+    scale = input_scale(core["metadata"], norm_scaling_factor, core["normalize_activations"], str(cfg_path))
+    if scale is not None:
+        core["normalize_activations"] = "none"
     if dtype is not None:
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
@@ -198,6 +221,7 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
 
     with safe_open(weights_path, framework="pt", device="cpu") as f:
         weights = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    rename_legacy_tensors(weights)
     for name, t in weights.items():
         if not t.is_floating_point():
             raise ValueError(
@@ -214,6 +238,8 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
                 f"d_sae={cfg.d_sae}) implies {list(want)}"
             )
     _fold_weights(weights, cfg, extra, str(weights_path))
+    if scale is not None:
+        fold_input_scale(weights, scale)
     names = tuple(shapes)
     missing = [n for n in names if n not in weights]
     unexpected = [n for n in weights if n not in names]

@@ -9,6 +9,7 @@ from typing import Any
 
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
+from saeforge.report.card import write_sae_card
 from saeforge.report.figures import plot_curves
 from saeforge.sae.base import SAE
 from saeforge.train.runcard import run_card
@@ -66,6 +67,7 @@ def export_results(run: Any) -> list[TrainedSAE]:
         path = run.cfg.out / m.name
         if run.ctx.is_main:
             sae_api.save_sae(sae, path, metadata=card)
+            write_sae_card(path)
         out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
     if run.ctx.is_main:
         write_text(run.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1))

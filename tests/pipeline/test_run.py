@@ -62,6 +62,15 @@ def test_cli_run_writes_the_run_directory(tmp_path, tiny_model, cli):
     for key in ("fvu", "explained_variance", "l0", "dead_fraction", "verdict"):
         assert key in metrics
     assert 0 < metrics["fvu"] < 1
+    # The SAE card carries the evaluation: front matter and the Markdown table.
+    card = (sae_dir / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["verdict"] == metrics["verdict"] and front["metrics"]["fvu"] == metrics["fvu"]
+    assert (
+        front["hook_name"] == "layers.1.resid_post"
+        and front["transformerlens_hook_name"] == "blocks.1.hook_resid_post"
+    )
+    assert f"| {metrics['fvu']:.4g} |" in card and "builtin:train" in card
     # The printed headline numbers are the evaluation's.
     assert f"{metrics['fvu']:.4f}" in proc.stdout
 

@@ -56,14 +56,17 @@ def test_cli_flags_train_one_sae_with_its_run_card(store, tmp_path):
     sae = load_sae(out / "topk")
     assert sae.encode(torch.randn(5, D_IN)).shape == (5, 64)
     card = json.loads((out / "topk" / "cfg.json").read_text())["metadata"]
-    assert (card["model"], card["model_fingerprint"], card["hook_name"]) == (
+    assert (card["model"], card["model_fingerprint"], card["saeforge_hook_name"]) == (
         "/models/tiny-gpt2", "sha256:0123abcd", "layers.1.resid_post"
     )  # fmt: skip
+    assert card["hook_name"] == "blocks.1.hook_resid_post"  # SAELens attaches at the TransformerLens name
     assert card["context_size"] == 32 and card["data"]["corpus"][0]["source"] == "builtin:train"
     assert card["data"]["preprocessing"].startswith("BOS") and card["sparsity"]["k"] == 4
     assert card["training"]["steps"] == 20 and card["training"]["data_seed"] == 3
     assert card["data"]["epochs"] == pytest.approx(1280 / 1536)
-    assert json.loads((out / "run_card.json").read_text())["topk"].items() <= card.items()
+    run_card = json.loads((out / "run_card.json").read_text())["topk"]
+    assert run_card["hook_name"] == card["saeforge_hook_name"]
+    assert {k: v for k, v in run_card.items() if k != "hook_name"}.items() <= card.items()
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert ckpts == ["step_000000010", "step_000000015", "step_000000020"]
 
