@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
+from saeforge.lock import one_writer
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
 
@@ -270,14 +271,18 @@ def _latent_contexts(
 
 
 def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult:
-    """Runs every stage of `plan`; resumable stages (capture, training) continue where a previous run stopped."""
+    """Runs every stage of `plan`; resumable stages (capture, training) continue where a previous run stopped.
+    Raises FolderInUse at once when another process is writing into the run directory."""
+    with one_writer(plan.run.out, "run"):
+        return _run_pipeline(plan, progress or Progress())
+
+
+def _run_pipeline(plan: StagePlan, progress: Progress) -> RunResult:
     from transformers import AutoTokenizer
 
-    progress = progress or Progress()
     t0 = time.time()
     run = plan.run
     out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(json.loads(run.model_dump_json()), sort_keys=False))
 
     train_stores = _capture(plan.capture_train, "train", progress)

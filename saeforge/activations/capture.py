@@ -33,6 +33,7 @@ from saeforge.activations.stats import RunningStats
 from saeforge.activations.store import TORCH_DTYPES
 from saeforge.activations.writer import shard_name
 from saeforge.atomic import write_bytes
+from saeforge.lock import one_writer
 
 # Bytes a row costs besides its activations: token id (8) + (sequence, position) (16) + its context's share.
 ROW_OVERHEAD_BYTES = 8 + 16 + 8
@@ -415,8 +416,14 @@ def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str,
     torch.distributed (torchrun), each process runs the forward passes of its share of the batch grid and
     writes its own shards; rank 0 writes the manifest. `progress(tokens_done, tokens_total)` is called after
     every forward batch of this process. Raises CorpusExhausted (store kept, marked incomplete) if the corpus
-    is shorter than cfg.tokens, NonFiniteActivations on NaN/inf, CaptureError on missing disk space.
+    is shorter than cfg.tokens, NonFiniteActivations on NaN/inf, CaptureError on missing disk space, and
+    FolderInUse at once when another process is writing into cfg.out.
     """
+    with one_writer(cfg.out, "capture"):
+        return _capture(cfg, progress)
+
+
+def _capture(cfg: CaptureConfig, progress: ProgressFn | None) -> dict[str, Path]:
     from saeforge.models import load_model
 
     rank, world = _world()

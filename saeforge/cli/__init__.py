@@ -15,6 +15,18 @@ app = typer.Typer(
 )
 
 
+def hold_out_folder(ctx: typer.Context, out, command: str) -> None:
+    """Holds the single-writer lock of `out` until the command `ctx` returns (saeforge.lock); exits with code
+    1, naming the other writer, when another process holds it."""
+    from saeforge.lock import FolderInUse, one_writer
+
+    try:
+        ctx.with_resource(one_writer(out, command))
+    except FolderInUse as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _register() -> None:
     # Each command module adds itself to `app`; importing them is all registration takes.
     from saeforge.cli import commands  # noqa: F401

@@ -81,6 +81,7 @@ def capture(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from saeforge.activations.capture import CaptureConfig, CaptureError, capture, store_status
+    from saeforge.lock import FolderInUse
 
     sources = [{"source": s, "weight": w} for s, w in zip(data, _weights(mix, len(data)), strict=True)]
     try:
@@ -124,7 +125,7 @@ def capture(
         ) as bar:
             task = bar.add_task("capture", total=tokens)
             dirs = capture(cfg, progress=lambda done, total: bar.update(task, completed=done))
-    except (CaptureError, ValueError) as e:
+    except (CaptureError, FolderInUse, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     if rank == 0:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from saeforge.cli import app
+from saeforge.cli import app, hold_out_folder
 
 
 def parse_ids(text: str | None, option: str) -> list[int] | None:
@@ -36,6 +36,7 @@ def _model_dir(explicit: Path | None, manifest) -> Path | None:
 
 @app.command()
 def interpret(
+    ctx: typer.Context,
     sae: Path = typer.Option(..., "--sae", help="SAE directory (cfg.json + sae_weights.safetensors)."),
     activations: Path = typer.Option(
         ...,
@@ -109,6 +110,7 @@ def interpret(
     ]:
         if v <= 0:
             _fail(f"{name} must be positive, got {v}")
+    hold_out_folder(ctx, out, "interpret")
     try:
         sae_obj = load_sae(sae, device=device)
         store = ActivationStore.open(activations)
@@ -201,6 +203,7 @@ def interpret(
 
 @app.command()
 def attribute(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "--model", help="Local causal LM directory."),
     sae: Path = typer.Option(..., "--sae", help="SAE directory (cfg.json + sae_weights.safetensors)."),
     prompt: str = typer.Option(..., "--prompt", help="Prompt whose next-token logit is explained."),
@@ -264,6 +267,7 @@ def attribute(
     Console(width=120).print(table)
     if out is None:
         return
+    hold_out_folder(ctx, out, "attribute")
     if (out / "latents.json").exists():
         interp = load_interpretation(out)
         interp.attributions.append(res.to_dict())

@@ -153,6 +153,7 @@ def train_command(
         help="Extra metric sink: tensorboard, mlflow or wandb (repeatable); JSONL is always on.",
     ),
 ) -> None:
+    from saeforge.lock import FolderInUse
     from saeforge.train import ConfigError, NonFiniteError, TrainConfig, TrainingInterrupted, train
 
     flags = {
@@ -223,7 +224,7 @@ def train_command(
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    except NonFiniteError as e:
+    except (NonFiniteError, FolderInUse) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     except TrainingInterrupted as e:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
+from saeforge.lock import one_writer
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput
 from saeforge.train.checkpoint import (
@@ -613,11 +614,13 @@ def train(
     progress: called on the main rank after every step with a `ProgressEvent`.
 
     Raises ConfigError before any work on a bad configuration, NonFiniteError on NaN/inf, and
-    TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT.
+    TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT, FolderInUse at once when another process
+    is writing into cfg.out.
     """
     check_logger_packages(cfg.loggers)
     ctx = DistContext.from_env(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
     try:
-        return _Run(cfg, source, progress, ctx).run()
+        with one_writer(cfg.out, "train"):
+            return _Run(cfg, source, progress, ctx).run()
     finally:
         ctx.close()
