@@ -73,6 +73,8 @@ class ActivationLoader:
     Which rows form a batch is random (a slice of the epoch's permutation); inside a batch the rows come in
     store order (sorted by shard and row), which makes the gather a sequential sweep of each shard. Shuffle
     inside the batch if its order matters to you (SAE losses are means over the batch, so it does not).
+    Every shard is checked against its sha256 (unless the store was opened with verify="off") when the
+    loader is made, before any batch is served.
 
     Args:
         store: an opened ActivationStore.
@@ -80,7 +82,6 @@ class ActivationLoader:
         seed: permutation seed; epoch e uses the permutation drawn from (seed, e).
         rank, world_size: this process's slice of each global batch (data parallel training).
         dtype: dtype of the yielded batches.
-        verify: check every shard's sha256 before serving any data (a corrupted shard is never served).
     """
 
     def __init__(
@@ -91,7 +92,6 @@ class ActivationLoader:
         rank: int = 0,
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
-        verify: bool = True,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -104,12 +104,7 @@ class ActivationLoader:
                 f"{store.path} holds {store.num_rows} rows, fewer than one batch of {batch_size}; "
                 "capture more tokens or lower the batch size"
             )
-        if verify and (bad := store.verify()):
-            raise StoreError(
-                "refusing to serve corrupted shards: "
-                + "; ".join(bad)
-                + ". Run `saeforge verify` and recapture."
-            )
+        store.check_shards()  # a corrupted shard fails here, before training
         self.store = store
         self.batch_size = batch_size
         self.local_batch_size = batch_size // world_size

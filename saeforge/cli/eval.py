@@ -20,6 +20,11 @@ def eval_command(
     out: Path = typer.Option(
         ..., "--out", help="Output directory: OUT/<sae name>/metrics.json, comparison.csv/.json, plots."
     ),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="Check each shard's sha256 as it is first read; --no-verify loads a store without checksums.",
+    ),
     model: Path = typer.Option(
         None,
         "--model",
@@ -71,6 +76,7 @@ def eval_command(
         cfg = EvalConfig(
             saes=sae,
             activations=activations,
+            verify=verify,
             out=out,
             model=model,
             data=data,

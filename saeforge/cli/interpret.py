@@ -46,6 +46,11 @@ def interpret(
     out: Path = typer.Option(
         ..., "--out", help="Output directory: latents.json, index.html + latents/*.html, features.sqlite."
     ),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="Check each shard's sha256 as it is first read; --no-verify loads a store without checksums.",
+    ),
     latents: int = typer.Option(None, "--latents", help="Describe N latents drawn at random (see --seed)."),
     latent_ids: str = typer.Option(None, "--latent-ids", help="Describe these latents: comma-separated ids."),
     top_k: int = typer.Option(20, "--top-k", help="Top activating contexts kept per latent."),
@@ -113,7 +118,8 @@ def interpret(
     hold_out_folder(ctx, out, "interpret")
     try:
         sae_obj = load_sae(sae, device=device)
-        store = ActivationStore.open(activations)
+        store = ActivationStore.open(activations, verify="lazy" if verify else "off")
+        store.check_shards()
         batches = store_batches(store, batch_rows)
         chosen = choose_latents(sae_obj.d_sae, latents, ids, seed)
         judge = None
@@ -164,7 +170,10 @@ def interpret(
         seed=seed,
     )
     result.meta.update(
-        sae=str(sae), activations=str(activations), model=str(model_dir) if model_dir else None
+        sae=str(sae),
+        activations=str(activations),
+        activations_verified=verify,
+        model=str(model_dir) if model_dir else None,
     )
     out.mkdir(parents=True, exist_ok=True)
 

@@ -143,6 +143,11 @@ def train_command(
         False, "--resume", help="Continue from the latest checkpoint in OUT/checkpoints."
     ),
     out: Path | None = typer.Option(None, "--out", help="Run directory (required without CONFIG)."),
+    no_verify: bool = typer.Option(
+        False,
+        "--no-verify",
+        help="Load a store whose manifest lists no sha256 (another tool's) unverified; the run card says so.",
+    ),
     name: str | None = typer.Option(
         None, "--name", help="Name of the SAE's folder under OUT (default: architecture)."
     ),
@@ -171,6 +176,7 @@ def train_command(
         "--checkpoint-every": checkpoint_every,
         "--name": name,
         "--logger": logger,
+        "--no-verify": no_verify or None,
     }
     try:
         if config is not None:
@@ -202,6 +208,7 @@ def train_command(
             }
             data = {
                 "activations": activations,
+                "verify": not no_verify,
                 "tokens": 10_000_000 if tokens is None else tokens,
                 "batch_size": 4096 if batch_size is None else batch_size,
                 "out": out,

@@ -23,6 +23,11 @@ class EvalConfig(BaseModel):
 
     saes: list[Path] = Field(min_length=1, description="SAE directories (cfg.json + sae_weights.safetensors)")
     activations: Path = Field(description="held-out activation store at the SAEs' hook")
+    verify: bool = Field(
+        default=True,
+        description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
+        "checksums (another tool's) unverified, and metrics.json records it",
+    )
     out: Path | None = Field(default=None, description="where the CLI writes metrics.json files and plots")
     model: Path | None = Field(default=None, description="local model directory for downstream metrics")
     data: str | None = Field(default=None, description="corpus SOURCE for downstream contexts")
@@ -124,7 +129,8 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     from saeforge.sae import load_sae
 
     say = progress or (lambda _msg: None)
-    store = ActivationStore.open(cfg.activations)
+    store = ActivationStore.open(cfg.activations, verify="lazy" if cfg.verify else "off")
+    store.check_shards()
     saes = [load_sae(p, device=cfg.device).eval() for p in cfg.saes]
     for path, sae in zip(cfg.saes, saes, strict=True):
         if sae.d_in != store.d_in:
@@ -180,6 +186,6 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
             downstream_batch_size=cfg.downstream_batch_size,
             baseline_cache=baseline_cache,
         )
-        results.append({"name": name, "sae_path": str(path), **metrics})
+        results.append({"name": name, "sae_path": str(path), "activations_verified": cfg.verify, **metrics})
     add_stability(results, saes, cfg.hungarian_max_latents)
     return results

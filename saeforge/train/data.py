@@ -25,7 +25,7 @@ def open_store(cfg: TrainConfig, source: Iterable[Tensor] | None) -> Any:
     from saeforge.activations.store import ActivationStore
 
     try:
-        return ActivationStore.open(cfg.activations)
+        return ActivationStore.open(cfg.activations, verify="lazy" if cfg.verify else "off")
     except (OSError, ValueError) as e:
         raise ConfigError(f"activations: cannot open the store {cfg.activations}: {e}") from e
 

@@ -101,6 +101,7 @@ def run_card(
         },
         "data": {
             "activations": str(cfg.activations) if cfg.activations else None,
+            "verified": cfg.verify if cfg.activations else None,
             "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
             **data,
         },
