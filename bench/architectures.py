@@ -14,17 +14,16 @@ import time
 
 import torch
 
-from saeforge.sae import TrainStepInput, create_training_sae
+from saeforge.sae import TRAINING_ARCHITECTURES, TrainStepInput, create_training_sae
+from saeforge.sae.registry import ALIASES
 from saeforge.synthetic import SyntheticActivations, SyntheticConfig, feature_recovery
 
-# Per-architecture settings beyond the shared d_sae and k / target_l0 (as in tests/sae/test_quality.py).
+# Settings beyond the shared d_sae and k / target_l0 (as in tests/sae/test_quality.py): a stronger AuxK for the
+# TopK family; Matryoshka's groups are set in main from d_sae.
 SETTINGS: dict[str, dict] = {
-    "standard": {},
-    "topk": {"aux_coefficient": 0.25},
-    "batchtopk": {"aux_coefficient": 0.25},
-    "jumprelu": {},
-    "gated": {},
-    "matryoshka": {"aux_coefficient": 0.25},
+    name: {"aux_coefficient": 0.25} if cls.family == "topk" else {}
+    for name, cls in TRAINING_ARCHITECTURES.items()
+    if name not in ALIASES
 }
 
 
@@ -46,7 +45,8 @@ def fit_and_measure(
     d_in = data.cfg.d_in
     sample = data.sample(8192)
     scale = d_in**0.5 / sample.norm(dim=1).mean().item()
-    sparsity = {"k": k} if architecture in ("topk", "batchtopk", "matryoshka") else {"target_l0": k}
+    family = TRAINING_ARCHITECTURES[architecture].family
+    sparsity = {"k": k} if family == "topk" else {"target_l0": k}
     sae = create_training_sae(
         dict(architecture=architecture, d_in=d_in, d_sae=d_sae, seed=seed, **sparsity, **cfg)
     )
@@ -109,7 +109,7 @@ def main() -> None:
             data = SyntheticActivations(
                 SyntheticConfig(d_in=args.d_in, n_features=args.n_features, l0=args.l0, seed=seed)
             )
-            if arch == "matryoshka":
+            if "group_sizes" in TRAINING_ARCHITECTURES[arch].sparsity_settings:
                 settings = {**settings, "group_sizes": [args.d_sae - args.d_sae // 6, args.d_sae // 6]}
             rows.append(
                 fit_and_measure(arch, data, args.d_sae, k, args.steps, args.batch_size, seed=seed, **settings)

@@ -16,9 +16,8 @@ from torch import Tensor
 
 from bench.harness import PhaseClock, Timing, time_calls
 from bench.reference import PLAIN
-from saeforge.sae import kernels
+from saeforge.sae import create_training_sae, kernels
 from saeforge.sae.base import TrainStepInput
-from saeforge.sae.registry import create_training_sae
 
 TOPK_FAMILY = ("topk", "batchtopk")
 DENSE = ("standard", "jumprelu", "gated")

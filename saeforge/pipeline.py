@@ -27,8 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
+from saeforge.errors import ConfigError
 from saeforge.eval import EvalConfig, evaluation_section_html, run_eval, write_eval_outputs
 from saeforge.lock import one_writer
+from saeforge.models.hooks import SITES
 from saeforge.report.html import ContextExample, LatentContexts, SAEReport, render_report
 from saeforge.train import TrainConfig, TrainedSAE, train
 
@@ -38,10 +40,6 @@ BUILTIN_MODEL = "builtin"
 _CAPTURE_OWN = {"model", "hooks", "data", "out"}
 _TRAIN_OWN = {"activations", "out"}
 _EVAL_OWN = {"saes", "activations", "out", "model", "data"}
-
-
-class ConfigError(ValueError):
-    """A run config that cannot work; the message names the field and the fix."""
 
 
 class ReportSection(BaseModel):
@@ -164,7 +162,7 @@ def resolve(run: RunConfig) -> StagePlan:
     return StagePlan(run=run, model_dir=model_dir, capture_train=cap, capture_heldout=heldout, train=trains)
 
 
-_CANONICAL_HOOK = re.compile(r"^layers\.\d+\.(resid_pre|resid_post|mlp_out|attn_out)$")
+_CANONICAL_HOOK = re.compile(rf"^layers\.\d+\.({'|'.join(SITES)})$")
 
 
 def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig]) -> None:
@@ -175,13 +173,13 @@ def _check_saes(run: RunConfig, model_dir: Path, trains: dict[str, TrainConfig])
     """
     from transformers import AutoConfig
 
-    from saeforge.train.trainer import validate_specs
+    from saeforge.train.specs import resolve_specs
 
     hidden = getattr(AutoConfig.from_pretrained(str(model_dir), local_files_only=True), "hidden_size", None)
     for hook, cfg in trains.items():
         if hidden is not None and _CANONICAL_HOOK.match(hook):
             try:
-                validate_specs(cfg, hidden, f"hook {hook} of {model_dir}")
+                resolve_specs(cfg, hidden, f"hook {hook} of {model_dir}")
             except ValueError as e:
                 raise ConfigError(f"train.{e}") from e
 

@@ -1,43 +1,36 @@
 """saeforge.activations: capture activations into checksummed shards, read them back, shuffle them for training.
 
 capture(CaptureConfig) -> one store per hook; ActivationStore.open(dir) reads one; ActivationLoader serves
-globally shuffled, exactly resumable training batches from it; StreamingSource serves the same batches computed
+globally shuffled, exactly resumable training batches from it; AlignedLoader serves tuples of the same rows of
+stores captured together (check_aligned proves they were); StreamingSource serves the same batches computed
 live from the model. Formats: docs/formats.md.
 """
 
-from saeforge.activations.capture import (
-    CaptureConfig,
-    CaptureError,
-    CorpusExhausted,
-    CorpusSource,
-    NonFiniteActivations,
-    capture,
-    store_status,
-)
-from saeforge.activations.loader import ActivationLoader
-from saeforge.activations.manifest import Manifest, ShardEntry, Stats
-from saeforge.activations.shards import ShardError
-from saeforge.activations.store import ActivationStore, StoreError, find_stores, verify_shards
-from saeforge.activations.streaming import StreamingSource
-from saeforge.activations.writer import write_store
+from saeforge.lazy import lazy_exports
 
-__all__ = [
-    "ActivationLoader",
-    "ActivationStore",
-    "CaptureConfig",
-    "CaptureError",
-    "CorpusExhausted",
-    "CorpusSource",
-    "Manifest",
-    "NonFiniteActivations",
-    "ShardEntry",
-    "ShardError",
-    "Stats",
-    "StoreError",
-    "StreamingSource",
-    "capture",
-    "find_stores",
-    "store_status",
-    "verify_shards",
-    "write_store",
-]
+lazy_exports(
+    __name__,
+    {
+        "PlanConfig": "saeforge.activations.config",
+        "AlignedLoader": "saeforge.activations.aligned",
+        "check_aligned": "saeforge.activations.aligned",
+        "CaptureError": "saeforge.activations.capture",
+        "CorpusExhausted": "saeforge.activations.capture",
+        "NonFiniteActivations": "saeforge.activations.capture",
+        "capture": "saeforge.activations.capture",
+        "store_status": "saeforge.activations.capture",
+        "CaptureConfig": "saeforge.activations.config",
+        "CorpusSource": "saeforge.activations.config",
+        "ActivationLoader": "saeforge.activations.loader",
+        "Manifest": "saeforge.activations.manifest",
+        "ShardEntry": "saeforge.activations.manifest",
+        "Stats": "saeforge.activations.manifest",
+        "ShardError": "saeforge.activations.shards",
+        "ActivationStore": "saeforge.activations.store",
+        "StoreError": "saeforge.activations.store",
+        "find_stores": "saeforge.activations.store",
+        "verify_shards": "saeforge.activations.store",
+        "StreamingSource": "saeforge.activations.streaming",
+        "write_store": "saeforge.activations.writer",
+    },
+)

@@ -13,11 +13,10 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from saeforge.activations.config import CaptureConfig, CorpusSource
 from saeforge.activations.corpus import ContextBatch, ContextStream
 from saeforge.activations.manifest import (
     FORMAT_VERSION,
@@ -30,9 +29,9 @@ from saeforge.activations.manifest import (
 )
 from saeforge.activations.shards import write_shard
 from saeforge.activations.stats import RunningStats
-from saeforge.activations.store import TORCH_DTYPES
 from saeforge.activations.writer import shard_name
 from saeforge.atomic import write_bytes
+from saeforge.dtypes import torch_dtype
 from saeforge.lock import one_writer
 
 # Bytes a row costs besides its activations: token id (8) + (sequence, position) (16) + its context's share.
@@ -51,59 +50,6 @@ class NonFiniteActivations(CaptureError):
     """A captured activation is NaN or inf; the message names the hook, shard, row, sequence and position."""
 
 
-class CorpusSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: str = Field(description="a text SOURCE (see saeforge.text.read_texts)")
-    weight: float = Field(default=1.0, gt=0, description="relative share of contexts drawn from this source")
-
-
-class CaptureConfig(BaseModel):
-    """Everything a capture needs; fields marked in `RESUME_FIELDS` must match to resume a partial store."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="local model directory")
-    hooks: list[str] = Field(min_length=1, description="hook names; one store per hook at out/<hook>")
-    data: list[CorpusSource] = Field(min_length=1, description="corpus sources, mixed by weight")
-    tokens: int = Field(
-        gt=0, description="non-special corpus tokens to capture (rows before outlier dropping)"
-    )
-    out: Path = Field(description="output directory")
-    context_size: int = Field(default=128, ge=2)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    shard_tokens: int = Field(default=65536, gt=0, description="rows per shard")
-    batch_size: int = Field(default=8, gt=0, description="contexts per forward pass")
-    prepend_bos: bool = True
-    exclude_special: bool = Field(default=True, description="leave BOS/EOS/PAD/CLS/SEP positions out")
-    drop_outliers: float | None = Field(
-        default=None, gt=1, description="drop rows whose norm exceeds this multiple of their context's median"
-    )
-    seed: int = Field(default=0, description="seed of the mixture draw")
-    device: str = "cpu"
-    model_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-
-    @field_validator("data", mode="before")
-    @classmethod
-    def _sources(cls, v):
-        if isinstance(v, str):
-            return [{"source": v}]
-        return [{"source": s} if isinstance(s, str) else s for s in v]
-
-    @field_validator("hooks")
-    @classmethod
-    def _hook_names(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"hooks are repeated: {v}")
-        for h in v:
-            if "/" in h or h in ("", ".", ".."):
-                raise ValueError(f"hook name {h!r} cannot name a directory (it may not contain '/')")
-        return v
-
-    def resume_key(self) -> dict:
-        """The settings a store's content depends on (device and out do not count)."""
-        return self.model_dump(mode="json", exclude={"out", "device"})
-
-
 def _world() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -118,7 +64,7 @@ def progress_file(store_dir: Path, rank: int) -> Path:
 
 def bytes_per_row(d_in: int, dtype: str) -> int:
     """Disk bytes one captured row takes (activations + token id + position + context share)."""
-    return d_in * torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size() + ROW_OVERHEAD_BYTES
+    return d_in * torch.tensor([], dtype=torch_dtype(dtype)).element_size() + ROW_OVERHEAD_BYTES
 
 
 def store_status(cfg: CaptureConfig) -> dict[str, str]:
@@ -217,7 +163,7 @@ class _HookWriter:
         if len(cand) == 0:
             return
         seq = batch.seq_ids[cand // t]
-        self.pending["acts"].append(flat[cand].to(TORCH_DTYPES[self.cfg.dtype]))
+        self.pending["acts"].append(flat[cand].to(torch_dtype(self.cfg.dtype)))
         self.pending["tok"].append(batch.tokens.reshape(-1)[cand])
         self.pending["pos"].append(torch.stack([seq, cand % t], dim=1))
         self.pending["key"].append(key)
@@ -467,7 +413,7 @@ def _capture(cfg: CaptureConfig, progress: ProgressFn | None) -> dict[str, Path]
         seed=cfg.seed,
     )
     checked = False
-    device = torch.device(cfg.device)
+    device = loaded.device
     for batch in stream:
         if batch.index % world != rank or batch.index < start:
             continue

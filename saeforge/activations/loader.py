@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from saeforge.activations.shards import as_tensor
-from saeforge.activations.store import ST_NAMES, ActivationStore, StoreError
+from saeforge.activations.store import ActivationStore, StoreError
+from saeforge.dtypes import SAFETENSORS_NAMES
 
 _SCALE_SAMPLE = 4096
 _NP_OF = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(np.uint16)}
@@ -49,7 +50,7 @@ def gather_rows(store: ActivationStore, rows: np.ndarray, dtype: torch.dtype) ->
     sorted_rows = np.sort(rows)
     shard_of = np.searchsorted(store.row_offsets, sorted_rows, side="right") - 1
     bounds = np.searchsorted(shard_of, np.arange(store.num_shards + 1))
-    st_dtype = ST_NAMES[store.manifest.dtype]
+    st_dtype = SAFETENSORS_NAMES[store.manifest.dtype]
     same = _NP_OF[st_dtype] == np.dtype(_NP_OF_TORCH[gather_dtype])
     for s in range(store.num_shards):
         a, b = int(bounds[s]), int(bounds[s + 1])
@@ -67,14 +68,23 @@ def gather_rows(store: ActivationStore, rows: np.ndarray, dtype: torch.dtype) ->
     return out.to(dtype)
 
 
+def rows_source(store: ActivationStore, rows: np.ndarray) -> list[tuple[str, list[int]]]:
+    """[(shard path, row indices inside that shard)] of global rows `rows`, for error messages."""
+    rows = np.sort(rows)
+    shard_of = np.searchsorted(store.row_offsets, rows, side="right") - 1
+    out = []
+    for s in np.unique(shard_of):
+        local = rows[shard_of == s] - store.row_offsets[s]
+        out.append((str(store.shard_path(int(s))), local.tolist()))
+    return out
+
+
 class ActivationLoader:
     """Infinite iterator of training batches [batch_size // world_size, d_in] from an activation store.
 
     Which rows form a batch is random (a slice of the epoch's permutation); inside a batch the rows come in
     store order (sorted by shard and row), which makes the gather a sequential sweep of each shard. Shuffle
     inside the batch if its order matters to you (SAE losses are means over the batch, so it does not).
-    Every shard is checked against its sha256 (unless the store was opened with verify="off") when the
-    loader is made, before any batch is served.
 
     Args:
         store: an opened ActivationStore.
@@ -82,6 +92,8 @@ class ActivationLoader:
         seed: permutation seed; epoch e uses the permutation drawn from (seed, e).
         rank, world_size: this process's slice of each global batch (data parallel training).
         dtype: dtype of the yielded batches.
+        verify: check every shard against its sha256 now, before serving any batch (with False, each shard is
+            still checked when first read, unless the store was opened with verify="off").
     """
 
     def __init__(
@@ -92,6 +104,7 @@ class ActivationLoader:
         rank: int = 0,
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
+        verify: bool = True,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -104,7 +117,8 @@ class ActivationLoader:
                 f"{store.path} holds {store.num_rows} rows, fewer than one batch of {batch_size}; "
                 "capture more tokens or lower the batch size"
             )
-        store.check_shards()  # a corrupted shard fails here, before training
+        if verify:
+            store.check_shards()  # a corrupted shard fails here, before training
         self.store = store
         self.batch_size = batch_size
         self.local_batch_size = batch_size // world_size
@@ -169,15 +183,7 @@ class ActivationLoader:
 
     def last_source(self) -> list[tuple[str, list[int]]]:
         """For the last batch: [(shard path, row indices inside that shard)], for error messages."""
-        if self._last is None:
-            return []
-        rows = np.sort(self._last)
-        shard_of = np.searchsorted(self.store.row_offsets, rows, side="right") - 1
-        out = []
-        for s in np.unique(shard_of):
-            local = rows[shard_of == s] - self.store.row_offsets[s]
-            out.append((str(self.store.shard_path(int(s))), local.tolist()))
-        return out
+        return [] if self._last is None else rows_source(self.store, self._last)
 
     @property
     def activation_scale(self) -> float:

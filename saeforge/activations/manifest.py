@@ -13,11 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from saeforge.atomic import write_bytes
+from saeforge.dtypes import StorageDtype
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DTYPES = ("float32", "float16", "bfloat16")
-StoreDtype = Literal["float32", "float16", "bfloat16"]
 
 
 class _Lenient(BaseModel):
@@ -83,7 +82,7 @@ class RankProgress(_Lenient):
 
 class Manifest(_Lenient):
     d_in: int = Field(gt=0)
-    dtype: StoreDtype
+    dtype: StorageDtype
     hook: str
     shards: list[ShardEntry]
     format_version: int | None = None

@@ -17,16 +17,10 @@ import numpy as np
 import torch
 
 from saeforge.atomic import atomic_path
+from saeforge.dtypes import safetensors_to_torch
 
 # safetensors dtype name <-> torch dtype; bfloat16 is memory-mapped as uint16 and viewed as bfloat16.
-ST_DTYPES: dict[str, torch.dtype] = {
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "I32": torch.int32,
-}
+ST_DTYPES: dict[str, torch.dtype] = safetensors_to_torch()
 _ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 _NP_DTYPES = {
     "F32": np.float32,

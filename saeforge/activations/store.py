@@ -19,10 +19,7 @@ from saeforge.activations.shards import (
     read_header,
     sha256_file,
 )
-
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-ST_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-
+from saeforge.dtypes import SAFETENSORS_NAMES, torch_dtype
 
 VerifyMode = Literal["lazy", "now", "off"]
 
@@ -164,7 +161,7 @@ class ActivationStore:
             raise ShardError(
                 f"{file}: `activations` is {acts['shape']}, manifest says {expect} ([rows, d_in])"
             )
-        if acts["dtype"] != ST_NAMES[manifest.dtype]:
+        if acts["dtype"] != SAFETENSORS_NAMES[manifest.dtype]:
             raise ShardError(f"{file}: `activations` is {acts['dtype']}, manifest says {manifest.dtype}")
         return header, start
 
@@ -175,7 +172,7 @@ class ActivationStore:
 
     @property
     def dtype(self) -> torch.dtype:
-        return TORCH_DTYPES[self.manifest.dtype]
+        return torch_dtype(self.manifest.dtype)
 
     @property
     def hook(self) -> str:
@@ -230,7 +227,7 @@ class ActivationStore:
         """Yields all rows once, in store order, as fresh [<=batch_size, d_in] tensors (for evaluation)."""
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        st_dtype = ST_NAMES[self.manifest.dtype]
+        st_dtype = SAFETENSORS_NAMES[self.manifest.dtype]
         arrays = [self.activations_array(i) for i in range(self.num_shards)]
         n = self.num_rows
         for start in range(0, n, batch_size):

@@ -9,7 +9,8 @@ import torch
 from saeforge.activations.manifest import FORMAT_VERSION, MANIFEST, Manifest, ShardEntry
 from saeforge.activations.shards import write_shard
 from saeforge.activations.stats import RunningStats
-from saeforge.activations.store import TORCH_DTYPES, ActivationStore
+from saeforge.activations.store import ActivationStore
+from saeforge.dtypes import STORAGE_DTYPES, torch_dtype
 
 
 def shard_name(index: int, rank: int = 0) -> str:
@@ -29,13 +30,13 @@ def write_store(
 
     Shards hold `shard_rows` rows each; the manifest carries the float64 statistics of the rows as stored.
     """
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {list(STORAGE_DTYPES)}, got {dtype!r}")
     if activations.ndim != 2:
         raise ValueError(f"activations must be [rows, d_in], got shape {list(activations.shape)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    acts = activations.to(TORCH_DTYPES[dtype])
+    acts = activations.to(torch_dtype(dtype))
     stats = RunningStats(acts.shape[1])
     entries = []
     for i, start in enumerate(range(0, acts.shape[0], shard_rows)):

@@ -1,30 +1,16 @@
-"""The `saeforge` command: a thin skin over the Python API. One module per command."""
+"""The `saeforge` command: a thin skin over the Python API. One module per command.
+
+Command options come from the stages' typed configs (`saeforge.cli.options`); errors and exit codes follow
+`saeforge.errors`.
+"""
 
 from __future__ import annotations
 
 import os
 
-import typer
+from saeforge.cli.app import app
 
-app = typer.Typer(
-    name="saeforge",
-    help="Train, judge, read and use sparse autoencoders on your own language models, offline.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def hold_out_folder(ctx: typer.Context, out, command: str) -> None:
-    """Holds the single-writer lock of `out` until the command `ctx` returns (saeforge.lock); exits with code
-    1, naming the other writer, when another process holds it."""
-    from saeforge.lock import FolderInUse, one_writer
-
-    try:
-        ctx.with_resource(one_writer(out, command))
-    except FolderInUse as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+__all__ = ["app", "main"]
 
 
 def _register() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from saeforge.cli import app
+from saeforge.cli.app import app
 
 features_app = typer.Typer(
     help="Build and search the feature index (SQLite, full-text search on explanations).",

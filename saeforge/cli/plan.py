@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from saeforge.cli import app
+from saeforge.activations.config import PlanConfig
+from saeforge.cli.app import app
+from saeforge.cli.options import Settings, config_options, exit_codes
 
 
 def _size(n: float) -> str:
@@ -26,36 +26,32 @@ def _duration(s: float) -> str:
 
 
 @app.command()
-def plan(
-    model: str = typer.Option(..., "--model", help="Local model directory."),
-    hook: str = typer.Option(..., "--hook", help="Hook name the SAE will read, e.g. layers.3.resid_post."),
-    tokens: int = typer.Option(..., "--tokens", help="Tokens to capture and train on."),
-    dtype: str = typer.Option("float32", "--dtype", help="Stored dtype: float32, float16 or bfloat16."),
-    expansion_factor: float = typer.Option(
-        16.0, "--expansion-factor", help="d_sae / d_in of the planned SAE."
-    ),
-    context_size: int = typer.Option(128, "--context-size", help="Tokens per context of the timed forward."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Contexts per timed forward pass."),
-    out: Path = typer.Option(
-        None, "--out", help="Where the store would go (to compare with free disk space)."
-    ),
-    device: str = typer.Option("cpu", "--device", help="Device to time the forward pass and SAE step on."),
-) -> None:
+@config_options(PlanConfig, flags={"batch_size": ("--forward-batch-size", "--batch-size")})
+def plan(settings: Settings) -> None:
     """Print disk, memory and time estimates for capturing TOKENS at HOOK and training an SAE on them."""
     from saeforge.activations.plan import plan as make_plan
-    from saeforge.activations.store import TORCH_DTYPES
 
-    if dtype not in TORCH_DTYPES:
-        typer.echo(f"error: --dtype must be one of {', '.join(TORCH_DTYPES)}, got {dtype!r}", err=True)
-        raise typer.Exit(2)
-    if tokens <= 0 or expansion_factor <= 0:
-        typer.echo("error: --tokens and --expansion-factor must be positive", err=True)
-        raise typer.Exit(2)
-    try:
-        p = make_plan(model, hook, tokens, dtype, expansion_factor, context_size, batch_size, out, device)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    with exit_codes():
+        cfg = settings.build()
+    with exit_codes(failed=(ValueError,)):
+        p = make_plan(
+            cfg.model,
+            cfg.hook,
+            cfg.tokens,
+            cfg.dtype,
+            cfg.expansion_factor,
+            cfg.context_size,
+            cfg.batch_size,
+            cfg.out,
+            cfg.device,
+        )
+    tokens, hook, dtype, expansion_factor, device = (
+        cfg.tokens,
+        cfg.hook,
+        cfg.dtype,
+        cfg.expansion_factor,
+        cfg.device,
+    )
     typer.echo(
         f"plan for {tokens:,} tokens at {hook} (d_in {p.d_in}), SAE d_sae {p.d_sae:,} ({expansion_factor:g}x)"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from saeforge.cli import app
+from saeforge.cli.app import app
 
 HELP = "\n\n".join(
     [

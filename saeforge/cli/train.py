@@ -8,11 +8,15 @@ from pathlib import Path
 
 import typer
 
-from saeforge.cli import app
+from saeforge.cli.app import app
+from saeforge.cli.options import Settings, config_options, exit_codes
+from saeforge.errors import ConfigError
+from saeforge.train.config import SAESpec, TrainConfig
 
 HELP = "\n\n".join(
     [
-        "Train SAEs on an activation store.",
+        "Train SAEs on an activation store (transcoders: --target-activations; crosscoders: several "
+        "--activations and --crosscoder).",
         "Either give CONFIG.yaml (keys: activations, tokens, batch_size, out, saes: a list of {name, architecture, "
         "k | sparsity_coefficient | target_l0, expansion_factor | d_sae, lr, seed, ...}, plus the training options "
         "of docs/training.md), or describe one SAE with flags (--activations, --architecture, --out, ...). "
@@ -88,152 +92,60 @@ class _Display:
         self.live.update(self._render())
 
 
+# Fields of a run given as flags (the one SAE's own come from SAESpec); --logger adds sinks to jsonl.
+_RUN_FLAGS = [
+    "activations",
+    "target_activations",
+    "crosscoder",
+    "tokens",
+    "batch_size",
+    "seed",
+    "checkpoint_every",
+    "resume",
+    "out",
+    "device",
+    "loggers",
+    "verify",
+]
+_SAE_FLAGS = [
+    "architecture",
+    "k",
+    "expansion_factor",
+    "d_sae",
+    "sparsity_coefficient",
+    "target_l0",
+    "lr",
+    "name",
+    "skip_connection",
+]
+_FILE_OVERRIDES = {"out", "resume", "device"}  # the flags that may override a CONFIG file
+
+
 @app.command("train", help=HELP, no_args_is_help=True)
+@config_options(
+    TrainConfig,
+    fields=_RUN_FLAGS,
+    flags={"loggers": "--logger"},
+    unset=True,
+    defaults={"tokens": 10_000_000},
+)
+@config_options(SAESpec, fields=_SAE_FLAGS, unset=True, into="spec")
 def train_command(
+    settings: Settings,
+    spec: Settings,
     config: Path | None = typer.Argument(
         None, help="YAML file describing the run (a sweep of one or more SAEs); omit to use the flags below."
     ),
-    activations: Path | None = typer.Option(
-        None, "--activations", help="Activation store directory written by `saeforge capture`."
-    ),
-    architecture: str | None = typer.Option(
-        None,
-        "--architecture",
-        help="SAE architecture: topk, batchtopk, matryoshka, jumprelu, gated, standard.",
-    ),
-    k: int | None = typer.Option(None, "--k", help="Active latents per token (TopK family)."),
-    expansion_factor: float | None = typer.Option(
-        None, "--expansion-factor", help="d_sae = F * d_in (default 16). Give this or --d-sae."
-    ),
-    d_sae: int | None = typer.Option(
-        None, "--d-sae", help="Number of latents. Give this or --expansion-factor."
-    ),
-    sparsity_coefficient: float | None = typer.Option(
-        None,
-        "--sparsity-coefficient",
-        help="Penalty weight for jumprelu, gated and standard (or --target-l0).",
-    ),
-    target_l0: float | None = typer.Option(
-        None,
-        "--target-l0",
-        help="Target L0 for the penalty architectures, instead of --sparsity-coefficient.",
-    ),
-    tokens: int | None = typer.Option(
-        None,
-        "--tokens",
-        help="Training tokens (activation rows, default 10,000,000); steps = tokens // batch size.",
-    ),
-    batch_size: int | None = typer.Option(
-        None,
-        "--batch-size",
-        help="Global batch size in tokens, split over data-parallel ranks (default 4096).",
-    ),
-    lr: float | None = typer.Option(
-        None, "--lr", help="Peak learning rate (default: the architecture's, see docs/training.md)."
-    ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of the initialisation and of the data order (default 0)."
-    ),
-    checkpoint_every: int | None = typer.Option(
-        None,
-        "--checkpoint-every",
-        help="Save a checkpoint every STEPS steps (also on SIGTERM/SIGINT and at the end).",
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from the latest checkpoint in OUT/checkpoints."
-    ),
-    out: Path | None = typer.Option(None, "--out", help="Run directory (required without CONFIG)."),
-    no_verify: bool = typer.Option(
-        False,
-        "--no-verify",
-        help="Load a store whose manifest lists no sha256 (another tool's) unverified; the run card says so.",
-    ),
-    name: str | None = typer.Option(
-        None, "--name", help="Name of the SAE's folder under OUT (default: architecture)."
-    ),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default auto)."),
-    logger: list[str] | None = typer.Option(
-        None,
-        "--logger",
-        help="Extra metric sink: tensorboard, mlflow or wandb (repeatable); JSONL is always on.",
-    ),
 ) -> None:
+    with exit_codes():
+        cfg = _config(config, settings, spec)
     from saeforge.lock import FolderInUse
-    from saeforge.train import ConfigError, NonFiniteError, TrainConfig, TrainingInterrupted, train
-
-    flags = {
-        "--activations": activations,
-        "--tokens": tokens,
-        "--batch-size": batch_size,
-        "--seed": seed,
-        "--architecture": architecture,
-        "--k": k,
-        "--expansion-factor": expansion_factor,
-        "--d-sae": d_sae,
-        "--sparsity-coefficient": sparsity_coefficient,
-        "--target-l0": target_l0,
-        "--lr": lr,
-        "--checkpoint-every": checkpoint_every,
-        "--name": name,
-        "--logger": logger,
-        "--no-verify": no_verify or None,
-    }
-    try:
-        if config is not None:
-            given = [f for f, v in flags.items() if v is not None]
-            if given:
-                raise ConfigError(
-                    f"{', '.join(given)} cannot be combined with CONFIG; set them in {config} "
-                    "(only --out, --resume and --device may override the file)"
-                )
-            cfg = TrainConfig.from_yaml(config, out=out, resume=resume or None, device=device)
-        else:
-            missing = [
-                f
-                for f, v in (("--activations", activations), ("--architecture", architecture), ("--out", out))
-                if v is None
-            ]
-            if missing:
-                raise ConfigError(f"missing {', '.join(missing)} (or give a CONFIG.yaml)")
-            spec = {
-                "name": name or architecture,
-                "architecture": architecture,
-                "k": k,
-                "expansion_factor": expansion_factor,
-                "d_sae": d_sae,
-                "sparsity_coefficient": sparsity_coefficient,
-                "target_l0": target_l0,
-                "lr": lr,
-                "seed": 0 if seed is None else seed,
-            }
-            data = {
-                "activations": activations,
-                "verify": not no_verify,
-                "tokens": 10_000_000 if tokens is None else tokens,
-                "batch_size": 4096 if batch_size is None else batch_size,
-                "out": out,
-                "seed": 0 if seed is None else seed,
-                "resume": resume,
-                "checkpoint_every": checkpoint_every,
-                "saes": [{k_: v for k_, v in spec.items() if v is not None}],
-                "loggers": ["jsonl", *(logger or [])],
-            }
-            if device:
-                data["device"] = device
-            cfg = TrainConfig.parse(data, source="flags")
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    from saeforge.train import NonFiniteError, TrainingInterrupted, train
 
     display = _Display() if _is_main_rank() else None
     try:
-        results = train(cfg, progress=display)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except (NonFiniteError, FolderInUse) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        with exit_codes(failed=(NonFiniteError, FolderInUse)):
+            results = train(cfg, progress=display)
     except TrainingInterrupted as e:
         if _is_main_rank():
             typer.echo(str(e), err=True)
@@ -252,3 +164,33 @@ def train_command(
         )
     typer.echo(f"metrics: {cfg.out / 'metrics.jsonl'}  curves: {cfg.out / 'curves.png'}")
     sys.stdout.flush()
+
+
+def _config(config: Path | None, settings: Settings, spec: Settings) -> TrainConfig:
+    """The run from CONFIG (with --out, --resume, --device overrides) or from the flags of one SAE."""
+    if config is not None:
+        given = [settings.flag(f) for f in settings.given() if f not in _FILE_OVERRIDES]
+        given += [spec.flag(f) for f in spec.given()]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} cannot be combined with CONFIG; set them in {config} "
+                "(only --out, --resume and --device may override the file)"
+            )
+        return TrainConfig.from_yaml(config, **{k: settings.values[k] for k in _FILE_OVERRIDES})
+    missing = [
+        f for f in ("--activations", "--architecture", "--out") if _flag_value(f, settings, spec) is None
+    ]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (or give a CONFIG.yaml)")
+    seed = settings.values["seed"]
+    one = spec.given() | {"name": spec.values["name"] or spec.values["architecture"], "seed": seed or 0}
+    return settings.build(
+        saes=[one],
+        loggers=["jsonl", *(settings.values["loggers"] or [])],
+        resume=bool(settings.values["resume"]),
+    )
+
+
+def _flag_value(flag: str, *settings: Settings):
+    field = flag.removeprefix("--").replace("-", "_")
+    return next((s.values[field] for s in settings if field in s.values), None)

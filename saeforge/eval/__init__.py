@@ -5,32 +5,28 @@ SAE directories on an activation store; `write_eval_outputs` writes metrics.json
 plots. Every key is documented in docs/evaluation.md.
 """
 
-from saeforge.eval.dictionary import decoder_neighbours, duplication_metrics, stability
-from saeforge.eval.downstream import downstream_scores
-from saeforge.eval.evaluate import evaluate
-from saeforge.eval.outputs import comparison_rows, evaluation_section_html, write_eval_outputs, write_metrics
-from saeforge.eval.plots import density_histogram_figure, density_histogram_png, pareto_figure, save_png
-from saeforge.eval.runner import EvalConfig, run_eval
-from saeforge.eval.stream import StreamAccumulator
-from saeforge.eval.verdict import VERDICTS, verdict
+from saeforge.lazy import lazy_exports
 
-__all__ = [
-    "VERDICTS",
-    "EvalConfig",
-    "StreamAccumulator",
-    "comparison_rows",
-    "decoder_neighbours",
-    "density_histogram_figure",
-    "density_histogram_png",
-    "downstream_scores",
-    "duplication_metrics",
-    "evaluate",
-    "evaluation_section_html",
-    "pareto_figure",
-    "run_eval",
-    "save_png",
-    "stability",
-    "verdict",
-    "write_eval_outputs",
-    "write_metrics",
-]
+lazy_exports(
+    __name__,
+    {
+        "EvalConfig": "saeforge.eval.config",
+        "decoder_neighbours": "saeforge.eval.dictionary",
+        "duplication_metrics": "saeforge.eval.dictionary",
+        "stability": "saeforge.eval.dictionary",
+        "downstream_scores": "saeforge.eval.downstream",
+        "evaluate": "saeforge.eval.evaluate",
+        "comparison_rows": "saeforge.eval.outputs",
+        "evaluation_section_html": "saeforge.eval.outputs",
+        "write_eval_outputs": "saeforge.eval.outputs",
+        "write_metrics": "saeforge.eval.outputs",
+        "density_histogram_figure": "saeforge.eval.plots",
+        "density_histogram_png": "saeforge.eval.plots",
+        "pareto_figure": "saeforge.eval.plots",
+        "save_png": "saeforge.eval.plots",
+        "run_eval": "saeforge.eval.runner",
+        "StreamAccumulator": "saeforge.eval.stream",
+        "VERDICTS": "saeforge.eval.verdict",
+        "verdict": "saeforge.eval.verdict",
+    },
+)

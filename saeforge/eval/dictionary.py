@@ -11,11 +11,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from saeforge.eval.config import HUNGARIAN_MAX_LATENTS
+
 DUPLICATE_COSINE = 0.9
 ABSORPTION_COSINE = 0.5
 ABSORPTION_COFIRE = 0.1
 STABILITY_COSINE = 0.7
-HUNGARIAN_MAX_LATENTS = 8192
 
 
 def _unit_rows(W: Tensor) -> Tensor:

@@ -7,48 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from saeforge.eval.dictionary import HUNGARIAN_MAX_LATENTS, stability
+from saeforge.eval.config import EvalConfig
+from saeforge.eval.dictionary import stability
 from saeforge.eval.downstream import contexts_from_source
 from saeforge.eval.evaluate import evaluate, extra_label
 from saeforge.sae.base import SAE
-
-
-class EvalConfig(BaseModel):
-    """What to evaluate and on what. Paths are local; SOURCE is a corpus as `saeforge.text.read_texts` reads."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    saes: list[Path] = Field(min_length=1, description="SAE directories (cfg.json + sae_weights.safetensors)")
-    activations: Path = Field(description="held-out activation store at the SAEs' hook")
-    verify: bool = Field(
-        default=True,
-        description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
-        "checksums (another tool's) unverified, and metrics.json records it",
-    )
-    out: Path | None = Field(default=None, description="where the CLI writes metrics.json files and plots")
-    model: Path | None = Field(default=None, description="local model directory for downstream metrics")
-    data: str | None = Field(default=None, description="corpus SOURCE for downstream contexts")
-    extra_data: list[str] = Field(default_factory=list, description="out-of-sample corpora SOURCEs")
-    tokens: int | None = Field(
-        default=None, gt=0, description="activations to read from the store (all if None)"
-    )
-    batch_size: int = Field(default=4096, gt=0, description="activation rows per batch")
-    contexts: int = Field(default=64, gt=0, description="token contexts per corpus for downstream metrics")
-    context_size: int | None = Field(default=None, gt=1, description="tokens per context (store's, else 128)")
-    downstream_batch_size: int = Field(default=8, gt=0, description="contexts per model forward pass")
-    device: str = Field(default="cpu", description="torch device for the SAEs and the model")
-    hungarian_max_latents: int = Field(default=HUNGARIAN_MAX_LATENTS, gt=0)
-
-    @model_validator(mode="after")
-    def _model_for_corpora(self) -> EvalConfig:
-        if self.model is None and (self.data or self.extra_data):
-            raise ValueError(
-                "data/extra_data are read with the model's tokenizer: give model (--model DIR) too"
-            )
-        return self
 
 
 def limited_batches(batches: Iterator[Tensor], tokens: int | None) -> Iterator[Tensor]:

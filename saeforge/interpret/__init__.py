@@ -1,45 +1,35 @@
 """saeforge.interpret: top contexts, quantile samples, logit readout, LLM judge, dashboard, feature index,
 attribution. See docs/interpretation.md."""
 
-from saeforge.interpret.collect import Batch, collect_stats
-from saeforge.interpret.contexts import default_decode, tokenizer_decode, top_contexts
-from saeforge.interpret.dashboard import write_dashboard
-from saeforge.interpret.index import build_index, search
-from saeforge.interpret.judge import JudgeClient, JudgeError, judge_latents
-from saeforge.interpret.pipeline import choose_latents, interpret
-from saeforge.interpret.records import (
-    DetectionScore,
-    Interpretation,
-    LatentRecord,
-    TokenContext,
-    TokenScore,
-    load_interpretation,
-    save_interpretation,
-)
-from saeforge.interpret.source import StoreBatches, store_batches, store_top_contexts
+from saeforge.lazy import lazy_exports
 
-__all__ = [
-    "Batch",
-    "DetectionScore",
-    "Interpretation",
-    "JudgeClient",
-    "JudgeError",
-    "LatentRecord",
-    "StoreBatches",
-    "TokenContext",
-    "TokenScore",
-    "build_index",
-    "choose_latents",
-    "collect_stats",
-    "default_decode",
-    "interpret",
-    "judge_latents",
-    "load_interpretation",
-    "save_interpretation",
-    "search",
-    "store_batches",
-    "store_top_contexts",
-    "tokenizer_decode",
-    "top_contexts",
-    "write_dashboard",
-]
+lazy_exports(
+    __name__,
+    {
+        "InterpretConfig": "saeforge.interpret.config",
+        "AttributeConfig": "saeforge.interpret.config",
+        "Batch": "saeforge.interpret.collect",
+        "collect_stats": "saeforge.interpret.collect",
+        "default_decode": "saeforge.interpret.contexts",
+        "tokenizer_decode": "saeforge.interpret.contexts",
+        "top_contexts": "saeforge.interpret.contexts",
+        "write_dashboard": "saeforge.interpret.dashboard",
+        "build_index": "saeforge.interpret.index",
+        "search": "saeforge.interpret.index",
+        "JudgeClient": "saeforge.interpret.judge",
+        "JudgeError": "saeforge.interpret.judge",
+        "judge_latents": "saeforge.interpret.judge",
+        "choose_latents": "saeforge.interpret.pipeline",
+        "interpret": "saeforge.interpret.pipeline",
+        "DetectionScore": "saeforge.interpret.records",
+        "Interpretation": "saeforge.interpret.records",
+        "LatentRecord": "saeforge.interpret.records",
+        "TokenContext": "saeforge.interpret.records",
+        "TokenScore": "saeforge.interpret.records",
+        "load_interpretation": "saeforge.interpret.records",
+        "save_interpretation": "saeforge.interpret.records",
+        "StoreBatches": "saeforge.interpret.source",
+        "store_batches": "saeforge.interpret.source",
+        "store_top_contexts": "saeforge.interpret.source",
+    },
+)

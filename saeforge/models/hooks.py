@@ -5,7 +5,8 @@ Canonical names, for block i of the model's stack of transformer blocks (0-based
 - `layers.{i}.resid_pre`: the residual stream entering block i (the block's input hidden states);
 - `layers.{i}.resid_post`: the residual stream leaving block i (the block's output hidden states);
 - `layers.{i}.attn_out`: what the attention sublayer contributes to the residual stream;
-- `layers.{i}.mlp_out`: what the MLP sublayer contributes to the residual stream.
+- `layers.{i}.mlp_out`: what the MLP sublayer contributes to the residual stream;
+- `layers.{i}.mlp_in`: the MLP's input, after the norm in front of it (what a transcoder reads).
 
 For decoder blocks (GPT-2, GPT-NeoX, Llama, Mistral, Qwen2, Qwen3, Gemma2, Gemma3, and other blocks built the
 same way) `attn_out` and `mlp_out` are the tensors added to the residual stream, so that
@@ -17,6 +18,13 @@ same way) `attn_out` and `mlp_out` are the tensors added to the residual stream,
 BERT blocks are post-LayerNorm: `h = LN1(resid_pre + attn_out)`, `resid_post = LN2(h + mlp_out)`. There
 `attn_out` is the output of the attention output projection (`attention.output.dense`) and `mlp_out` that of
 the MLP's down projection (`output.dense`), both before the residual add and the LayerNorm.
+
+`mlp_in` is the input of the MLP module, so that `mlp_out = MLP(mlp_in)` (Gemma: `post_feedforward_layernorm(
+MLP(mlp_in))`): `ln_2(resid_pre + attn_out)` for GPT-2, `post_attention_layernorm(resid_pre + attn_out)` for
+Llama-style blocks and sequential GPT-NeoX, `post_attention_layernorm(resid_pre)` for parallel-residual GPT-NeoX
+(attention and MLP both read the block's input), `pre_feedforward_layernorm(resid_pre + attn_out)` for Gemma2/3.
+BERT's MLP (`intermediate` then `output.dense`) reads the attention sublayer's normalised output
+`h = LN1(resid_pre + attn_out)`: its `mlp_in` is the input of `intermediate`.
 
 Any module path of the model (`model.layers.3.mlp`, as in `model.named_modules()`) names that module's output;
 `PATH:input` names its input (the first positional argument, or the `hidden_states` keyword). Outputs that are
@@ -36,7 +44,7 @@ from torch import nn
 
 from saeforge.models.loading import LoadedModel
 
-SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_in")
 
 # Where families keep their stack of blocks, relative to the loaded model.
 _BLOCK_LISTS = (
@@ -105,16 +113,20 @@ def _sites(block: nn.Module) -> dict[str, tuple[str, str]]:
     if isinstance(getattr(bert_attention, "dense", None), nn.Module) and hasattr(block, "intermediate"):
         sites["attn_out"] = ("attention.output.dense", "output")
         sites["mlp_out"] = ("output.dense", "output")
+        sites["mlp_in"] = ("intermediate", "input")
         return sites
+    has_mlp = isinstance(getattr(block, "mlp", None), nn.Module)
     if hasattr(block, "post_feedforward_layernorm") and hasattr(block, "post_attention_layernorm"):
         sites["attn_out"] = ("post_attention_layernorm", "output")
         sites["mlp_out"] = ("post_feedforward_layernorm", "output")
-        return sites
-    attention = _child(block, _ATTENTION_NAMES)
-    if attention is not None:
-        sites["attn_out"] = (attention[0], "output")
-    if isinstance(getattr(block, "mlp", None), nn.Module):
-        sites["mlp_out"] = ("mlp", "output")
+    else:
+        attention = _child(block, _ATTENTION_NAMES)
+        if attention is not None:
+            sites["attn_out"] = (attention[0], "output")
+        if has_mlp:
+            sites["mlp_out"] = ("mlp", "output")
+    if has_mlp:
+        sites["mlp_in"] = ("mlp", "input")
     return sites
 
 

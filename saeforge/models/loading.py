@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from saeforge.device import resolve_device
+from saeforge.dtypes import STORAGE_DTYPES, torch_dtype
 
 # Encoder-only model types loaded with AutoModel (no LM head); everything else must be a causal LM.
 ENCODER_TYPES = frozenset(
@@ -106,8 +107,8 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     other types as a causal LM.
     """
     local = _check_path(path)
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype not in STORAGE_DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -118,14 +119,14 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     kind = "encoder" if config.model_type in ENCODER_TYPES else "causal"
     loader = AutoModel if kind == "encoder" else AutoModelForCausalLM
     try:
-        model = loader.from_pretrained(local, local_files_only=True, dtype=DTYPES[dtype])
+        model = loader.from_pretrained(local, local_files_only=True, dtype=torch_dtype(dtype))
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{local}: could not load the {config.model_type} model: {e}") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise ModelLoadError(f"{local}: no usable tokenizer files in the model directory: {e}") from e
-    model = model.to(device).eval()
+    model = model.to(resolve_device(device)).eval()
     text_config = config.get_text_config()
     return LoadedModel(
         model=model,

@@ -24,13 +24,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
 
 class SAEConfig(BaseModel):
     """What `cfg.json` holds (SAELens layout). Unknown keys in a file are kept in `metadata` on load."""
@@ -45,22 +38,31 @@ class SAEConfig(BaseModel):
     apply_b_dec_to_input: bool = True
     normalize_activations: str = "none"
     k: int | None = Field(default=None, gt=0, description="active latents per token (topk)")
+    d_out: int | None = Field(default=None, gt=0, description="output width (transcoders; default d_in)")
+    n_sites: int | None = Field(default=None, gt=0, description="sites read and written (crosscoders)")
+    sites: list[str] | None = Field(default=None, description="site names in order (crosscoders)")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class SAE(nn.Module):
-    """Inference SAE. Subclasses implement `encode`; decode is shared."""
+    """Inference SAE. Subclasses implement `encode`; decode is shared. Training classes extend these.
+
+    Class attributes an architecture sets: `architecture` (its registered name) and `cfg_keys` (cfg.json keys
+    beyond the shared ones that it reads and writes, each required on load). Its saved weight names and shapes
+    are those of its parameters (`weights_for_saving`).
+    """
 
     architecture: ClassVar[str]
+    cfg_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
-        d_in, d_sae = cfg.d_in, cfg.d_sae
-        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        d_x, d_y, d_sae = self.d_x, self.d_y, cfg.d_sae
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_y))
+        self.W_enc = nn.Parameter(torch.zeros(d_x, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_y))
 
     @property
     def d_in(self) -> int:
@@ -70,15 +72,29 @@ class SAE(nn.Module):
     def d_sae(self) -> int:
         return self.cfg.d_sae
 
+    @property
+    def d_x(self) -> int:
+        """Width of what the encoder reads (W_enc's rows): d_in, or every site's d_in for a crosscoder."""
+        return self.cfg.d_in
+
+    @property
+    def d_y(self) -> int:
+        """Width of what the decoder writes (W_dec's columns): d_in for an SAE, d_out for a transcoder."""
+        return self.cfg.d_in
+
+    def activation(self, pre: Tensor) -> Tensor:
+        """The sparsity rule: [..., d_sae] pre-activations -> latents (ReLU here; architectures override it)."""
+        return pre.relu()
+
     def pre_acts(self, x: Tensor) -> Tensor:
         """[..., d_in] -> [..., d_sae] encoder pre-activations."""
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
 
-    def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def encode(self, x: Tensor) -> Tensor:
         """[..., d_in] -> [..., d_sae] latent activations."""
-        raise NotImplementedError
+        return self.activation(self.pre_acts(x))
 
     def decode(self, z: Tensor) -> Tensor:
         """[..., d_sae] -> [..., d_in]."""
@@ -90,6 +106,10 @@ class SAE(nn.Module):
     def weights_for_saving(self) -> dict[str, Tensor]:
         """Tensors written to `sae_weights.safetensors` (SAELens names)."""
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    def saved_cfg(self) -> dict[str, Any]:
+        """The architecture's cfg.json entries beyond the shared ones (its `cfg_keys`, in that order)."""
+        return {key: getattr(self.cfg, key) for key in self.cfg_keys}
 
 
 class Collectives:
@@ -115,6 +135,8 @@ class TrainStepInput:
 
     x: [B, d_in] activations (this rank's slice of the global batch), already scaled by the trainer's
         normalisation factor.
+    target: [B, d_out] what the dictionary reconstructs when it is not x (a transcoder's output site), scaled
+        like x; None for an SAE (see `y`).
     step: optimiser steps taken so far.
     dead_mask: [d_sae] bool, latents that have not fired in the last `dead_tokens` tokens (for AuxK), or None.
     sparsity_warmup: fraction in [0, 1] of the final sparsity-penalty weight to apply (linear warm-up, set by the
@@ -123,17 +145,23 @@ class TrainStepInput:
     """
 
     x: Tensor
+    target: Tensor | None = None
     step: int = 0
     dead_mask: Tensor | None = None
     sparsity_warmup: float = 1.0
     collectives: Collectives = field(default_factory=Collectives)
+
+    @property
+    def y(self) -> Tensor:
+        """What the loss compares the reconstruction with: `target`, or x itself."""
+        return self.x if self.target is None else self.target
 
 
 @dataclass
 class TrainStepOutput:
     """What a training SAE returns: the loss as named terms and what the trainer needs for metrics.
 
-    x_hat: [B, d_in] reconstruction (in the scaled space of `x`).
+    x_hat: [B, d_out] reconstruction of the step input's `y` (in the scaled space).
     loss: scalar, the sum of `losses`.
     losses: named scalar terms, e.g. {"mse": ..., "auxk": ...}.
     fired: [d_sae] number of tokens of the batch on which each latent was active (no grad).

@@ -12,13 +12,19 @@ theta, a moving average of the smallest kept activation, replaces the batch rule
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import BaseModel, Field
 from torch import Tensor
 
 from saeforge.sae import kernels
 from saeforge.sae.base import Collectives, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
-from saeforge.sae.training import TopKFamilySAE
+from saeforge.sae.registry import register_architecture
+from saeforge.sae.training import Scales, TopKFamilySAE
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
 
 
 def _kth_largest(values: Tensor, k: int) -> Tensor:
@@ -28,25 +34,35 @@ def _kth_largest(values: Tensor, k: int) -> Tensor:
     return values.kthvalue(values.numel() - k + 1).values
 
 
+class BatchTopKFields(BaseModel):
+    threshold_momentum: float = Field(
+        default=0.99, ge=0, lt=1, description="batchtopk/matryoshka: EMA momentum of the inference threshold"
+    )
+
+
 class BatchTopKTrainingSAE(TopKFamilySAE):
+    """Trains by the batch rule; its `encode` is the exported JumpReLU rule (one threshold for every latent)."""
+
     architecture = "batchtopk"
     inference_architecture = "jumprelu"
+    description = "top k*B latents over the batch; a threshold estimated in training is used at inference"
+    config_fields = BatchTopKFields
+    sparsity_settings = (*TopKFamilySAE.sparsity_settings, "threshold_momentum")
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.long))
 
-    def encode(self, x: Tensor) -> Tensor:
+    def activation(self, pre: Tensor) -> Tensor:
         """Per-token inference rule with the estimated threshold (what the exported SAE computes)."""
-        pre = self.pre_acts(x)
         return pre.relu() * (pre > self.threshold)
 
     def _extras(self) -> dict[str, Tensor]:
         """For the trainer's logs: the inference threshold estimate."""
         return {"threshold": self.threshold.detach().clone()}
 
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.double().expand(self.d_sae).clone()}
 
     @torch.no_grad()
@@ -90,14 +106,15 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         return out_idx, out_keep
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        xc = x - self.b_dec
+        y = inp.y
+        xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
         idx, keep = self._select(pre, inp.collectives)
         vals = self._gather(xc, pre, idx).relu() * keep
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
-        losses = {"mse": mse, "auxk": auxk}
-        fired = self._fired(idx, vals, self.d_sae)
-        return TrainStepOutput(x_hat, mse + auxk, losses, fired, fired.sum() / x.shape[0], self._extras())
+        mse = (x_hat - y).pow(2).sum(-1).mean()
+        auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
+        return self._output(y, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
+
+
+register_architecture(training=BatchTopKTrainingSAE)

@@ -1,4 +1,11 @@
-"""`TrainingSAEConfig`: one typed config for every training architecture, validated once."""
+"""`TrainingSAEConfig`: one typed config for every training architecture, validated once.
+
+The config is composed of the fields every architecture shares (below) and each registered architecture's
+config fragment (its `config_fields`, declared in its own file). Validation runs the shared checks, then the
+architecture's `check_config`, then refuses a field that only other architectures read. Composition happens when
+this module is imported, after `saeforge.sae` has imported (and so registered) every architecture: an architecture
+module must therefore import this module only for type checking.
+"""
 
 from __future__ import annotations
 
@@ -6,77 +13,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TRAINING_ARCHITECTURE_NAMES = ("standard", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
-ARCHITECTURE_ALIASES = {"relu": "standard"}
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
-PENALTY_FAMILY = ("standard", "jumprelu", "gated")
-DEFAULT_K = 32
+from saeforge.sae import registry
+from saeforge.sae.training import DEFAULT_K
 
 
-def canonical_architecture(name: str, valid: tuple[str, ...] = TRAINING_ARCHITECTURE_NAMES) -> str:
-    """Resolves aliases ("relu" -> "standard"); an unknown name raises ValueError listing the valid ones."""
-    name = ARCHITECTURE_ALIASES.get(name, name)
-    if name not in valid:
-        aliases = ", ".join(f"{a} (= {t})" for a, t in ARCHITECTURE_ALIASES.items() if t in valid)
-        raise ValueError(
-            f"unknown SAE architecture {name!r}; valid architectures: {', '.join(valid)}"
-            + (f"; aliases: {aliases}" if aliases else "")
-        )
-    return name
-
-
-class TrainingSAEConfig(BaseModel):
-    """How to build and train one SAE.
-
-    Sparsity is set by `k` for the TopK family (topk, batchtopk, matryoshka) and by `sparsity_coefficient` or
-    `target_l0` for the penalty architectures (standard, jumprelu, gated). With neither given, the penalty
-    architectures aim at `target_l0 = k` (k defaults to 32, or d_sae // 2 for penalty SAEs narrower than 64), so
-    every architecture defaults to the same L0.
-    """
+class SharedFields(BaseModel):
+    """The fields every architecture reads."""
 
     model_config = ConfigDict(extra="forbid")
 
-    architecture: str = Field(
-        description="standard (alias relu), topk, batchtopk, jumprelu, gated, matryoshka"
+    architecture: str = Field(description=registry.describe())
+    kind: str = Field(
+        default="sae",
+        description="sae (reads and writes one site), or a registered kind: transcoder, crosscoder",
     )
-    d_in: int = Field(gt=0, description="input width")
+    d_in: int = Field(gt=0, description="input width (a crosscoder's: of each site)")
     d_sae: int = Field(gt=0, description="number of latents")
     k: int | None = Field(
         default=None,
         gt=0,
         description=f"active latents per token (TopK family, default {DEFAULT_K}); default target_l0",
     )
-    k_aux: int | None = Field(
-        default=None, gt=0, description="AuxK latents per token; default d_in // 2, capped at the dead count"
-    )
     aux_coefficient: float | None = Field(
         default=None,
         ge=0,
         description="AuxK weight (TopK family, default 1/32) or gated's auxiliary reconstruction weight (1)",
-    )
-    sparsity_coefficient: float | None = Field(
-        default=None, gt=0, description="fixed penalty weight lambda (standard: L1, jumprelu: L0, gated: L1)"
-    )
-    target_l0: float | None = Field(
-        default=None, gt=0, description="penalty architectures: adapt lambda during training to reach this L0"
-    )
-    l0_controller_rate: float = Field(
-        default=0.02, gt=0, description="target_l0: per-step log-step of lambda per unit log(L0 / target)"
-    )
-    initial_sparsity_coefficient: float | None = Field(
-        default=None, gt=0, description="target_l0: starting lambda (architecture default if None)"
-    )
-    bandwidth: float = Field(
-        default=0.05,
-        gt=0,
-        description="jumprelu: rectangle-kernel STE bandwidth epsilon (pre-activation units)",
-    )
-    initial_threshold: float = Field(default=0.05, ge=0, description="jumprelu: initial per-latent threshold")
-    group_sizes: list[int] | None = Field(
-        default=None, description="matryoshka: nested group sizes summing to d_sae (default: doubling groups)"
-    )
-    threshold_momentum: float = Field(
-        default=0.99, ge=0, lt=1, description="batchtopk/matryoshka: EMA momentum of the inference threshold"
     )
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = Field(
         default="geometric_median", description="how init_from_data sets b_dec"
@@ -88,49 +49,58 @@ class TrainingSAEConfig(BaseModel):
     )
     seed: int = Field(default=0, description="weight initialisation seed")
 
+
+class TrainingSAEConfig(SharedFields, *registry.config_fragments()):
+    """How to build and train one SAE: the shared fields and every architecture's fragment.
+
+    Sparsity is set by `k` for the TopK family (topk, batchtopk, matryoshka) and by `sparsity_coefficient` or
+    `target_l0` for the penalty architectures (standard, jumprelu, gated). With neither given, the penalty
+    architectures aim at `target_l0 = k` (k defaults to 32, or d_sae // 2 for penalty SAEs narrower than 64), so
+    every architecture defaults to the same L0.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
     @model_validator(mode="after")
     def _check(self) -> TrainingSAEConfig:
-        self.architecture = canonical_architecture(self.architecture)
-        arch = self.architecture
-        k_note = ""
-        if self.k is None and arch in TOPK_FAMILY:
-            self.k, k_note = DEFAULT_K, " (the default)"
+        self.architecture = registry.canonical_architecture(self.architecture)
+        cls = registry.training_class(self.architecture, self.kind)
+        cls.check_config(self)
         if self.k is not None and self.k > self.d_sae:
-            raise ValueError(f"k={self.k}{k_note} is larger than d_sae={self.d_sae}; choose k <= d_sae")
-        if self.k_aux is not None and self.k_aux > self.d_sae:
-            raise ValueError(f"k_aux={self.k_aux} is larger than d_sae={self.d_sae}; choose k_aux <= d_sae")
-        if self.sparsity_coefficient is not None and self.target_l0 is not None:
-            raise ValueError("give either sparsity_coefficient or target_l0, not both")
-        if arch in TOPK_FAMILY and (self.sparsity_coefficient is not None or self.target_l0 is not None):
-            raise ValueError(f"{arch} sets its sparsity with k; sparsity_coefficient/target_l0 do not apply")
-        if self.target_l0 is not None and self.target_l0 > self.d_sae:
-            raise ValueError(f"target_l0={self.target_l0} is larger than d_sae={self.d_sae}")
-        if arch in PENALTY_FAMILY and self.sparsity_coefficient is None and self.target_l0 is None:
-            self.target_l0 = float(self.k or min(DEFAULT_K, max(1, self.d_sae // 2)))
-        if self.group_sizes is not None and arch != "matryoshka":
-            raise ValueError("group_sizes only applies to architecture 'matryoshka'")
-        if arch == "matryoshka":
-            if self.group_sizes is None:
-                self.group_sizes = default_group_sizes(self.d_sae)
-            if any(g <= 0 for g in self.group_sizes) or sum(self.group_sizes) != self.d_sae:
-                raise ValueError(
-                    f"group_sizes={self.group_sizes} must be positive and sum to d_sae={self.d_sae} "
-                    f"(they sum to {sum(self.group_sizes)})"
-                )
+            raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}; choose k <= d_sae")
+        _refuse_foreign_fields(self, cls)
         return self
 
-    @property
-    def uses_target_l0(self) -> bool:
-        return self.target_l0 is not None
+
+def _field_names(cls: type) -> set[str]:
+    return {name for fragment in registry.fragments_of(cls) for name in fragment.model_fields}
 
 
-def default_group_sizes(d_sae: int, n_groups: int = 5) -> list[int]:
-    """Doubling nested groups, e.g. d_sae=1024 -> [64, 64, 128, 256, 512] (the last one takes the rest)."""
-    sizes: list[int] = []
-    first = max(1, d_sae >> (n_groups - 1))
-    size = first
-    while sum(sizes) + size < d_sae and len(sizes) < n_groups - 1:
-        sizes.append(size)
-        size = sum(sizes)
-    sizes.append(d_sae - sum(sizes))
-    return sizes
+def _refuse_foreign_fields(cfg: TrainingSAEConfig, cls: type) -> None:
+    """A field (default None) of another architecture's fragment, given a value, is an error naming its users."""
+    own = _field_names(cls)
+    for fragment in registry.config_fragments():
+        for name, info in fragment.model_fields.items():
+            if name in own or info.default is not None or getattr(cfg, name) is None:
+                continue
+            kinds = [k for k, mixin in registry.KINDS.items() if name in _field_names(mixin)]
+            if kinds:
+                raise ValueError(
+                    f"{name} only applies to kind {' or '.join(map(repr, kinds))}, not {cfg.kind!r}"
+                )
+            users = [
+                a
+                for a in registry.training_names()
+                if name in _field_names(registry.TRAINING_ARCHITECTURES[a])
+            ]
+            raise ValueError(
+                f"{name} only applies to architecture {' or '.join(map(repr, users))}; "
+                f"{cfg.architecture} does not read it"
+            )
+
+
+def create_training_sae(cfg: TrainingSAEConfig | dict):
+    """Builds the training SAE `cfg.architecture` names (a dict is validated as a TrainingSAEConfig first)."""
+    if not isinstance(cfg, TrainingSAEConfig):
+        cfg = TrainingSAEConfig.model_validate(cfg)
+    return registry.training_class(cfg.architecture, cfg.kind)(cfg)

@@ -20,13 +20,17 @@ grows to compensate, and the SAE collapses.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
-from saeforge.sae.training import PenaltySAE, _affine
+from saeforge.sae.registry import register_architecture
+from saeforge.sae.training import PenaltySAE, Scales, _affine, capped
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
 
 
 class GatedSAE(SAE):
@@ -41,38 +45,11 @@ class GatedSAE(SAE):
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
-    def encode(self, x: Tensor) -> Tensor:
+    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pi_gate, pi_mag) [..., d_sae]."""
         if self.cfg.apply_b_dec_to_input:
             x = x - self.b_dec
-        gate = (x @ self.W_enc + self.b_gate) > 0
-        return gate * (x @ (self.W_enc * self.r_mag.exp()) + self.b_mag).relu()
-
-
-class GatedTrainingSAE(PenaltySAE):
-    architecture = "gated"
-    inference_architecture = "gated"
-    unit_norm_decoder = True
-
-    def __init__(self, cfg: TrainingSAEConfig):
-        super().__init__(cfg)
-        self.b_enc = None
-        self.b_gate = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
-
-    @staticmethod
-    def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
-        return 0.1 * math.sqrt(cfg.d_in / cfg.target_l0)
-
-    @property
-    def aux_coefficient(self) -> float:
-        return 1.0 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
-
-    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(pi_gate, pi_mag) [..., d_sae]; b_dec folded into the biases (see TrainingSAE.pre_acts)."""
-        W_mag = self.W_enc * self.r_mag.exp()
-        pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_dec @ self.W_enc)
-        return pi_gate, _affine(x, W_mag, self.b_mag - self.b_dec @ W_mag)
+        return x @ self.W_enc + self.b_gate, x @ (self.W_enc * self.r_mag.exp()) + self.b_mag
 
     def encode(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self._paths(x)
@@ -82,29 +59,68 @@ class GatedTrainingSAE(PenaltySAE):
         """The magnitude path's pre-activations [..., d_sae]."""
         return self._paths(x)[1]
 
+
+class GatedTrainingSAE(GatedSAE, PenaltySAE):
+    architecture = "gated"
+    inference_architecture = "gated"
+    description = "gated encoder with an L1 penalty on the gate"
+    sparsity_settings = (*PenaltySAE.sparsity_settings, "aux_coefficient")
+    unit_norm_decoder = True
+
+    @staticmethod
+    def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
+        return 0.1 * math.sqrt(cfg.d_in / cfg.target_l0)
+
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        # Rajamanoharan et al. 2024 (arXiv 2404.16014): Adam betas (0, 0.999), lr 3e-4.
+        return dict(
+            lr=3e-4,
+            betas=(0.0, 0.999),
+            eps=1e-8,
+            lr_schedule="constant",
+            lr_warmup_steps=capped(1_000, total_steps, 0.05),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=capped(1_000, total_steps, 0.05),
+            grad_clip_norm=0.0,
+        )
+
+    @property
+    def aux_coefficient(self) -> float:
+        return 1.0 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
+
+    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pi_gate, pi_mag) [..., d_sae]; b_dec folded into the biases (see TrainingSAE.pre_acts)."""
+        W_mag = self.W_enc * self.r_mag.exp()
+        pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_pre @ self.W_enc)
+        return pi_gate, _affine(x, W_mag, self.b_mag - self.b_pre @ W_mag)
+
     @torch.no_grad()
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
-        W_enc, W_dec, b_dec = self.W_enc.double(), self.W_dec.double(), self.b_dec.double()
-        shift = b_dec @ W_enc
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
+        W_enc = self.W_enc.double()
+        shift = self.b_pre.double() @ W_enc
         r_mag = self.r_mag.double()
         return {
-            "W_enc": s * W_enc,
+            "W_enc": s.x[:, None] * W_enc,
             "b_gate": self.b_gate.double() - shift,
             "b_mag": self.b_mag.double() - shift * r_mag.exp(),
             "r_mag": r_mag,
-            "W_dec": W_dec / s,
-            "b_dec": b_dec / s,
+            "W_dec": self.W_dec.double() / s.y,
+            "b_dec": self.b_dec.double() / s.y,
         }
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        pi_gate, pi_mag = self._paths(x)
+        y = inp.y
+        pi_gate, pi_mag = self._paths(inp.x)
         gate_acts = pi_gate.relu()
         z = (pi_gate > 0) * pi_mag.relu()
         x_hat = self.decode(z)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        l1 = (gate_acts * self.W_dec.norm(dim=1)).sum(-1).mean()
+        mse = (x_hat - y).pow(2).sum(-1).mean()
+        l1 = (gate_acts * self.decoder_norms()).sum(-1).mean()
         x_gate = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
-        aux = (x_gate - x).pow(2).sum(-1).mean()
+        aux = (x_gate - y).pow(2).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1, "aux": self.aux_coefficient * aux}
         return self._output(inp, x_hat, z, losses)
+
+
+register_architecture(training=GatedTrainingSAE, inference=GatedSAE)

@@ -21,25 +21,15 @@ from torch import Tensor
 
 import saeforge
 from saeforge.atomic import write_with
-from saeforge.sae.base import DTYPES, SAE, SAEConfig
-from saeforge.sae.registry import inference_class
+from saeforge.device import resolve_device
+from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
+from saeforge.sae import registry
+from saeforge.sae.base import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 
-CORE_KEYS = {
-    "architecture",
-    "d_in",
-    "d_sae",
-    "dtype",
-    "device",
-    "apply_b_dec_to_input",
-    "normalize_activations",
-    "k",
-    "metadata",
-    "reshape_activations",
-    "rescale_acts_by_decoder_norm",
-}
+CORE_KEYS = {*SAEConfig.model_fields, "reshape_activations", "rescale_acts_by_decoder_norm"}
 # Keys SAELens writes (v6 metadata fields and pre-6 flat training-config fields) that saeforge keeps as metadata.
 SAELENS_METADATA_KEYS = {
     "model_name", "hook_name", "hook_layer", "hook_head_index", "model_class_name", "model_from_pretrained_kwargs",
@@ -48,12 +38,6 @@ SAELENS_METADATA_KEYS = {
     "hf_hook_name_out", "dataset_trust_remote_code", "activation_fn", "activation_fn_str", "activation_fn_kwargs",
     "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index",
 }  # fmt: skip
-WEIGHT_NAMES = {
-    "standard": ("W_enc", "b_enc", "W_dec", "b_dec"),
-    "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
-    "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
-    "gated": ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec"),
-}
 SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
 
 
@@ -83,16 +67,20 @@ def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None 
         "normalize_activations": cfg.normalize_activations,
         "reshape_activations": reshape,
         "metadata": meta,
+        **sae.saved_cfg(),
     }
-    if cfg.architecture == "topk":
-        cfg_dict["k"] = cfg.k
-        cfg_dict["rescale_acts_by_decoder_norm"] = False
-    dtype = DTYPES[cfg.dtype]
+    dtype = torch_dtype(cfg.dtype)
     weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in sae.weights_for_saving().items()}
     write_with(out / WEIGHTS_FILENAME, lambda p: save_file(weights, p))
     text = json.dumps(cfg_dict, indent=2, sort_keys=False)
     write_with(out / CFG_FILENAME, lambda p: Path(p).write_text(text + "\n"))
     return out
+
+
+def _architecture_keys() -> set[str]:
+    """cfg.json keys that only some architectures read (each one's `cfg_keys`: k, d_out, n_sites, ...)."""
+    classes = [*registry.INFERENCE_ARCHITECTURES.values(), *registry.KIND_INFERENCE.values()]
+    return {key for c in classes for key in c.cfg_keys}
 
 
 def _check_typos(keys, known: set[str], where: str) -> None:
@@ -138,8 +126,8 @@ def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dic
             raise ValueError(f"{where}: missing required key {key!r}")
     dtype = raw.get("dtype", "float32")
     dtype = dtype.removeprefix("torch.")
-    if dtype not in DTYPES:
-        raise ValueError(f"{where}: dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{where}: dtype={dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
     core = {
         "architecture": architecture,
         "d_in": raw["d_in"],
@@ -148,10 +136,12 @@ def _normalise_cfg(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], dic
         "device": raw.get("device", "cpu"),
         "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", True),
         "normalize_activations": norm,
-        "k": raw.get("k") if architecture == "topk" else None,
         "metadata": meta,
     }
-    extra = {"rescale_acts_by_decoder_norm": bool(raw.get("rescale_acts_by_decoder_norm", False))}
+    extra = {
+        "rescale_acts_by_decoder_norm": bool(raw.get("rescale_acts_by_decoder_norm", False)),
+        "architecture_keys": {key: raw.get(key) for key in _architecture_keys()},
+    }
     return core, extra
 
 
@@ -191,14 +181,18 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
         raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
     core, extra = _normalise_cfg(raw, str(cfg_path))
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
         core["dtype"] = dtype
-    cls = inference_class(core["architecture"])
+    cls = registry.inference_class(core["architecture"])
     core["architecture"] = cls.architecture
-    if cls.architecture == "topk" and not core["k"]:
-        raise ValueError(f"{cfg_path}: a topk SAE needs k in cfg.json")
-    cfg = SAEConfig(**{**core, "device": device})
+    given = extra["architecture_keys"]
+    core.update({key: given[key] if key in cls.cfg_keys else None for key in given})
+    for key in cls.cfg_keys:
+        if not core.get(key):
+            raise ValueError(f"{cfg_path}: a {cls.architecture} SAE needs {key} in cfg.json")
+    device = resolve_device(device)
+    cfg = SAEConfig(**{**core, "device": str(device)})
     if cfg.k is not None and cfg.k > cfg.d_sae:
         raise ValueError(f"{cfg_path}: k={cfg.k} is larger than d_sae={cfg.d_sae}")
 
@@ -209,12 +203,9 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
             raise ValueError(
                 f"{weights_path}: tensor {name!r} has dtype {t.dtype}; SAE weights are floating point"
             )
-    expected = {
-        "W_enc": (cfg.d_in, cfg.d_sae),
-        "W_dec": (cfg.d_sae, cfg.d_in),
-        "b_dec": (cfg.d_in,),
-        **{n: (cfg.d_sae,) for n in ("b_enc", "threshold", "b_gate", "b_mag", "r_mag", "scaling_factor")},
-    }
+    with torch.device("meta"):
+        shapes = {n: tuple(t.shape) for n, t in cls(cfg).state_dict().items()}
+    expected = {"scaling_factor": (cfg.d_sae,), "threshold": (cfg.d_sae,), **shapes}
     for name, t in weights.items():
         want = expected.get(name.replace("log_threshold", "threshold"))
         if want is not None and tuple(t.shape) != want:
@@ -223,7 +214,7 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
                 f"d_sae={cfg.d_sae}) implies {list(want)}"
             )
     _fold_weights(weights, cfg, extra, str(weights_path))
-    names = WEIGHT_NAMES[cls.architecture]
+    names = tuple(shapes)
     missing = [n for n in names if n not in weights]
     unexpected = [n for n in weights if n not in names]
     if missing or unexpected:
@@ -233,6 +224,6 @@ def load_sae(path: str | os.PathLike, device: str = "cpu", dtype: str | None = N
             + (f"; unexpected: {', '.join(unexpected)}" if unexpected else "")
         )
     sae = cls(cfg)
-    target = DTYPES[cfg.dtype]
+    target = torch_dtype(cfg.dtype)
     sae.load_state_dict({n: weights[n].to(target) for n in names})
     return sae.to(device=device, dtype=target)

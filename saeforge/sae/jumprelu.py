@@ -18,12 +18,18 @@ lr * theta per step, which for a small initial theta is nearly nothing (SAELens 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
-from saeforge.sae.training import PenaltySAE
+from saeforge.sae.registry import register_architecture
+from saeforge.sae.training import PenaltySAE, Scales, capped
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -74,41 +80,66 @@ class JumpReLUSAE(SAE):
         super().__init__(cfg)
         self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
 
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
+    def activation(self, pre: Tensor) -> Tensor:
         return pre.relu() * (pre > self.threshold)
 
 
-class JumpReLUTrainingSAE(PenaltySAE):
+class JumpReLUFields(BaseModel):
+    bandwidth: float = Field(
+        default=0.05,
+        gt=0,
+        description="jumprelu: rectangle-kernel STE bandwidth epsilon (pre-activation units)",
+    )
+    initial_threshold: float = Field(default=0.05, ge=0, description="jumprelu: initial per-latent threshold")
+
+
+class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
     architecture = "jumprelu"
     inference_architecture = "jumprelu"
+    description = "JumpReLU thresholds with an L0 penalty (straight-through estimator)"
+    config_fields = JumpReLUFields
+    sparsity_settings = (*PenaltySAE.sparsity_settings, "bandwidth", "initial_threshold")
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
-        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.initial_threshold))
+        with torch.no_grad():
+            self.threshold.fill_(cfg.initial_threshold)
 
     @staticmethod
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
         # A latent carrying ~E||x||^2 / L0 = d_in / L0 of MSE is worth its L0 cost lambda; start at a tenth.
         return 0.1 * cfg.d_in / cfg.target_l0
 
-    def encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
-        return pre.relu() * (pre > self.threshold)
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        # Rajamanoharan et al. 2024 (arXiv 2407.14435) / Gemma Scope: Adam betas (0, 0.999), eps 1e-8,
+        # lr 7e-5 with a 1,000-step warm-up, sparsity coefficient warmed up linearly over 10,000 steps.
+        return dict(
+            lr=7e-5,
+            betas=(0.0, 0.999),
+            eps=1e-8,
+            lr_schedule="constant",
+            lr_warmup_steps=capped(1_000, total_steps, 0.05),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=capped(10_000, total_steps, 0.1),
+            grad_clip_norm=0.0,
+        )
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         self.threshold.clamp_(min=0.0)
 
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.detach().double()}
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        pre = self.pre_acts(x)
+        pre = self.pre_acts(inp.x)
         z = JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
         x_hat = self.decode(z)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        mse = (x_hat - inp.y).pow(2).sum(-1).mean()
         l0_term = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
         losses = {"mse": mse, "l0": self._lambda(inp) * l0_term}
         return self._output(inp, x_hat, z, losses)
+
+
+register_architecture(training=JumpReLUTrainingSAE, inference=JumpReLUSAE)

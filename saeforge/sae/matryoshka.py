@@ -12,26 +12,63 @@ on its own, so early latents learn general features and later ones refine them:
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import torch
+from pydantic import BaseModel, Field
 from torch import Tensor
 
 from saeforge.sae.base import TrainStepInput, TrainStepOutput
 from saeforge.sae.batchtopk import BatchTopKTrainingSAE
-from saeforge.sae.config import TrainingSAEConfig
+from saeforge.sae.registry import register_architecture
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
+
+
+def default_group_sizes(d_sae: int, n_groups: int = 5) -> list[int]:
+    """Doubling nested groups, e.g. d_sae=1024 -> [64, 64, 128, 256, 512] (the last one takes the rest)."""
+    sizes: list[int] = []
+    first = max(1, d_sae >> (n_groups - 1))
+    size = first
+    while sum(sizes) + size < d_sae and len(sizes) < n_groups - 1:
+        sizes.append(size)
+        size = sum(sizes)
+    sizes.append(d_sae - sum(sizes))
+    return sizes
+
+
+class MatryoshkaFields(BaseModel):
+    group_sizes: list[int] | None = Field(
+        default=None, description="matryoshka: nested group sizes summing to d_sae (default: doubling groups)"
+    )
 
 
 class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
     architecture = "matryoshka"
     inference_architecture = "jumprelu"
+    description = "batch top-k with nested prefix reconstruction losses"
+    config_fields = MatryoshkaFields
+    sparsity_settings = (*BatchTopKTrainingSAE.sparsity_settings, "group_sizes")
+
+    @classmethod
+    def check_config(cls, cfg: TrainingSAEConfig) -> None:
+        super().check_config(cfg)
+        if cfg.group_sizes is None:
+            cfg.group_sizes = default_group_sizes(cfg.d_sae)
+        if any(g <= 0 for g in cfg.group_sizes) or sum(cfg.group_sizes) != cfg.d_sae:
+            raise ValueError(
+                f"group_sizes={cfg.group_sizes} must be positive and sum to d_sae={cfg.d_sae} "
+                f"(they sum to {sum(cfg.group_sizes)})"
+            )
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
         self.prefix_ends = list(itertools.accumulate(cfg.group_sizes))
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        xc = x - self.b_dec
+        y = inp.y
+        xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
         idx, keep = self._select(pre, inp.collectives)
         vals = self._gather(xc, pre, idx).relu() * keep
@@ -39,12 +76,12 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
             idx.contiguous(), torch.tensor(self.prefix_ends, device=idx.device), right=True
         )
         losses: dict[str, Tensor] = {}
-        x_hat = self.b_dec.expand_as(x)
+        x_hat = self.b_dec.expand_as(y)
         for g, end in enumerate(self.prefix_ends):
             x_hat = x_hat + self._decode_sparse(idx, vals * (group == g))
-            losses[f"mse_prefix_{end}"] = (x_hat - x).pow(2).sum(-1).mean()
-        losses["auxk"] = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
-        fired = self._fired(idx, vals, self.d_sae)
-        return TrainStepOutput(
-            x_hat, sum(losses.values()), losses, fired, fired.sum() / x.shape[0], self._extras()
-        )
+            losses[f"mse_prefix_{end}"] = (x_hat - y).pow(2).sum(-1).mean()
+        losses["auxk"] = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
+        return self._output(y, x_hat, idx, vals, losses)
+
+
+register_architecture(training=MatryoshkaTrainingSAE)

@@ -12,26 +12,26 @@ of the latents weighted by their decoder row norms, so shrinking W_dec cannot bu
 from __future__ import annotations
 
 import math
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
+from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import PenaltySAE
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
 
 
 class StandardSAE(SAE):
-    """Inference ReLU SAE (SAELens `standard`)."""
+    """Inference ReLU SAE (SAELens `standard`; the ReLU is `SAE.activation`)."""
 
     architecture = "standard"
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.pre_acts(x).relu()
 
-
-class StandardTrainingSAE(PenaltySAE):
+class StandardTrainingSAE(StandardSAE, PenaltySAE):
     architecture = "standard"
     inference_architecture = "standard"
+    description = "ReLU with an L1 penalty weighted by decoder row norms"
 
     @staticmethod
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:
@@ -39,14 +39,29 @@ class StandardTrainingSAE(PenaltySAE):
         # latents, a ~ sqrt(d_in / L0). Start at a tenth of that and let the controller move it.
         return 0.1 * math.sqrt(cfg.d_in / cfg.target_l0)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.pre_acts(x).relu()
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        # Anthropic, "Circuits Updates - April 2024": Adam (0.9, 0.999), lr 5e-5, lambda warmed up over the
+        # first 5% of training, lr decayed linearly to zero over the last 20%, gradient norm clipped to 1.
+        return dict(
+            lr=5e-5,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            lr_schedule="linear",
+            lr_warmup_steps=0,
+            lr_decay_steps=int(total_steps * 0.2),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=int(total_steps * 0.05),
+            grad_clip_norm=1.0,
+        )
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        z = self.encode(x)
+        z = self.encode(inp.x)
         x_hat = self.decode(z)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+        mse = (x_hat - inp.y).pow(2).sum(-1).mean()
+        l1 = (z * self.decoder_norms()).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1}
         return self._output(inp, x_hat, z, losses)
+
+
+register_architecture(training=StandardTrainingSAE, inference=StandardSAE, aliases=("relu",))

@@ -14,10 +14,13 @@ the k selected latents only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import TopKFamilySAE
 
 
@@ -31,31 +34,33 @@ class TopKSAE(SAE):
     """Inference TopK SAE (SAELens `topk`: top-k of the pre-activations, then ReLU)."""
 
     architecture = "topk"
+    cfg_keys = ("k",)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return topk_relu(self.pre_acts(x), self.cfg.k)
+    def activation(self, pre: Tensor) -> Tensor:
+        return topk_relu(pre, self.cfg.k)
+
+    def saved_cfg(self) -> dict[str, Any]:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
 
-class TopKTrainingSAE(TopKFamilySAE):
+class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
     architecture = "topk"
     inference_architecture = "topk"
-
-    def encode(self, x: Tensor) -> Tensor:
-        return topk_relu(self.pre_acts(x), self.cfg.k)
+    description = "top-k latents per token, AuxK loss on dead latents"
 
     def _inference_config(self) -> dict:
         return {"k": self.cfg.k}
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        x = inp.x
-        xc = x - self.b_dec
+        y = inp.y
+        xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
         idx = kernels.topk_select(pre, self.cfg.k)[1]
         vals = self._gather(xc, pre, idx).relu()
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        auxk = self._auxk(xc, pre, (x - x_hat).detach(), inp.dead_mask)
-        losses = {"mse": mse, "auxk": auxk}
-        fired = self._fired(idx, vals, self.d_sae)
-        l0 = fired.sum() / x.shape[0]
-        return TrainStepOutput(x_hat, mse + auxk, losses, fired, l0)
+        mse = (x_hat - y).pow(2).sum(-1).mean()
+        auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
+        return self._output(y, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
+
+
+register_architecture(training=TopKTrainingSAE, inference=TopKSAE)

@@ -16,14 +16,20 @@ pre-activation units and do not change.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from saeforge.sae import kernels
+from saeforge.sae import kernels, registry
 from saeforge.sae.base import SAE, SAEConfig, TrainStepInput, TrainStepOutput
-from saeforge.sae.config import TrainingSAEConfig
+
+if TYPE_CHECKING:
+    from saeforge.sae.config import TrainingSAEConfig
+
+DEFAULT_K = 32
 
 
 @torch.no_grad()
@@ -46,46 +52,110 @@ def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
 
 
-class TrainingSAE(nn.Module):
-    """Base of the training architectures. Subclasses set `architecture` and implement `training_forward`,
-    `encode` and `_inference_state` (what `export` writes)."""
+def capped(paper_steps: int, total_steps: int, fraction: float) -> int:
+    """A warm-up length from a paper (in steps of runs of billions of tokens), capped at a fraction of short runs."""
+    return min(paper_steps, int(total_steps * fraction))
+
+
+@dataclass(frozen=True)
+class Scales:
+    """The training space's activation scales, float64, one per dimension: x_s = x * s.x [d_x], y_s = y * s.y."""
+
+    x: Tensor
+    y: Tensor
+
+    @staticmethod
+    def of(sae: SAE, x: float | Tensor, y: float | Tensor) -> Scales:
+        out = []
+        for value, width, what in ((x, sae.d_x, "activation_scale"), (y, sae.d_y, "target_scale")):
+            t = torch.as_tensor(value, dtype=torch.float64, device=sae.W_dec.device)
+            if t.numel() not in (1, width) or not (torch.isfinite(t).all() and (t > 0).all()):
+                raise ValueError(f"{what} must be positive finite numbers (one, or {width}), got {value}")
+            out.append(t.reshape(-1).expand(width))
+        return Scales(*out)
+
+
+class TrainingSAE(SAE):
+    """Base of the training architectures: an inference SAE (`SAE`) that also trains.
+
+    A subclass lists its inference class first among its bases (so `encode` is written once, for both) and sets:
+    `architecture` (registered name), `inference_architecture` (what `export` writes), `description` (the run
+    card's sparsity mechanism), `sparsity_settings` (the config fields that set its sparsity, for the run card),
+    `config_fields` (a pydantic model of the config fields only it reads, or None), `check_config` (checks and
+    defaults of those fields) and `optim_defaults` (its paper's optimiser settings). It implements
+    `training_forward` and `_inference_state` (what `export` writes).
+    """
 
     architecture: ClassVar[str]
     inference_architecture: ClassVar[str]
+    family: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    sparsity_settings: ClassVar[tuple[str, ...]] = ()
+    config_fields: ClassVar[type[BaseModel] | None] = None
     unit_norm_decoder: ClassVar[bool] = False
+    cfg: TrainingSAEConfig
 
     def __init__(self, cfg: TrainingSAEConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         g = torch.Generator().manual_seed(cfg.seed)
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=g)
         row_norm = 1.0 if self.unit_norm_decoder else cfg.decoder_init_norm
+        W_dec = torch.randn(cfg.d_sae, self.d_y, generator=g)
         W_dec *= row_norm / W_dec.norm(dim=1, keepdim=True)
+        W_enc_T = W_dec
+        if self.d_x != self.d_y:  # reads one site, writes another: no tied initialisation
+            W_enc_T = torch.randn(cfg.d_sae, self.d_x, generator=g)
+            W_enc_T *= row_norm / W_enc_T.norm(dim=1, keepdim=True)
+        # Replacing a parameter keeps its place in the module (state_dict and optimiser order). W_enc is a
+        # transpose's clone and so column-major: the sparse kernels gather its columns.
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone())
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.W_enc = nn.Parameter(W_enc_T.T.clone())
 
     @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
+    def b_pre(self) -> Tensor:
+        """The pre-encoder bias subtracted from x: b_dec for an SAE (input and output are one site)."""
+        return self.b_dec
 
-    @property
-    def d_sae(self) -> int:
-        return self.cfg.d_sae
+    def decoder_norms(self) -> Tensor:
+        """[d_sae] the decoder-norm weight of each latent in norm-weighted penalties: ||W_dec[i]||."""
+        return self.W_dec.norm(dim=1)
+
+    @classmethod
+    def check_config(cls, cfg: TrainingSAEConfig) -> None:
+        """Checks the architecture's fields of a validated config and fills their defaults (in place)."""
+
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        """Optimiser settings of an architecture without a paper recipe."""
+        return dict(
+            lr=3e-4,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            lr_schedule="constant",
+            lr_warmup_steps=capped(1_000, total_steps, 0.05),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=0,
+            grad_clip_norm=0.0,
+        )
 
     @torch.no_grad()
-    def init_from_data(self, x_sample: Tensor) -> None:
-        """Sets b_dec from a sample x_sample [N, d_in] of (scaled) activations, as `cfg.b_dec_init` says."""
-        if x_sample.ndim != 2 or x_sample.shape[1] != self.d_in:
-            raise ValueError(f"x_sample must be [N, d_in={self.d_in}], got {list(x_sample.shape)}")
-        x = x_sample.to(self.b_dec)
+    def init_from_data(self, x_sample: Tensor, target_sample: Tensor | None = None) -> None:
+        """Sets b_dec from a sample of (scaled) targets [N, d_out] (default: the inputs x_sample [N, d_in]), as
+        `cfg.b_dec_init` says."""
+        y, what = (x_sample, "x_sample") if target_sample is None else (target_sample, "target_sample")
+        if y.ndim != 2 or y.shape[1] != self.d_y:
+            width = "d_in" if target_sample is None else "d_out"
+            raise ValueError(f"{what} must be [N, {width}={self.d_y}], got {list(y.shape)}")
+        self.b_dec.copy_(self._centre(y))
+
+    @torch.no_grad()
+    def _centre(self, sample: Tensor) -> Tensor:
+        """The initial bias for data `sample` [N, d] as `cfg.b_dec_init` says."""
+        x = sample.to(self.b_dec.dtype)
         if self.cfg.b_dec_init == "geometric_median":
-            self.b_dec.copy_(geometric_median(x))
-        elif self.cfg.b_dec_init == "mean":
-            self.b_dec.copy_(x.mean(0))
-        else:
-            self.b_dec.zero_()
+            return geometric_median(x)
+        if self.cfg.b_dec_init == "mean":
+            return x.mean(0)
+        return torch.zeros_like(x[0])
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
@@ -107,50 +177,54 @@ class TrainingSAE(nn.Module):
         Computed as x @ W_enc + (b_enc - b_dec @ W_enc), the same value as (x - b_dec) @ W_enc + b_enc: with x
         data, b_dec's gradient is then a matvec instead of a [B, d_sae] x [d_sae, d_in] matmul.
         """
-        return _affine(x, self.W_enc, self.b_enc - self.b_dec @ self.W_enc)
-
-    def encode(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """[..., d_in] (scaled space) -> [..., d_sae], the per-token rule an exported SAE uses."""
-        raise NotImplementedError
-
-    def decode(self, z: Tensor) -> Tensor:
-        """[..., d_sae] -> [..., d_in] (scaled space)."""
-        return z @ self.W_dec + self.b_dec
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        return _affine(x, self.W_enc, self.b_enc - self.b_pre @ self.W_enc)
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @torch.no_grad()
-    def _folded(self, s: float) -> dict[str, Tensor]:
+    def _folded(self, s: Scales) -> dict[str, Tensor]:
         """W_enc, b_enc, W_dec, b_dec of the inference SAE on raw activations (see module docstring)."""
         W_enc, b_enc, W_dec, b_dec = (p.double() for p in (self.W_enc, self.b_enc, self.W_dec, self.b_dec))
-        return {"W_enc": s * W_enc, "b_enc": b_enc - b_dec @ W_enc, "W_dec": W_dec / s, "b_dec": b_dec / s}
+        b_pre = self.b_pre.double()
+        return {
+            "W_enc": s.x[:, None] * W_enc,
+            "b_enc": b_enc - b_pre @ W_enc,
+            "W_dec": W_dec / s.y,
+            "b_dec": b_dec / s.y,
+        }
 
-    def _inference_state(self, s: float) -> dict[str, Tensor]:
+    def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return self._folded(s)
 
-    def _inference_config(self) -> dict:
+    def _inference_config(self) -> dict[str, Any]:
+        """SAEConfig fields of the exported SAE beyond architecture, d_in, d_sae."""
         return {}
 
-    @torch.no_grad()
-    def export(self, activation_scale: float = 1.0) -> SAE:
-        """Inference SAE on raw activations (x_scaled = activation_scale * x), float32, on this SAE's device."""
-        from saeforge.sae.registry import INFERENCE_ARCHITECTURES
+    @property
+    def exported_architecture(self) -> str:
+        """The registered inference architecture `export` writes."""
+        return self.inference_architecture
 
-        if not (activation_scale > 0 and math.isfinite(activation_scale)):
-            raise ValueError(f"activation_scale must be a positive finite number, got {activation_scale}")
+    @torch.no_grad()
+    def export(
+        self, activation_scale: float | Tensor = 1.0, target_scale: float | Tensor | None = None
+    ) -> SAE:
+        """Inference SAE on raw activations, float32, on this SAE's device.
+
+        activation_scale: the trainer's x_scaled = activation_scale * x, a number or one per input dimension
+            [d_in] (a crosscoder's per-site scales). target_scale: the same for the target (default: as x).
+        """
+        s = Scales.of(self, activation_scale, activation_scale if target_scale is None else target_scale)
         cfg = SAEConfig(
-            architecture=self.inference_architecture,
+            architecture=self.exported_architecture,
             d_in=self.d_in,
             d_sae=self.d_sae,
             apply_b_dec_to_input=False,
             **self._inference_config(),
         )
-        sae = INFERENCE_ARCHITECTURES[self.inference_architecture](cfg)
-        state = {k: v.to(torch.float32) for k, v in self._inference_state(float(activation_scale)).items()}
+        sae = registry.inference_class(self.exported_architecture)(cfg)
+        state = {k: v.to(torch.float32) for k, v in self._inference_state(s).items()}
         sae.load_state_dict(state)
         return sae.to(self.W_dec.device)
 
@@ -161,13 +235,49 @@ class TrainingSAE(nn.Module):
         return torch.bincount(idx[active], minlength=d_sae).to(vals.dtype)
 
 
+class PenaltyFields(BaseModel):
+    """Config fields of the penalty architectures."""
+
+    sparsity_coefficient: float | None = Field(
+        default=None, gt=0, description="fixed penalty weight lambda (standard: L1, jumprelu: L0, gated: L1)"
+    )
+    target_l0: float | None = Field(
+        default=None, gt=0, description="penalty architectures: adapt lambda during training to reach this L0"
+    )
+    l0_controller_rate: float = Field(
+        default=0.02, gt=0, description="target_l0: per-step log-step of lambda per unit log(L0 / target)"
+    )
+    initial_sparsity_coefficient: float | None = Field(
+        default=None, gt=0, description="target_l0: starting lambda (architecture default if None)"
+    )
+
+
 class PenaltySAE(TrainingSAE):
     """Architectures with a sparsity penalty: lambda fixed (`sparsity_coefficient`) or adapted to `target_l0`.
 
     The controller keeps lambda in the buffer `sparsity_coefficient`. After the warm-up (sparsity_warmup == 1) it
     multiplies lambda by ((l0 + 1) / (target_l0 + 1)) ** l0_controller_rate after each training step, l0 being
-    the batch L0 averaged over data-parallel ranks; during warm-up the trainer's linear ramp alone acts.
+    the batch L0 averaged over data-parallel ranks; during warm-up the trainer's linear ramp alone acts. With
+    neither lambda nor target_l0 given, target_l0 = k (default min(32, d_sae // 2)).
     """
+
+    family = "penalty"
+    config_fields = PenaltyFields
+    sparsity_settings = (
+        "sparsity_coefficient",
+        "target_l0",
+        "l0_controller_rate",
+        "initial_sparsity_coefficient",
+    )
+
+    @classmethod
+    def check_config(cls, cfg: TrainingSAEConfig) -> None:
+        if cfg.sparsity_coefficient is not None and cfg.target_l0 is not None:
+            raise ValueError("give either sparsity_coefficient or target_l0, not both")
+        if cfg.target_l0 is not None and cfg.target_l0 > cfg.d_sae:
+            raise ValueError(f"target_l0={cfg.target_l0} is larger than d_sae={cfg.d_sae}")
+        if cfg.sparsity_coefficient is None and cfg.target_l0 is None:
+            cfg.target_l0 = float(cfg.k or min(DEFAULT_K, max(1, cfg.d_sae // 2)))
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
@@ -209,15 +319,68 @@ class PenaltySAE(TrainingSAE):
         self.sparsity_coefficient.mul_(ratio.pow(self.cfg.l0_controller_rate))
 
 
+class TopKFields(BaseModel):
+    """Config fields of the TopK family."""
+
+    k_aux: int | None = Field(
+        default=None, gt=0, description="AuxK latents per token; default d_in // 2, capped at the dead count"
+    )
+
+
 class TopKFamilySAE(TrainingSAE):
     """TopK, BatchTopK and Matryoshka share Gao et al.'s recipe: unit-norm decoder rows, W_enc = W_dec.T at init,
     b_dec from data, AuxK on dead latents, and the sparse kernels (no dense [B, d_sae] gradient, no dense decode)."""
 
+    family = "topk"
+    config_fields = TopKFields
+    sparsity_settings = ("k", "k_aux", "aux_coefficient")
     unit_norm_decoder = True
+
+    @classmethod
+    def check_config(cls, cfg: TrainingSAEConfig) -> None:
+        k_note = ""
+        if cfg.k is None:
+            cfg.k, k_note = DEFAULT_K, " (the default)"
+        if cfg.k > cfg.d_sae:
+            raise ValueError(f"k={cfg.k}{k_note} is larger than d_sae={cfg.d_sae}; choose k <= d_sae")
+        if cfg.k_aux is not None and cfg.k_aux > cfg.d_sae:
+            raise ValueError(f"k_aux={cfg.k_aux} is larger than d_sae={cfg.d_sae}; choose k_aux <= d_sae")
+        if cfg.sparsity_coefficient is not None or cfg.target_l0 is not None:
+            raise ValueError(
+                f"{cfg.architecture} sets its sparsity with k; sparsity_coefficient/target_l0 do not apply"
+            )
+
+    @staticmethod
+    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
+        # Gao et al. 2024 (arXiv 2406.04093): lr 2e-4 at 2^14 latents, scaled by 1/sqrt(d_sae / 2^14);
+        # Adam eps 6.25e-10; constant lr after a short warm-up.
+        return dict(
+            lr=2e-4 / math.sqrt(d_sae / 2**14),
+            betas=(0.9, 0.999),
+            eps=6.25e-10,
+            lr_schedule="constant",
+            lr_warmup_steps=capped(100, total_steps, 0.01),
+            lr_end_fraction=0.0,
+            sparsity_warmup_steps=0,
+            grad_clip_norm=1.0,
+        )
+
+    def _extras(self) -> dict[str, Tensor]:
+        """For the trainer's logs (none by default)."""
+        return {}
+
+    def _output(
+        self, x: Tensor, x_hat: Tensor, idx: Tensor, vals: Tensor, losses: dict[str, Tensor]
+    ) -> TrainStepOutput:
+        """The step's output from x [B, d_in], the reconstruction and the selected latents idx, vals [B, w]."""
+        fired = self._fired(idx, vals, self.d_sae)
+        return TrainStepOutput(
+            x_hat, sum(losses.values()), losses, fired, fired.sum() / x.shape[0], self._extras()
+        )
 
     @property
     def k_aux(self) -> int:
-        return self.cfg.k_aux or max(1, min(self.d_in // 2, self.d_sae))
+        return self.cfg.k_aux or max(1, min(self.d_x // 2, self.d_sae))
 
     @property
     def aux_coefficient(self) -> float:
@@ -235,7 +398,7 @@ class TopKFamilySAE(TrainingSAE):
         through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
         product as large as the encoder's weight gradient.
         """
-        b_enc = self.b_enc - self.b_dec @ self.W_enc.detach()
+        b_enc = self.b_enc - self.b_pre @ self.W_enc.detach()
         return kernels.gather_preacts(xc.detach(), self.W_enc, b_enc, pre, idx)
 
     def _decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:

@@ -1,6 +1,17 @@
 """saeforge.steer: steer a causal LM along SAE decoder directions, clamp latents, export directions."""
 
-from saeforge.steer.directions import decoder_direction, export_direction
-from saeforge.steer.steering import Generation, clamping, generate, steering, sweep
+from saeforge.lazy import lazy_exports
 
-__all__ = ["Generation", "clamping", "decoder_direction", "export_direction", "generate", "steering", "sweep"]
+lazy_exports(
+    __name__,
+    {
+        "SteerConfig": "saeforge.steer.config",
+        "decoder_direction": "saeforge.steer.directions",
+        "export_direction": "saeforge.steer.directions",
+        "Generation": "saeforge.steer.steering",
+        "clamping": "saeforge.steer.steering",
+        "generate": "saeforge.steer.steering",
+        "steering": "saeforge.steer.steering",
+        "sweep": "saeforge.steer.steering",
+    },
+)

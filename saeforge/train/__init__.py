@@ -4,16 +4,18 @@ from saeforge.train import TrainConfig, train
 results = train(TrainConfig.from_yaml("sweep.yaml"))       # list of TrainedSAE
 """
 
-from saeforge.train.config import ConfigError, SAESpec, TrainConfig
-from saeforge.train.trainer import NonFiniteError, ProgressEvent, TrainedSAE, TrainingInterrupted, train
+from saeforge.lazy import lazy_exports
 
-__all__ = [
-    "ConfigError",
-    "NonFiniteError",
-    "ProgressEvent",
-    "SAESpec",
-    "TrainConfig",
-    "TrainedSAE",
-    "TrainingInterrupted",
-    "train",
-]
+lazy_exports(
+    __name__,
+    {
+        "ConfigError": "saeforge.errors",
+        "SAESpec": "saeforge.train.config",
+        "TrainConfig": "saeforge.train.config",
+        "NonFiniteError": "saeforge.train.trainer",
+        "ProgressEvent": "saeforge.train.trainer",
+        "TrainedSAE": "saeforge.train.trainer",
+        "TrainingInterrupted": "saeforge.train.trainer",
+        "train": "saeforge.train.trainer",
+    },
+)

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from saeforge.device import DEFAULT_DEVICE, Device
+from saeforge.errors import ConfigError, format_validation_error
 
 LrSchedule = Literal["constant", "cosine", "linear"]
 LoggerName = Literal["jsonl", "tensorboard", "mlflow", "wandb"]
@@ -23,6 +26,7 @@ OPERATIONAL_FIELDS = frozenset(
     {
         "out",
         "activations",
+        "target_activations",
         "resume",
         "device",
         "checkpoint_every",
@@ -36,10 +40,6 @@ OPERATIONAL_FIELDS = frozenset(
 )
 
 
-class ConfigError(ValueError):
-    """A configuration problem found before training starts; the message names the field and the fix."""
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -51,16 +51,24 @@ class SAESpec(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="directory name of this SAE under `out` (letters, digits, . _ -)",
     )
-    architecture: str = Field(description="a training architecture: topk, batchtopk, jumprelu, standard, ...")
+    architecture: str = Field(
+        description="a registered training architecture (docs/architectures.md); an unknown name lists them"
+    )
     d_in: int | None = Field(default=None, gt=0, description="input width; checked against the activations")
     d_sae: int | None = Field(default=None, gt=0, description="number of latents (or give expansion_factor)")
     expansion_factor: float | None = Field(default=None, gt=0, description="d_sae = expansion_factor * d_in")
+    # Passed through to TrainingSAEConfig (declared in the architectures' config fragments); the constraints
+    # are the same (tests/train/test_config.py checks it) so that a bad value fails when the YAML is read.
     k: int | None = Field(default=None, gt=0, description="active latents per token (TopK family)")
     k_aux: int | None = Field(default=None, gt=0, description="latents in the AuxK loss (TopK family)")
     sparsity_coefficient: float | None = Field(
-        default=None, ge=0, description="L1 / L0 penalty weight (penalty architectures)"
+        default=None, gt=0, description="fixed L1 / L0 penalty weight lambda (penalty architectures)"
     )
-    target_l0: float | None = Field(default=None, gt=0, description="instead of sparsity_coefficient")
+    target_l0: float | None = Field(
+        default=None,
+        gt=0,
+        description="penalty architectures: adapt lambda to reach this L0 (or sparsity_coefficient)",
+    )
     bandwidth: float | None = Field(default=None, gt=0, description="JumpReLU straight-through bandwidth")
     group_sizes: list[int] | None = Field(default=None, description="Matryoshka nested group sizes")
     options: dict[str, Any] = Field(
@@ -84,6 +92,9 @@ class SAESpec(_Strict):
         default=None, ge=0, description="linear warm-up of the sparsity penalty from 0"
     )
     grad_clip_norm: float | None = Field(default=None, ge=0, description="max gradient norm; 0 disables")
+    skip_connection: bool = Field(
+        default=False, description="transcoders: add a learned linear skip W_skip from input to output"
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> SAESpec:
@@ -104,9 +115,18 @@ class SAESpec(_Strict):
 class TrainConfig(_Strict):
     """A training run: the data, its length, the output directory and the SAEs it trains."""
 
-    activations: Path | None = Field(
+    activations: list[Path] | None = Field(
         default=None,
-        description="activation store directory (optional when a batch source is passed in Python)",
+        description="activation store directory (optional when a batch source is passed in Python); a list of "
+        "stores captured together for a crosscoder (a single path is a list of one)",
+    )
+    target_activations: Path | None = Field(
+        default=None,
+        description="transcoders: the store of the site they write (captured with activations); the SAEs read "
+        "`activations` and reconstruct this",
+    )
+    crosscoder: bool = Field(
+        default=False, description="train crosscoders over the sites of `activations` (one latent space)"
     )
     verify: bool = Field(
         default=True,
@@ -130,12 +150,12 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(default=3, ge=1, description="checkpoints kept on disk (newest)")
     loggers: list[LoggerName] = Field(
         default_factory=lambda: ["jsonl"],
-        description="jsonl always; tensorboard, mlflow (sqlite), wandb (offline)",
+        description="metric sinks: jsonl (always on), tensorboard, mlflow (sqlite), wandb (offline)",
     )
     wandb_project: str = Field(default="saeforge", description="wandb project name")
     log_every: int = Field(default=10, gt=0, description="steps between metric records")
     plots: bool = Field(default=True, description="write curves.png in the run directory at the end")
-    device: str = Field(default="auto", description="cpu, cuda, cuda:N or auto (cuda when available)")
+    device: Device = DEFAULT_DEVICE
     dtype: Literal["float32", "float64"] = Field(default="float32", description="parameter dtype")
     autocast: Literal["none", "bfloat16"] = Field(default="none", description="autocast the forward pass")
     evaluation_datasets: list[str] = Field(
@@ -150,9 +170,31 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"saes: duplicate SAE names {dupes}; every SAE needs its own name (its output folder)"
             )
+        stores = self.activation_paths
+        if self.crosscoder and self.target_activations is not None:
+            raise ValueError(
+                "a crosscoder reconstructs its own sites; give activations only, not target_activations"
+            )
+        if len(stores) > 1 and not self.crosscoder:
+            raise ValueError(
+                f"activations: {len(stores)} stores given; pass crosscoder: true (--crosscoder) to train a "
+                "crosscoder over them, or give one store (and target_activations for a transcoder)"
+            )
+        if self.crosscoder and len(stores) == 1:
+            raise ValueError("crosscoder: give two or more activation stores (one per site)")
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
         return self
+
+    @field_validator("activations", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @property
+    def activation_paths(self) -> list[Path]:
+        """Every store the run reads, in order: `activations`, then `target_activations`."""
+        return [*(self.activations or []), *([self.target_activations] if self.target_activations else [])]
 
     @property
     def total_steps(self) -> int:
@@ -182,13 +224,3 @@ class TrainConfig(_Strict):
             return cls.model_validate(data)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, source)) from None
-
-
-def format_validation_error(e: ValidationError, source: str, prefix: str = "") -> str:
-    """One line per error, each naming its field as `prefix.loc` (e.g. `saes.0.k`)."""
-    lines = [f"invalid {source}:"]
-    for err in e.errors():
-        loc = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"])) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)

@@ -3,51 +3,77 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from saeforge.train.config import ConfigError, TrainConfig
+from saeforge.errors import ConfigError
+from saeforge.train.config import TrainConfig
 from saeforge.train.distributed import DistContext
 
 
-def open_store(cfg: TrainConfig, source: Iterable[Tensor] | None) -> Any:
-    """The store at cfg.activations (None without one; then a `source` is required)."""
-    if cfg.activations is None:
+def source_widths(
+    stores: list[Any], source: Any, cfg: TrainConfig
+) -> tuple[tuple[int, ...], str, Iterator[Any] | None]:
+    """(each part's width, where they came from, batches): of the stores, else of the source (its `d_ins` or
+    `d_in`, or its first batch, kept for step 0 in the returned batches; None when nothing was read)."""
+    if stores:
+        names = ", ".join(str(p) for p in cfg.activation_paths)
+        return tuple(s.d_in for s in stores), f"the store {names}", None
+    d_ins = getattr(source, "d_ins", None) or getattr(source, "d_in", None)
+    if d_ins is not None:
+        return (tuple(d_ins) if isinstance(d_ins, (tuple, list)) else (int(d_ins),)), "the batch source", None
+    it = iter(source)
+    first = next(it)
+    parts = (first,) if isinstance(first, Tensor) else tuple(first)
+    return tuple(int(x.shape[-1]) for x in parts), "the batch source", itertools.chain([first], it)
+
+
+def open_stores(cfg: TrainConfig, source: Iterable[Any] | None) -> list[Any]:
+    """The stores the run reads (`TrainConfig.activation_paths`; [] without one, then a `source` is required)."""
+    paths = cfg.activation_paths
+    if not paths:
         if source is None:
             raise ConfigError(
                 "activations: give an activation store directory (or pass `source` from Python)"
             )
-        return None
+        return []
     from saeforge.activations.store import ActivationStore
 
-    try:
-        return ActivationStore.open(cfg.activations, verify="lazy" if cfg.verify else "off")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"activations: cannot open the store {cfg.activations}: {e}") from e
+    stores = []
+    for path in paths:
+        try:
+            stores.append(ActivationStore.open(path, verify="lazy" if cfg.verify else "off"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"activations: cannot open the store {path}: {e}") from e
+    return stores
 
 
-def open_loader(cfg: TrainConfig, store: Any, ctx: DistContext) -> Any:
-    """The store's shuffling loader; each rank reads its slice of every global batch."""
+def open_loader(cfg: TrainConfig, stores: list[Any], ctx: DistContext) -> Any:
+    """The stores' shuffling loader (aligned over several stores); each rank reads its slice of every batch."""
+    from saeforge.activations.aligned import AlignedLoader
     from saeforge.activations.loader import ActivationLoader
 
+    kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
     try:
-        return ActivationLoader(
-            store, batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
-        )
+        if len(stores) == 1:
+            return ActivationLoader(stores[0], **kwargs)
+        return AlignedLoader(stores, **kwargs)
     except ValueError as e:
-        raise ConfigError(f"activations: cannot read the store {cfg.activations}: {e}") from e
+        names = ", ".join(str(p) for p in cfg.activation_paths)
+        raise ConfigError(f"activations: cannot read the stores {names}: {e}") from e
 
 
-def data_fingerprint(store: Any) -> str | None:
-    """sha256 over the store's shard list (rows and checksums): the same data wherever the store lives."""
-    if store is None:
+def data_fingerprint(stores: list[Any]) -> str | None:
+    """sha256 over the stores' shard lists (rows and checksums): the same data wherever the stores live."""
+    if not stores:
         return None
-    shards = [[s.rows, s.sha256] for s in store.manifest.shards]
-    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+    shards = [[[s.rows, s.sha256] for s in store.manifest.shards] for store in stores]
+    return hashlib.sha256(json.dumps(shards[0] if len(shards) == 1 else shards).encode()).hexdigest()
 
 
 def describe_batch(source: Any, store: Any) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from saeforge.atomic import write_text
-from saeforge.train.config import ConfigError
+from saeforge.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}

@@ -6,34 +6,25 @@ from the activation store's manifest; training fields from the resolved configur
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import saeforge
+from saeforge import sae as sae_api
 from saeforge.train.config import SAESpec, TrainConfig
 from saeforge.train.defaults import OptimSettings
 
-SPARSITY_MECHANISMS = {
-    "topk": "top-k latents per token, AuxK loss on dead latents",
-    "batchtopk": "top k*B latents over the batch; a threshold estimated in training is used at inference",
-    "matryoshka": "batch top-k with nested prefix reconstruction losses",
-    "jumprelu": "JumpReLU thresholds with an L0 penalty (straight-through estimator)",
-    "gated": "gated encoder with an L1 penalty on the gate",
-    "standard": "ReLU with an L1 penalty weighted by decoder row norms",
-}
 SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth", "group_sizes")
-_PENALTY = ("sparsity_coefficient", "target_l0", "l0_controller_rate", "initial_sparsity_coefficient")
-# The TrainingSAEConfig fields that set each architecture's sparsity (the others do not apply to it).
-SPARSITY_SETTINGS = {
-    "topk": ("k", "k_aux", "aux_coefficient"),
-    "batchtopk": ("k", "k_aux", "aux_coefficient", "threshold_momentum"),
-    "matryoshka": ("k", "k_aux", "aux_coefficient", "threshold_momentum", "group_sizes"),
-    "standard": _PENALTY,
-    "gated": (*_PENALTY, "aux_coefficient"),
-    "jumprelu": (*_PENALTY, "bandwidth", "initial_threshold"),
-}
 INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
 # Manifest fields that describe how activations were collected, not where the shards are.
 _NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}
+
+
+def _paths(paths: list[Path] | None) -> str | list[str] | None:
+    """One store as its path, several as a list."""
+    if not paths:
+        return None
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
 
 
 def data_card(manifest: Any | None) -> dict[str, Any]:
@@ -51,7 +42,7 @@ def run_card(
     sae_config: dict[str, Any],
     optim: OptimSettings,
     data: dict[str, Any],
-    activation_scale: float,
+    activation_scale: float | list[float],
     world_size: int,
     steps: int,
     device: str,
@@ -59,7 +50,9 @@ def run_card(
 ) -> dict[str, Any]:
     """The run card of one SAE. num_rows: rows in the store (to report how many epochs the run covers)."""
     architecture = sae_config["architecture"]
-    keys = SPARSITY_SETTINGS.get(architecture, tuple(sae_config))
+    cls = sae_api.TRAINING_ARCHITECTURES.get(architecture)
+    # The config fields that set this architecture's sparsity (the others do not apply to it).
+    keys = getattr(cls, "sparsity_settings", tuple(sae_config))
     sparsity = {k: sae_config[k] for k in keys if sae_config.get(k) is not None}
     model = data.get("model") or {}
     return {
@@ -72,7 +65,7 @@ def run_card(
         "d_in": sae_config["d_in"],
         "d_sae": sae_config["d_sae"],
         "sparsity": {
-            "mechanism": SPARSITY_MECHANISMS.get(architecture, architecture),
+            "mechanism": getattr(cls, "description", architecture),
             **sparsity,
         },
         "initialisation": {k: sae_config[k] for k in INIT_SETTINGS if k in sae_config},
@@ -100,8 +93,9 @@ def run_card(
             "device": device,
         },
         "data": {
-            "activations": str(cfg.activations) if cfg.activations else None,
+            "activations": _paths(cfg.activations),
             "verified": cfg.verify if cfg.activations else None,
+            **({"target_activations": str(cfg.target_activations)} if cfg.target_activations else {}),
             "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
             **data,
         },

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -27,35 +26,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor
 
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
+from saeforge.device import resolve_device
+from saeforge.errors import ConfigError
 from saeforge.lock import one_writer
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput
+from saeforge.train import metrics, state
 from saeforge.train.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from saeforge.train.config import (
-    OPERATIONAL_FIELDS,
-    ConfigError,
-    SAESpec,
-    TrainConfig,
-    format_validation_error,
-)
-from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_store
-from saeforge.train.defaults import OptimSettings, resolve_optim
+from saeforge.train.config import TrainConfig
+from saeforge.train.data import data_fingerprint, describe_batch, open_loader, open_stores, source_widths
+from saeforge.train.defaults import OptimSettings
 from saeforge.train.distributed import DistContext
+from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
 from saeforge.train.loggers import MetricLoggers, check_logger_packages
 from saeforge.train.plots import plot_curves
-from saeforge.train.runcard import SPARSITY_FIELDS, data_card, run_card
+from saeforge.train.runcard import data_card, run_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
 from saeforge.train.signals import StopSignal
+from saeforge.train.specs import ResolvedSAE, resolve_specs
+from saeforge.train.state import check_resumable
 
 log = logging.getLogger("saeforge.train")
 
@@ -115,66 +113,21 @@ class TrainedSAE:
 class _Member:
     """One SAE of the sweep and its training state."""
 
-    spec: SAESpec
-    sae_cfg: Any  # the TrainingSAEConfig it was built from
-    d_sae: int
-    optim: OptimSettings
+    resolved: ResolvedSAE
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
     since_fired: Tensor  # [d_sae] int64, tokens since each latent last fired
     acc: dict[str, Tensor] = field(default_factory=dict)  # float64 metric sums since the last record
+    extras: dict[str, Tensor] = field(default_factory=dict)  # the last step's extras (lambda, threshold)
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.resolved.name
 
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device: 'cuda' was asked for but no CUDA device is available; use device: cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
-def _training_sae_config(spec: SAESpec, i: int, d_in: int, d_sae: int) -> Any:
-    fields = {f: getattr(spec, f) for f in SPARSITY_FIELDS if getattr(spec, f) is not None}
-    fields.update(spec.options)
-    try:
-        return sae_api.TrainingSAEConfig(
-            architecture=spec.architecture, d_in=d_in, d_sae=d_sae, seed=spec.seed, **fields
-        )
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"SAE '{spec.name}'", prefix=f"saes[{i}]")) from None
-
-
-def validate_specs(cfg: TrainConfig, d_in: int, data_source: str) -> list[tuple[Any, int, OptimSettings]]:
-    """Checks every SAE against the data and the architecture registry; returns (sae config, d_sae, optim)."""
-    known = sorted(sae_api.TRAINING_ARCHITECTURES)
-    resolved = []
-    for i, spec in enumerate(cfg.saes):
-        where = f"saes[{i}] ({spec.name})"
-        if spec.architecture not in sae_api.TRAINING_ARCHITECTURES:
-            raise ConfigError(
-                f"{where}.architecture: unknown architecture '{spec.architecture}'; known: {known}"
-            )
-        if spec.d_in is not None and spec.d_in != d_in:
-            raise ConfigError(
-                f"{where}.d_in: the SAE asks for d_in={spec.d_in} but {data_source} has d_in={d_in}; "
-                "remove d_in or point activations at a store of that width"
-            )
-        d_sae = spec.resolved_d_sae(d_in)
-        if spec.k is not None and spec.k > d_sae:
-            raise ConfigError(f"{where}.k: k={spec.k} exceeds d_sae={d_sae}; lower k or raise d_sae")
-        sae_cfg = _training_sae_config(spec, i, d_in, d_sae)
-        optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
-        resolved.append((sae_cfg, d_sae, optim))
-    return resolved
+    @property
+    def optim(self) -> OptimSettings:
+        return self.resolved.optim
 
 
 class _Run:
@@ -188,10 +141,15 @@ class _Run:
             raise ConfigError(
                 f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
             )
-        self.store = open_store(cfg, source)
-        self.source, self.batches = source, None
-        self.d_in, where = self._d_in()
-        self.resolved = validate_specs(cfg, self.d_in, where)
+        self.stores = open_stores(cfg, source)
+        self.store = self.stores[0] if self.stores else None
+        self.source = source
+        widths, where, self.batches = source_widths(self.stores, self.source, cfg)
+        self.layout = DataLayout.of(cfg, widths, where)
+        self.d_in = self.layout.d_in
+        sites = site_names(self.stores) or list(getattr(source, "sites", None) or [])
+        sites = sites or [f"site{i}" for i in range(len(widths))]
+        self.resolved = resolve_specs(cfg, self.d_in, where, self.layout.sae_fields(sites))
         self.ckpt_root = cfg.out / CHECKPOINTS
         self.checkpoint = latest_checkpoint(self.ckpt_root)
         if self.checkpoint is not None and not cfg.resume:
@@ -200,7 +158,7 @@ class _Run:
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
         if self.source is None:
-            self.source = open_loader(cfg, self.store, ctx)
+            self.source = open_loader(cfg, self.stores, ctx)
         if self.batches is None:
             self.batches = iter(self.source)
         self.data = data_card(
@@ -211,120 +169,94 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
 
-    def _d_in(self) -> tuple[int, str]:
-        """d_in of the store, else of the source (its `d_in`, or its first batch, which is kept for step 0)."""
-        if self.store is not None:
-            return self.store.d_in, f"the store {self.cfg.activations}"
-        d_in = getattr(self.source, "d_in", None)
-        if d_in is None:
-            it = iter(self.source)
-            first = next(it)
-            self.batches = itertools.chain([first], it)
-            d_in = first.shape[-1]
-        return int(d_in), "the batch source"
-
     # -- building and restoring state -------------------------------------------------------------------
 
     def _build(self) -> None:
         self.members: list[_Member] = []
-        for spec, (sae_cfg, d_sae, optim) in zip(self.cfg.saes, self.resolved, strict=True):
-            torch.manual_seed(spec.seed)
-            model = sae_api.create_training_sae(sae_cfg).to(device=self.device, dtype=self.dtype)
+        for r in self.resolved:
+            torch.manual_seed(r.spec.seed)
+            model = sae_api.create_training_sae(r.sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = kernels.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps)
-            since = torch.zeros(d_sae, dtype=torch.long, device=self.device)
-            self.members.append(_Member(spec, sae_cfg, d_sae, optim, model, opt, params, since))
+            opt = kernels.Adam(params, lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps)
+            since = torch.zeros(r.d_sae, dtype=torch.long, device=self.device)
+            self.members.append(_Member(r, model, opt, params, since))
         self._reset_acc()
 
     def _reset_acc(self) -> None:
-        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
-        self.input_acc = {"sum": z(self.d_in), "sum_sq": z(()), "rows": z(())}
+        self.input_acc = metrics.input_sums(self.layout.d_y, self.device)
         for m in self.members:
-            m.acc = {"steps": z(()), "sse": z(()), "l0": z(()), "loss": z(())}
+            m.acc = metrics.sae_sums(self.device)
 
-    def _next_batch(self, step: int) -> Tensor:
+    def _next_batch(self, step: int) -> Parts:
         try:
-            x = next(self.batches)
+            parts = as_parts(next(self.batches))
         except StopIteration:
             raise RuntimeError(
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        if x.shape != (self.local_batch, self.d_in):
+        shapes = tuple((self.local_batch, w) for w in self.layout.widths)
+        if tuple(tuple(x.shape) for x in parts) != shapes:
+            got = [tuple(x.shape) for x in parts]
             raise ValueError(
-                f"batch of step {step} has shape {tuple(x.shape)}, expected [{self.local_batch}, {self.d_in}] "
-                f"(batch_size {self.cfg.batch_size} / {self.ctx.world_size} ranks, d_in {self.d_in})"
+                f"batch of step {step} has shape {got[0] if len(got) == 1 else got}, expected "
+                f"{' and '.join(f'[{b}, {w}]' for b, w in shapes)} (batch_size {self.cfg.batch_size} / "
+                f"{self.ctx.world_size} ranks, d_in {self.d_in})"
             )
-        return x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
 
-    def _fresh_start(self) -> Tensor:
-        """Initialises from the first batch (gathered over ranks); returns that batch, scaled."""
-        x = self._next_batch(0)
-        sample = self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x
+    def _scaled(self, parts: Parts) -> tuple[Tensor, Tensor | None]:
+        """(x, target) of scaled parts (see train/layout.py)."""
+        return self.layout.combine(tuple(x * s for x, s in zip(parts, self.scale, strict=True)))
+
+    def _fresh_start(self) -> tuple[Tensor, Tensor | None]:
+        """Initialises from the first batch (gathered over ranks); returns that batch's (x, target), scaled."""
+        parts = self._next_batch(0)
+        samples = tuple(self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x for x in parts)
         if self.cfg.normalize_activations == "expected_norm":
-            scale = getattr(self.source, "activation_scale", None)
-            if scale is None:
-                scale = math.sqrt(self.d_in) / sample.norm(dim=-1).mean().item()
-            self.scale = float(scale)
-            if not (math.isfinite(self.scale) and self.scale > 0):
+            given = getattr(self.source, "scales", None) or (getattr(self.source, "activation_scale", None),)
+            if len(given) != len(samples):
+                given = (None,) * len(samples)
+            self.scale = tuple(
+                float(math.sqrt(x.shape[-1]) / x.norm(dim=-1).mean().item() if s is None else s)
+                for x, s in zip(samples, given, strict=True)
+            )
+            if not all(math.isfinite(s) and s > 0 for s in self.scale):
                 raise ConfigError(
                     f"normalize_activations: the activation scale sqrt(d_in) / E||x|| is {self.scale} (the data's "
                     "statistics hold NaN/inf or zeros); check the store with `saeforge verify`, recapture, or set "
                     "normalize_activations: none"
                 )
         else:
-            self.scale = 1.0
+            self.scale = (1.0,) * len(parts)
+        x_sample, target_sample = self.layout.combine(
+            tuple(x * s for x, s in zip(samples, self.scale, strict=True))
+        )
         for m in self.members:
-            m.model.init_from_data(sample * self.scale)
+            if target_sample is None:
+                m.model.init_from_data(x_sample)
+            else:
+                m.model.init_from_data(x_sample, target_sample)
             self.ctx.broadcast_module(m.model)
         torch.manual_seed(self.cfg.seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(self.cfg.seed)
-        return x * self.scale
+        return self._scaled(parts)
 
-    def _check_resumable(self, meta: dict[str, Any]) -> None:
-        saved = {k: v for k, v in meta["config"].items() if k not in OPERATIONAL_FIELDS}
-        now = {k: v for k, v in self.cfg.model_dump(mode="json").items() if k not in OPERATIONAL_FIELDS}
-        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-        if changed:
-            raise ConfigError(
-                f"resume: the configuration differs from the checkpoint's in {changed}; resume with the same "
-                f"settings (see {self.checkpoint}/state.json) or start a new run in another out directory"
-            )
-        saved_data, data = meta.get("data_fingerprint"), data_fingerprint(self.store)
-        if saved_data and data and saved_data != data:
-            raise ConfigError(
-                f"activations: the store {self.cfg.activations} holds other data than the run being resumed "
-                f"(its shard checksums differ from those of {meta['config']['activations']}); point activations "
-                "at the run's store"
-            )
-        if meta["world_size"] != self.ctx.world_size:
-            raise ConfigError(
-                f"resume: the checkpoint was written by {meta['world_size']} data-parallel ranks, this run has "
-                f"{self.ctx.world_size}; resume with --nproc_per_node {meta['world_size']}"
-            )
+    @property
+    def saved_scale(self) -> float | list[float]:
+        """The activation scale as checkpoints and run cards record it: one number, or one per store."""
+        return self.scale[0] if len(self.scale) == 1 else list(self.scale)
 
     def _restore(self) -> int:
         ckpt = load_checkpoint(self.checkpoint)
         meta, t = ckpt.meta, ckpt.tensors
-        self._check_resumable(meta)
+        check_resumable(meta, self.cfg, self.stores, self.ctx.world_size, self.checkpoint)
         for m in self.members:
-            prefix = f"sae/{m.name}/"
-            m.model.load_state_dict({k[len(prefix) :]: v for k, v in t.items() if k.startswith(prefix)})
-            state_dict = m.optimizer.state_dict()
-            state: dict[int, dict[str, Tensor]] = {}
-            oprefix = f"optim/{m.name}/"
-            for k, v in t.items():
-                if k.startswith(oprefix):
-                    idx, key = k[len(oprefix) :].split("/")
-                    state.setdefault(int(idx), {})[key] = v
-            state_dict["state"] = state
-            m.optimizer.load_state_dict(state_dict)
-            m.since_fired.copy_(t[f"dead/{m.name}"])
-            aprefix = f"acc/{m.name}/"
-            m.acc = {k[len(aprefix) :]: v.to(self.device) for k, v in t.items() if k.startswith(aprefix)}
-        self.input_acc = {k: t[f"acc/input/{k}"].to(self.device) for k in self.input_acc}
-        self.scale = meta["activation_scale"]
+            m.acc = state.decode_member(t, m.name, m.model, m.optimizer, m.since_fired, self.device)
+        self.input_acc = state.decode_input(t, self.input_acc, self.device)
+        saved = meta["activation_scale"]
+        self.scale = tuple(saved) if isinstance(saved, list) else (saved,)
         self.elapsed_before = meta["elapsed_s"]
         step = meta["step"]
         loader_state = meta["loaders"][self.ctx.rank]
@@ -335,9 +267,7 @@ class _Run:
             # A source without state is fast-forwarded by the batches of the steps already taken.
             for _ in range(step):
                 next(self.batches)
-        torch.set_rng_state(t[f"rng/cpu/{self.ctx.rank}"])
-        if self.device.type == "cuda" and f"rng/cuda/{self.ctx.rank}" in t:
-            torch.cuda.set_rng_state(t[f"rng/cuda/{self.ctx.rank}"], self.device)
+        state.restore_rng(t, self.ctx.rank, self.device)
         if self.ctx.is_main:
             self.history = MetricLoggers.truncate(self.cfg.out, step)
         log.info("resumed from %s at step %d", self.checkpoint, step)
@@ -347,35 +277,18 @@ class _Run:
         """Saves checkpoint `steps_done` (rank 0 writes, every rank contributes its state); returns its path."""
         tensors: dict[str, Tensor] = {}
         for m in self.members:
-            tensors.update({f"sae/{m.name}/{k}": v for k, v in m.model.state_dict().items()})
-            for idx, st in m.optimizer.state_dict()["state"].items():
-                tensors.update(
-                    {f"optim/{m.name}/{idx}/{k}": v for k, v in st.items() if isinstance(v, Tensor)}
-                )
-            tensors[f"dead/{m.name}"] = m.since_fired
-            tensors.update({f"acc/{m.name}/{k}": v for k, v in m.acc.items()})
-        tensors.update({f"acc/input/{k}": v for k, v in self.input_acc.items()})
-        state_fn = getattr(self.source, "state_dict", None)
-        local = {
-            "loader": state_fn() if callable(state_fn) else None,
-            "rng_cpu": torch.get_rng_state().tolist(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device).tolist()
-            if self.device.type == "cuda"
-            else None,
-        }
-        ranks = self.ctx.gather_objects(local)
+            tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.since_fired, m.acc))
+        tensors.update(state.encode_input(self.input_acc))
+        ranks = self.ctx.gather_objects(state.rank_state(self.source, self.device))
         if self.ctx.is_main:
-            for r, st in enumerate(ranks):
-                tensors[f"rng/cpu/{r}"] = torch.tensor(st["rng_cpu"], dtype=torch.uint8)
-                if st["rng_cuda"] is not None:
-                    tensors[f"rng/cuda/{r}"] = torch.tensor(st["rng_cuda"], dtype=torch.uint8)
+            tensors.update(state.encode_rng(ranks))
             meta = {
                 "format_version": 1,
                 "step": steps_done,
                 "tokens": steps_done * self.cfg.batch_size,
                 "world_size": self.ctx.world_size,
-                "activation_scale": self.scale,
-                "data_fingerprint": data_fingerprint(self.store),
+                "activation_scale": self.saved_scale,
+                "data_fingerprint": data_fingerprint(self.stores),
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
                 "loaders": [st["loader"] for st in ranks],
                 "config": self.cfg.model_dump(mode="json"),
@@ -386,17 +299,17 @@ class _Run:
         return self.ckpt_root / checkpoint_name(steps_done)
 
     def _resolved_json(self) -> dict[str, Any]:
-        return {
-            m.name: {"d_in": self.d_in, "d_sae": m.d_sae, **m.optim.model_dump(mode="json")}
-            for m in self.members
-        }
+        return {r.name: r.to_json() for r in self.resolved}
 
     # -- the loop ---------------------------------------------------------------------------------------
 
-    def _forward_backward(self, step: int, x: Tensor) -> tuple[list[dict[str, Tensor]], Tensor]:
-        """Forward and backward of every SAE on x [B, d_in]; stops on NaN/inf before any update.
+    def _forward_backward(
+        self, step: int, x: Tensor, target: Tensor | None = None
+    ) -> tuple[list[dict[str, Tensor]], Tensor]:
+        """Forward and backward of every SAE on x [B, d_in] (reconstructing target [B, d_out], default x); stops on
+        NaN/inf before any update.
 
-        Returns each SAE's step metrics and the float64 column sums of x [d_in]."""
+        Returns each SAE's step metrics and the float64 column sums of the target [d_out]."""
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.cfg.autocast == "bfloat16"
@@ -404,11 +317,16 @@ class _Run:
         )
         # The float64 column sums feed the input statistics and double as an exact finiteness check: a NaN or
         # inf propagates into its column's sum, and float32 values cannot overflow a float64 sum of a batch.
-        x_sum = x.sum(0, dtype=torch.float64)
-        results, flags = [], [~torch.isfinite(x_sum).all()]
+        y = x if target is None else target
+        y_sum = y.sum(0, dtype=torch.float64)
+        input_bad = ~torch.isfinite(y_sum).all()
+        if target is not None:
+            input_bad = input_bad | ~torch.isfinite(x.sum(dtype=torch.float64))
+        results, flags = [], [input_bad]
         for m in self.members:
             inp = TrainStepInput(
                 x=x,
+                target=target,
                 step=step,
                 dead_mask=m.since_fired >= self.cfg.dead_tokens,
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
@@ -417,8 +335,9 @@ class _Run:
             with autocast:
                 out = m.model.training_forward(inp)
             out.loss.backward()
+            m.extras = out.extras
             flags.append(~torch.isfinite(out.loss.detach()))
-            sse = (out.x_hat.detach() - x).pow(2).sum(dtype=torch.float64)
+            sse = (out.x_hat.detach() - y).pow(2).sum(dtype=torch.float64)
             terms = {f"loss_{k}": v.detach().to(torch.float64) for k, v in out.losses.items()}
             results.append(
                 {
@@ -431,35 +350,22 @@ class _Run:
             )
         bad = self.ctx.all_reduce_(torch.stack(flags).to(torch.float32))
         if bool(bad.any()):
-            self._raise_non_finite(step, bad, local_input_bad=bool(flags[0]))
-        return results, x_sum
-
-    def _raise_non_finite(self, step: int, bad: Tensor, local_input_bad: bool) -> None:
-        described = describe_batch(self.source, self.store) if local_input_bad else None
-        shards = self.ctx.gather_objects(described)
-        where = "; ".join(s for s in shards if s) or describe_batch(self.source, self.store)
-        kept = latest_checkpoint(self.ckpt_root)
-        keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written"
-        if bad[0] > 0:
-            what = "NaN or inf in the input activations"
-        else:
-            names = [m.name for m, b in zip(self.members, bad[1:], strict=True) if b > 0]
-            what = f"NaN or inf in the loss of SAE {names} (inputs were finite)"
-        raise NonFiniteError(f"{what} at step {step}, batch from {where}; weights not updated, {keep}")
+            described = describe_batch(self.source, self.store) if bool(flags[0]) else None
+            shards = [s for s in self.ctx.gather_objects(described) if s]
+            where = "; ".join(shards) or describe_batch(self.source, self.store)
+            bad_saes = [m.name for m, b in zip(self.members, bad[1:], strict=True) if b > 0]
+            raise _non_finite(step, bool(bad[0] > 0), bad_saes, where, latest_checkpoint(self.ckpt_root))
+        return results, y_sum
 
     def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor, x_sum: Tensor) -> None:
         rows = x.shape[0] * self.ctx.world_size
-        self.input_acc["sum"] += x_sum
-        self.input_acc["sum_sq"] += x.pow(2).sum(dtype=torch.float64)
-        self.input_acc["rows"] += x.shape[0]
+        metrics.add_input(self.input_acc, x, x_sum)
         for m, r in zip(self.members, results, strict=True):
-            fired = self.ctx.collectives.all_reduce_sum(r["fired"]) if self.ctx.enabled else r["fired"]
+            fired = r.pop("fired")
+            fired = self.ctx.collectives.all_reduce_sum(fired) if self.ctx.enabled else fired
             m.since_fired += rows
             m.since_fired.masked_fill_(fired > 0, 0)  # no boolean indexing: it would sync a GPU
-            for k, v in r.items():
-                if k != "fired":
-                    m.acc[k] = m.acc.get(k, torch.zeros((), dtype=torch.float64, device=self.device)) + v
-            m.acc["steps"] += 1
+            metrics.add_step(m.acc, r)
             self.ctx.average_gradients(m.params)
             m.model.before_optimizer_step()
             if m.optim.grad_clip_norm > 0:
@@ -473,25 +379,12 @@ class _Run:
 
     def _record(self, steps_done: int, tokens_per_s: float) -> dict[str, Any]:
         """Reduces the metric sums over ranks into one record and resets them."""
-        per_member = [sorted(m.acc) for m in self.members]
-        flat = torch.cat(
-            [self.input_acc["sum"], self.input_acc["sum_sq"].view(1), self.input_acc["rows"].view(1)]
-            + [torch.stack([m.acc[k] for k in ks]) for m, ks in zip(self.members, per_member, strict=True)]
-        )
-        flat = self.ctx.all_reduce_(flat).cpu()
-        d = self.d_in
-        total_sq = flat[d] - flat[:d].pow(2).sum() / flat[d + 1]
-        offset, saes = d + 2, {}
-        for m, ks in zip(self.members, per_member, strict=True):
-            vals = dict(zip(ks, flat[offset : offset + len(ks)].tolist(), strict=True))
-            offset += len(ks)
-            n = vals.pop("steps")
-            sse = vals.pop("sse")
-            metrics = {k: v / n for k, v in vals.items()}
-            metrics["fvu"] = sse / max(float(total_sq), 1e-30)
-            metrics["dead_fraction"] = (m.since_fired >= self.cfg.dead_tokens).double().mean().item()
-            metrics["lr"] = lr_at(steps_done - 1, self.total_steps, m.optim)
-            saes[m.name] = metrics
+        reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.ctx.all_reduce_)
+        saes = {}
+        for m, values in zip(self.members, reduced, strict=True):
+            values["dead_fraction"] = (m.since_fired >= self.cfg.dead_tokens).double().mean().item()
+            values["lr"] = lr_at(steps_done - 1, self.total_steps, m.optim)
+            saes[m.name] = {**values, **metrics.scalar_extras(m.extras)}
         self._reset_acc()
         return {
             "step": steps_done,
@@ -505,7 +398,7 @@ class _Run:
         cfg = self.cfg
         self._build()
         self.t0 = time.perf_counter()
-        pending: Tensor | None = None
+        pending: tuple[Tensor, Tensor | None] | None = None
         if self.checkpoint is not None:
             start = self._restore()
         else:
@@ -524,17 +417,21 @@ class _Run:
         finally:
             if loggers is not None:
                 loggers.close()
-        return self._finish()
+        return _export(self)
 
     def _loop(
-        self, start: int, pending: Tensor | None, stop: StopSignal, loggers: MetricLoggers | None
+        self,
+        start: int,
+        pending: tuple[Tensor, Tensor | None] | None,
+        stop: StopSignal,
+        loggers: MetricLoggers | None,
     ) -> None:
         cfg, t_loop = self.cfg, time.perf_counter()
         for step in range(start, self.total_steps):
-            x = pending if pending is not None else self._next_batch(step) * self.scale
+            x, target = pending if pending is not None else self._scaled(self._next_batch(step))
             pending = None
-            results, x_sum = self._forward_backward(step, x)
-            self._update(step, results, x, x_sum)
+            results, y_sum = self._forward_backward(step, x, target)
+            self._update(step, results, x if target is None else target, y_sum)
             done = step + 1
             tokens_per_s = (done - start) * cfg.batch_size / max(time.perf_counter() - t_loop, 1e-9)
             record = None
@@ -569,36 +466,53 @@ class _Run:
                     signum=signum,
                 )
 
-    def _finish(self) -> list[TrainedSAE]:
-        out = []
-        for m in self.members:
-            sae = m.model.export(activation_scale=self.scale)
-            card = run_card(
-                self.cfg,
-                m.spec,
-                sae_config=m.sae_cfg.model_dump(mode="json"),
-                optim=m.optim,
-                data=self.data,
-                activation_scale=self.scale,
-                world_size=self.ctx.world_size,
-                steps=self.total_steps,
-                device=str(self.device),
-                num_rows=self.store.num_rows if self.store is not None else None,
-            )
-            hist = [{"step": r["step"], "tokens": r["tokens"], **r["saes"][m.name]} for r in self.history]
-            card["final_metrics"] = (
-                {k: v for k, v in hist[-1].items() if k not in ("step", "tokens")} if hist else {}
-            )
-            path = self.cfg.out / m.name
-            if self.ctx.is_main:
-                sae_api.save_sae(sae, path, metadata=card)
-            out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
-        if self.ctx.is_main:
-            write_text(self.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1))
-            if self.cfg.plots:
-                plot_curves(self.history, self.cfg.out / CURVES)
-        self.ctx.barrier()
-        return out
+
+def _export(run: _Run) -> list[TrainedSAE]:
+    """Exports every SAE (folded to raw activations), writes its folder, the run card and the curves."""
+    out = []
+    for m in run.members:
+        x_scale, y_scale = run.layout.export_scales(run.scale)
+        target = {} if run.layout.kind == "sae" else {"target_scale": y_scale}
+        sae = m.model.export(activation_scale=x_scale, **target)
+        hist = [{"step": r["step"], "tokens": r["tokens"], **r["saes"][m.name]} for r in run.history]
+        card = run_card(
+            run.cfg,
+            m.resolved.spec,
+            sae_config=m.resolved.sae_cfg.model_dump(mode="json"),
+            optim=m.optim,
+            data=run.data,
+            activation_scale=run.saved_scale,
+            world_size=run.ctx.world_size,
+            steps=run.total_steps,
+            device=str(run.device),
+            num_rows=run.store.num_rows if run.store is not None else None,
+        )
+        if run.layout.kind == "transcoder" and len(run.stores) == 2:
+            card["hook_name_out"] = run.stores[1].hook
+        card["final_metrics"] = (
+            {k: v for k, v in hist[-1].items() if k not in ("step", "tokens")} if hist else {}
+        )
+        path = run.cfg.out / m.name
+        if run.ctx.is_main:
+            sae_api.save_sae(sae, path, metadata=card)
+        out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
+    if run.ctx.is_main:
+        write_text(run.cfg.out / RUN_CARD, json.dumps({t.name: t.run_card for t in out}, indent=1))
+        if run.cfg.plots:
+            plot_curves(run.history, run.cfg.out / CURVES)
+    run.ctx.barrier()
+    return out
+
+
+def _non_finite(
+    step: int, input_bad: bool, bad_saes: list[str], where: str, kept: Path | None
+) -> NonFiniteError:
+    keep = f"the last good checkpoint is {kept}" if kept else "no checkpoint had been written"
+    if input_bad:
+        what = "NaN or inf in the input activations"
+    else:
+        what = f"NaN or inf in the loss of SAE {bad_saes} (inputs were finite)"
+    return NonFiniteError(f"{what} at step {step}, batch from {where}; weights not updated, {keep}")
 
 
 def train(
@@ -610,7 +524,9 @@ def train(
 
     source: an iterable of float32 [batch_size / world_size, d_in] batches, optionally with `state_dict()` /
         `load_state_dict()` (exact resume), `activation_scale`, `d_in`, `manifest` and `last_source()`;
-        by default the shuffling loader of the store at `cfg.activations`.
+        by default the shuffling loader of the store at `cfg.activations`. For a crosscoder (`cfg.crosscoder`)
+        or a transcoder, batches are tuples of aligned [batch_size / world_size, d_i] tensors: one per site, or
+        (input, target); the source may have `scales`, `d_ins` and `sites` (see train/layout.py).
     progress: called on the main rank after every step with a `ProgressEvent`.
 
     Raises ConfigError before any work on a bad configuration, NonFiniteError on NaN/inf, and

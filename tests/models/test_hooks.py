@@ -71,6 +71,64 @@ def test_bert_sublayers_follow_post_layernorm(loaded_models):
         torch.testing.assert_close(acts[f"layers.{i}.resid_post"], post, atol=1e-5, rtol=1e-5)
 
 
+def _mlp_norm_input(family: str, block, acts: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+    """What each family's MLP reads, rebuilt from the block's other sites and its norm module."""
+    pre, attn = acts[f"layers.{i}.resid_pre"], acts[f"layers.{i}.attn_out"]
+    if family == "gpt2":
+        return block.ln_2(pre + attn)
+    if family == "gpt_neox":
+        return block.post_attention_layernorm(pre if block.use_parallel_residual else pre + attn)
+    if family.startswith("gemma"):
+        return block.pre_feedforward_layernorm(pre + attn)
+    if family == "bert":
+        return block.attention.output.LayerNorm(pre + attn)
+    return block.post_attention_layernorm(pre + attn)
+
+
+def _mlp(family: str, block, x: torch.Tensor) -> torch.Tensor:
+    if family == "bert":
+        return block.output.dense(block.intermediate(x))
+    if family.startswith("gemma"):
+        return block.post_feedforward_layernorm(block.mlp(x))
+    return block.mlp(x)
+
+
+def _check_mlp_in(loaded, family: str) -> None:
+    ids, mask = _batch(loaded)
+    _, blocks = find_blocks(loaded)
+    mlp_module = "intermediate" if family == "bert" else "mlp"
+    block_path = find_blocks(loaded)[0]
+    inputs = [f"{block_path}.{i}.{mlp_module}:input" for i in range(N_LAYERS)]
+    acts = run_hooks(loaded, ids, mask, list_hooks(loaded) + inputs, stop_after_deepest=False)
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            mlp_in = acts[f"layers.{i}.mlp_in"]
+            assert torch.equal(mlp_in, acts[inputs[i]])
+            torch.testing.assert_close(mlp_in, _mlp_norm_input(family, block, acts, i), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                _mlp(family, block, mlp_in), acts[f"layers.{i}.mlp_out"], atol=1e-5, rtol=1e-5
+            )
+            assert not torch.allclose(mlp_in, acts[f"layers.{i}.resid_pre"], atol=1e-3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mlp_in_is_the_normalised_input_the_mlp_reads(loaded_models, family):
+    _check_mlp_in(loaded_models[family], family)
+
+
+def test_mlp_in_of_sequential_gpt_neox(loaded_models):
+    loaded = loaded_models["gpt_neox"]
+    _, blocks = find_blocks(loaded)
+    assert all(b.use_parallel_residual for b in blocks)
+    try:
+        for b in blocks:
+            b.use_parallel_residual = False
+        _check_mlp_in(loaded, "gpt_neox")
+    finally:
+        for b in blocks:
+            b.use_parallel_residual = True
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 def test_stopping_early_gives_the_same_activations_and_skips_later_layers(loaded_models, family):
     loaded = loaded_models[family]

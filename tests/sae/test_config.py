@@ -12,7 +12,7 @@ from saeforge.sae import (
     TrainingSAEConfig,
     create_training_sae,
 )
-from saeforge.sae.config import default_group_sizes
+from saeforge.sae.matryoshka import default_group_sizes
 
 
 def test_registry_names():

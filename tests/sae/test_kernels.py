@@ -178,8 +178,8 @@ def test_topk_select_narrow_rows_use_reference():
 def test_topk_sae_step_matches_dense_reference_with_auxk():
     """The TopK architecture's sparse step (selection, AuxK over dead latents, decoder-gradient projection)
     equals the dense float64 expression of Gao et al.'s loss."""
+    from saeforge.sae import create_training_sae
     from saeforge.sae.base import TrainStepInput
-    from saeforge.sae.registry import create_training_sae
 
     d_in, d_sae, k, k_aux, B = 16, 2048, 8, 6, 32
     sae = create_training_sae(
@@ -252,8 +252,8 @@ def test_adam_matches_torch_adam(column_major, grad_layout):
 @pytest.mark.parametrize("case", ["random", "saturated", "few_positive"])
 def test_batchtopk_selection_matches_flat_topk(case):
     """BatchTopK's row-wise exact selection keeps the same (token, latent) set as one top-(k*B) over the batch."""
+    from saeforge.sae import create_training_sae
     from saeforge.sae.base import Collectives
-    from saeforge.sae.registry import create_training_sae
 
     B, d_sae, k = 48, 2048, 8
     sae = create_training_sae({"architecture": "batchtopk", "d_in": 8, "d_sae": d_sae, "k": k})
@@ -280,8 +280,8 @@ def test_batchtopk_selection_matches_flat_topk(case):
 def test_dense_architectures_fold_b_dec_without_changing_gradients(arch):
     """Dense architectures compute x @ W_enc + (b - b_dec @ W_enc); loss and every gradient equal those of the
     textbook (x - b_dec) @ W_enc + b (float64)."""
+    from saeforge.sae import create_training_sae
     from saeforge.sae.base import TrainStepInput
-    from saeforge.sae.registry import create_training_sae
 
     def textbook_pre(sae, x):
         return (x - sae.b_dec) @ sae.W_enc + sae.b_enc

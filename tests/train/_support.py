@@ -73,6 +73,58 @@ class SyntheticSource:
         return f"synthetic batch {self.position - 1}"
 
 
+class PlantedSites:
+    """Aligned tuples of planted sparse features, for crosscoders and transcoders; sliced by rank like
+    SyntheticSource, with exact state.
+
+    Feature j fires on a token with probability l0 / n_features, magnitude in [0.5, 3.5); it writes direction
+    dirs[s][j] (unit, or zero where the feature is absent from site s) into site s, plus noise 0.02.
+    crosscoder: `shared` features write to every site, then `specific` features per site to that site only.
+    transcoder: two sites, input and target; every feature writes to both (the target is a known sparse map of
+    the input: y = sum_j a_j v_j where x = sum_j a_j u_j).
+    """
+
+    def __init__(self, d_in, batch_size, n_sites=2, shared=12, specific=6, l0=4.0, seed=0, rank=0, world_size=1,
+                 d_out=None):  # fmt: skip
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        g = torch.Generator().manual_seed(99)
+        widths = [d_in] * n_sites if d_out is None else [d_in, d_out]
+        n = shared + specific * n_sites
+        self.dirs = []
+        for s, w in enumerate(widths):
+            d = torch.randn(n, w, generator=g)
+            d = d / d.norm(dim=1, keepdim=True)
+            if d_out is None:
+                present = torch.zeros(n, dtype=torch.bool)
+                present[:shared] = True
+                present[shared + s * specific : shared + (s + 1) * specific] = True
+                d = d * present[:, None]
+            self.dirs.append(d)
+        self.shared, self.specific, self.n, self.l0 = shared, specific, n, l0
+        self.position = 0
+
+    def global_batch(self, i: int) -> tuple[Tensor, ...]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        active = torch.rand(self.batch_size, self.n, generator=g) < self.l0 / self.n
+        a = active * (torch.rand(self.batch_size, self.n, generator=g) * 3 + 0.5)
+        return tuple(a @ d + 0.02 * torch.randn(self.batch_size, d.shape[1], generator=g) for d in self.dirs)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[Tensor, ...]:
+        parts = self.global_batch(self.position)
+        self.position += 1
+        per = self.batch_size // self.world_size
+        return tuple(x[self.rank * per : (self.rank + 1) * per] for x in parts)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = state["position"]
+
+
 def main(spec_path: str) -> None:
     """Runs `train` on a SyntheticSource. SPEC: {"config": TrainConfig dict, "source": SyntheticSource kwargs,
     "action_at": step, "action": "sigterm" | "block"}. Under torchrun each rank reads its slice."""
@@ -80,7 +132,8 @@ def main(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    source = SyntheticSource(**spec["source"], rank=rank, world_size=world)
+    source_cls = PlantedSites if spec.get("planted") else SyntheticSource
+    source = source_cls(**spec["source"], rank=rank, world_size=world)
     action_at, action = spec.get("action_at"), spec.get("action")
 
     def progress(event):

@@ -153,3 +153,13 @@ def test_lr_schedules_against_reference(kind):
 def test_sparsity_warmup():
     assert [sparsity_warmup_at(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert sparsity_warmup_at(0, 0) == 1.0
+
+
+def test_spec_fields_passed_to_the_sae_config_have_its_constraints():
+    """SAESpec's pass-through sparsity fields cannot drift from the architectures' own declarations."""
+    from saeforge.sae.config import TrainingSAEConfig
+    from saeforge.train.runcard import SPARSITY_FIELDS
+
+    for name in SPARSITY_FIELDS:
+        spec, sae = SAESpec.model_fields[name], TrainingSAEConfig.model_fields[name]
+        assert sorted(map(repr, spec.metadata)) == sorted(map(repr, sae.metadata)), name

@@ -383,3 +383,25 @@ def test_a_moved_store_resumes_and_other_data_is_refused(tmp_path):
         train(cfg.model_copy(update={"resume": True, "activations": tmp_path / "other"}))
     results = train(cfg.model_copy(update={"resume": True, "activations": tmp_path / "moved"}))
     assert [h["step"] for h in results[0].history] == [4, 6]
+
+
+def test_step_extras_are_logged_in_metrics_jsonl(tmp_path):
+    """The adaptive lambda (target_l0) and BatchTopK's threshold reach metrics.jsonl at each record."""
+    cfg = _cfg(
+        tmp_path,
+        steps=8,
+        normalize_activations="none",
+        saes=[
+            dict(name="jr", architecture="jumprelu", target_l0=4, d_sae=32),
+            dict(name="bt", architecture="batchtopk", k=4, d_sae=32),
+        ],
+    )
+    results = train(cfg, source=SyntheticSource(D_IN, B))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    by_name = {r.name: r for r in results}
+    lam = [r["saes"]["jr"]["sparsity_coefficient"] for r in records]
+    assert len(lam) == 2 and lam[0] != lam[1]  # the controller moved lambda between records
+    assert records[-1]["saes"]["bt"]["threshold"] > 0
+    assert by_name["bt"].sae.threshold.unique().item() == pytest.approx(
+        records[-1]["saes"]["bt"]["threshold"], rel=1e-5
+    )

@@ -1,0 +1,69 @@
+"""`EvalConfig`: what `saeforge eval` evaluates and on what. Torch-free, so flags are checked before torch loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from saeforge.device import DEFAULT_DEVICE, Device
+
+# Largest d_sae for which stability across seeds runs the Hungarian match (O(d_sae^3)).
+HUNGARIAN_MAX_LATENTS = 8192
+
+
+class EvalConfig(BaseModel):
+    """What to evaluate and on what. Paths are local; SOURCE is a corpus as `saeforge.text.read_texts` reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    saes: list[Path] = Field(
+        min_length=1,
+        description="SAE directory (cfg.json + sae_weights.safetensors); repeat to compare several",
+    )
+    activations: Path = Field(
+        description="held-out activation store captured at the SAEs' hook (saeforge capture)"
+    )
+    verify: bool = Field(
+        default=True,
+        description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
+        "checksums (another tool's) unverified, and metrics.json records it",
+    )
+    out: Path | None = Field(
+        default=None, description="output directory: out/<sae name>/metrics.json, comparison.csv/.json, plots"
+    )
+    model: Path | None = Field(
+        default=None,
+        description="local model directory; enables CE/KL scores (causal) or pooled cosine (encoder)",
+    )
+    data: str | None = Field(
+        default=None,
+        description="text SOURCE for downstream contexts (.txt, .jsonl, .parquet, datasets dir, builtin:heldout); default: the contexts kept in the store, else its corpus",
+    )
+    extra_data: list[str] = Field(
+        default_factory=list,
+        description="out-of-sample text SOURCEs, evaluated through the model (keys extra.<name>.*)",
+    )
+    tokens: int | None = Field(
+        default=None, gt=0, description="activation rows to read from the store (default: all of them)"
+    )
+    batch_size: int = Field(default=4096, gt=0, description="activation rows per batch")
+    contexts: int = Field(default=64, gt=0, description="token contexts per corpus for downstream metrics")
+    context_size: int | None = Field(
+        default=None, gt=1, description="tokens per context packed from data (default: the store's, else 128)"
+    )
+    downstream_batch_size: int = Field(default=8, gt=0, description="contexts per model forward pass")
+    device: Device = DEFAULT_DEVICE
+    hungarian_max_latents: int = Field(
+        default=HUNGARIAN_MAX_LATENTS,
+        gt=0,
+        description="largest d_sae for which the Hungarian stability match across seeds is computed",
+    )
+
+    @model_validator(mode="after")
+    def _model_for_corpora(self) -> EvalConfig:
+        if self.model is None and (self.data or self.extra_data):
+            raise ValueError(
+                "data/extra_data are read with the model's tokenizer: give model (--model DIR) too"
+            )
+        return self

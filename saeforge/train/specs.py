@@ -1,0 +1,84 @@
+"""`ResolvedSAE`: one `SAESpec` checked against the data and the registry, with every default filled in.
+
+A spec leaves d_sae, sparsity and optimisation fields unset; resolving it against the data's d_in gives the
+TrainingSAEConfig the SAE is built from and the optimiser settings it trains with. This happens for every SAE
+before any work starts, so a bad spec fails fast with the field named (`saes[i].k`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from saeforge import sae as sae_api
+from saeforge.errors import ConfigError, format_validation_error
+from saeforge.sae.config import TrainingSAEConfig
+from saeforge.train.config import SAESpec, TrainConfig
+from saeforge.train.defaults import OptimSettings, resolve_optim
+from saeforge.train.runcard import SPARSITY_FIELDS
+
+
+@dataclass(frozen=True)
+class ResolvedSAE:
+    """spec: as written. sae_cfg: what the training SAE is built from. optim: lr, betas, schedule, clipping."""
+
+    spec: SAESpec
+    sae_cfg: TrainingSAEConfig
+    d_in: int
+    d_sae: int
+    optim: OptimSettings
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def to_json(self) -> dict[str, Any]:
+        """What config.resolved.json and checkpoints record per SAE."""
+        return {"d_in": self.d_in, "d_sae": self.d_sae, **self.optim.model_dump(mode="json")}
+
+
+def _training_sae_config(
+    spec: SAESpec, i: int, layout_fields: dict[str, Any], d_sae: int
+) -> TrainingSAEConfig:
+    fields = {f: getattr(spec, f) for f in SPARSITY_FIELDS if getattr(spec, f) is not None}
+    if spec.skip_connection:
+        fields["skip_connection"] = True
+    fields.update(spec.options)
+    try:
+        # Through the package, so that tests can substitute a scripted architecture.
+        return sae_api.TrainingSAEConfig(
+            architecture=spec.architecture, d_sae=d_sae, seed=spec.seed, **layout_fields, **fields
+        )
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"SAE '{spec.name}'", prefix=f"saes[{i}]")) from None
+
+
+def resolve_specs(
+    cfg: TrainConfig, d_in: int, data_source: str, layout_fields: dict[str, Any] | None = None
+) -> list[ResolvedSAE]:
+    """Checks every SAE of `cfg` against the data (`d_in`, described as `data_source`) and the registry.
+
+    layout_fields: the TrainingSAEConfig fields the data layout sets (kind, d_in, n_sites, d_out; default d_in),
+    see train/layout.py."""
+    known = sorted(sae_api.TRAINING_ARCHITECTURES)
+    resolved = []
+    for i, spec in enumerate(cfg.saes):
+        where = f"saes[{i}] ({spec.name})"
+        if spec.architecture not in sae_api.TRAINING_ARCHITECTURES:
+            raise ConfigError(
+                f"{where}.architecture: unknown architecture '{spec.architecture}'; known: {known}"
+            )
+        if spec.d_in is not None and spec.d_in != d_in:
+            raise ConfigError(
+                f"{where}.d_in: the SAE asks for d_in={spec.d_in} but {data_source} has d_in={d_in}; "
+                "remove d_in or point activations at a store of that width"
+            )
+        d_sae = spec.resolved_d_sae(d_in)
+        if spec.k is not None and spec.k > d_sae:
+            raise ConfigError(f"{where}.k: k={spec.k} exceeds d_sae={d_sae}; lower k or raise d_sae")
+        sae_cfg = _training_sae_config(spec, i, layout_fields or {"d_in": d_in}, d_sae)
+        optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
+        resolved.append(ResolvedSAE(spec, sae_cfg, d_in, d_sae, optim))
+    return resolved
