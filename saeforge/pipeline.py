@@ -296,8 +296,8 @@ def _run_pipeline(plan: StagePlan, progress: Progress) -> RunResult:
     eval_sections: list[str] = []
     for hook in run.hooks:
         cfg = plan.train[hook]
-        if train_stores[hook] != cfg.activations:
-            cfg = cfg.model_copy(update={"activations": train_stores[hook]})
+        if cfg.input_paths != [train_stores[hook]]:
+            cfg = cfg.model_copy(update={"activations": [train_stores[hook]]})
         trained = _train(cfg, hook, progress)
 
         progress.stage(f"evaluate {hook}", total=None)

@@ -20,6 +20,8 @@ EXPECTED_COMMANDS = {
     "attribute",
     "steer",
     "features",
+    "serve",
+    "audit",
 }
 
 

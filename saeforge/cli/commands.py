@@ -7,6 +7,7 @@ from saeforge.cli import (
     interpret,  # noqa: F401
     plan,  # noqa: F401
     run,  # noqa: F401
+    serve,  # noqa: F401
     steer,  # noqa: F401
     train,  # noqa: F401
     verify,  # noqa: F401

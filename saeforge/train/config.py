@@ -192,9 +192,15 @@ class TrainConfig(_Strict):
         return [value] if isinstance(value, (str, Path)) else value
 
     @property
+    def input_paths(self) -> list[Path]:
+        """The input stores (`activations`) as a list, also after a `model_copy(update=...)` set one path."""
+        inputs = self.activations or []
+        return [Path(inputs)] if isinstance(inputs, (str, Path)) else list(inputs)
+
+    @property
     def activation_paths(self) -> list[Path]:
         """Every store the run reads, in order: `activations`, then `target_activations`."""
-        return [*(self.activations or []), *([self.target_activations] if self.target_activations else [])]
+        return [*self.input_paths, *([self.target_activations] if self.target_activations else [])]
 
     @property
     def total_steps(self) -> int:
