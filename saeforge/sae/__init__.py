@@ -8,7 +8,7 @@ its name in the import line below.
 # isort: off
 # Registration order is the order architectures are listed in messages and --help.
 from saeforge.sae import standard, topk, batchtopk, jumprelu, gated, matryoshka  # noqa: F401
-from saeforge.sae import crosscoder  # noqa: F401  (dictionary kinds)
+from saeforge.sae import crosscoder, transcoder  # noqa: F401  (dictionary kinds)
 
 # isort: on
 from saeforge.sae.base import SAE, Collectives, SAEConfig, TrainStepInput, TrainStepOutput
@@ -21,6 +21,7 @@ from saeforge.sae.registry import (
     register_architecture,
 )
 from saeforge.sae.training import TrainingSAE
+from saeforge.sae.transcoder import SkipTranscoder, Transcoder
 
 __all__ = [
     "INFERENCE_ARCHITECTURES",
@@ -29,10 +30,12 @@ __all__ = [
     "Collectives",
     "CrossCoder",
     "SAEConfig",
+    "SkipTranscoder",
     "TrainStepInput",
     "TrainStepOutput",
     "TrainingSAE",
     "TrainingSAEConfig",
+    "Transcoder",
     "create_training_sae",
     "load_sae",
     "register_architecture",

@@ -93,7 +93,7 @@ class SAESpec(_Strict):
     )
     grad_clip_norm: float | None = Field(default=None, ge=0, description="max gradient norm; 0 disables")
     skip_connection: bool = Field(
-        default=False, description="transcoders: add a learned linear skip W_skip from input to output"
+        default=False, description="transcoder with a learned linear skip W_skip from input to output"
     )
 
     @model_validator(mode="after")
@@ -122,7 +122,7 @@ class TrainConfig(_Strict):
     )
     target_activations: Path | None = Field(
         default=None,
-        description="transcoders: the store of the site they write (captured with activations); the SAEs read "
+        description="store of the site a transcoder writes (captured with activations): the SAEs read "
         "`activations` and reconstruct this",
     )
     crosscoder: bool = Field(
@@ -170,7 +170,7 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"saes: duplicate SAE names {dupes}; every SAE needs its own name (its output folder)"
             )
-        stores = self.activation_paths
+        stores = self.activations or []
         if self.crosscoder and self.target_activations is not None:
             raise ValueError(
                 "a crosscoder reconstructs its own sites; give activations only, not target_activations"

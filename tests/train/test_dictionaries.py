@@ -157,3 +157,80 @@ def test_run_yaml_accepts_crosscoder_fields(tmp_path):
     with pytest.raises(ConfigError, match="two or more activation stores"):
         TrainConfig.parse(dict(activations="a", crosscoder=True, tokens=64, batch_size=64, out="o",
                                saes=[dict(name="c", architecture="batchtopk")]))  # fmt: skip
+
+
+class _LinearPlusSparse(PlantedSites):
+    """PlantedSites' transcoder pair with a dense linear part added to the target: y = sum_j a_j v_j + x @ A.T."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.A = torch.randn(
+            self.dirs[1].shape[1], self.dirs[0].shape[1], generator=torch.Generator().manual_seed(5)
+        )
+
+    def global_batch(self, i):
+        x, y = super().global_batch(i)
+        return x, y + x @ self.A.T
+
+
+def _transcoder_cfg(root, saes, steps, batch=256, **over):
+    return TrainConfig.parse(dict(tokens=batch * steps, batch_size=batch, out=str(root / "run"), device="cpu",
+                                  plots=False, log_every=50, saes=saes, **over))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arch", "sparsity", "steps"),
+    [
+        ("topk", {"k": 4}, 200),
+        ("batchtopk", {"k": 4}, 200),
+        ("jumprelu", {"target_l0": 4}, 400),  # its L0 penalty and lr warm up over the first 10% / 5%
+        ("standard", {"target_l0": 4}, 200),
+    ],
+)
+def test_transcoder_recovers_a_planted_sparse_map(tmp_path, arch, sparsity, steps):
+    """x = sum_j a_j u_j and y = sum_j a_j v_j (16 features, 3 active per token): the decoder rows must be the
+    v_j (MMCS >= 0.9), read from x alone."""
+    src = PlantedSites(D, 256, shared=16, specific=0, l0=3.0, d_out=12)
+    (r,) = train(_transcoder_cfg(tmp_path, [dict(name="tc", architecture=arch, d_sae=32, lr=3e-3, **sparsity)], steps),
+                 source=src)  # fmt: skip
+    tc = load_sae(r.path)
+    assert tc.cfg.d_in == D and tc.cfg.d_out == 12 and tuple(tc.W_dec.shape) == (32, 12)
+    best, _ = _recovered(tc.W_dec.detach(), src.dirs[1])
+    assert best.mean() >= 0.9, best
+    x, y = src.global_batch(10_000)
+    fvu = ((tc(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item()
+    assert fvu < 0.6 and fvu == pytest.approx(r.metrics["fvu"], abs=0.25)
+
+
+def test_skip_connection_carries_the_linear_part_of_the_map(tmp_path):
+    src = _LinearPlusSparse(D, 256, shared=24, specific=0, d_out=12)
+    saes = [dict(name="plain", architecture="topk", k=4, d_sae=32, lr=3e-3),
+            dict(name="skip", architecture="topk", k=4, d_sae=32, lr=3e-3, skip_connection=True)]  # fmt: skip
+    plain, skip = train(_transcoder_cfg(tmp_path, saes, 150), source=src)
+    assert type(load_sae(skip.path)).__name__ == "TopKSkipTranscoder"
+    assert skip.metrics["fvu"] < 0.5 * plain.metrics["fvu"], (skip.metrics["fvu"], plain.metrics["fvu"])
+    x, y = src.global_batch(10_000)
+    tc = load_sae(skip.path)
+    assert ((tc(x) - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item() < 0.5 * plain.metrics["fvu"]
+
+
+def test_transcoder_resume_is_bit_identical(tmp_path):
+    def make_cfg(root):
+        saes = [dict(name="bt", architecture="batchtopk", k=4, d_sae=32, skip_connection=True),
+                dict(name="jr", architecture="jumprelu", d_sae=32, target_l0=4)]  # fmt: skip
+        return _transcoder_cfg(root, saes, 10, batch=64, checkpoint_every=4)
+
+    _cut_and_resume(tmp_path, make_cfg, lambda: PlantedSites(D, 64, shared=16, specific=0, d_out=12))
+
+
+def test_transcoder_trains_from_two_stores_with_the_hooks_in_its_card(tmp_path):
+    x_store, y_store = _aligned_stores(tmp_path, n_sites=2, d_out=12)
+    cfg = TrainConfig.parse(dict(activations=str(x_store), target_activations=str(y_store), tokens=640,
+                                 batch_size=64, out=str(tmp_path / "run"), device="cpu", plots=False,
+                                 saes=[dict(name="tc", architecture="standard", d_sae=32)]))  # fmt: skip
+    (r,) = train(cfg)
+    meta = json.loads((r.path / "cfg.json").read_text())
+    assert meta["architecture"] == "transcoder" and meta["d_out"] == 12
+    assert meta["metadata"]["hook_name"] == "layers.0.resid_post"
+    assert meta["metadata"]["hook_name_out"] == "layers.1.resid_post"
+    assert meta["metadata"]["data"]["target_activations"] == str(y_store)
