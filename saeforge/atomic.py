@@ -2,7 +2,8 @@
 
 Every file saeforge writes goes through here: the content is written to a temporary name in the same directory,
 flushed to disk (fsync), then renamed over the target (os.replace, atomic on POSIX). On any error the temporary
-file is removed and the target is left as it was.
+file is removed and the target is left as it was. The file gets the permissions an ordinary `open` would give
+it (0666 less the process umask), not mkstemp's private 0600, so a team can share stores and dashboards.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: str | Path) -> None:
@@ -36,7 +43,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         _fsync_file(tmp)

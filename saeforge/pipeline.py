@@ -30,6 +30,7 @@ from saeforge.atomic import write_text
 from saeforge.errors import ConfigError
 from saeforge.eval import EvalConfig, run_eval, write_eval_outputs
 from saeforge.hook_names import canonical_hook_name
+from saeforge.lock import one_writer
 from saeforge.models.hooks import SITES
 from saeforge.report.card import write_sae_card
 from saeforge.report.evaluation import evaluation_section_html
@@ -278,14 +279,18 @@ def _latent_contexts(
 
 
 def run_pipeline(plan: StagePlan, progress: Progress | None = None) -> RunResult:
-    """Runs every stage of `plan`; resumable stages (capture, training) continue where a previous run stopped."""
+    """Runs every stage of `plan`; resumable stages (capture, training) continue where a previous run stopped.
+    Raises FolderInUse at once when another process is writing into the run directory."""
+    with one_writer(plan.run.out, "run"):
+        return _run_pipeline(plan, progress or Progress())
+
+
+def _run_pipeline(plan: StagePlan, progress: Progress) -> RunResult:
     from transformers import AutoTokenizer
 
-    progress = progress or Progress()
     t0 = time.time()
     run = plan.run
     out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(json.loads(run.model_dump_json()), sort_keys=False))
 
     train_stores = _capture(plan.capture_train, "train", progress)

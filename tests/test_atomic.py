@@ -36,3 +36,16 @@ def test_target_absent_until_the_block_ends(tmp_path):
         tmp.write_bytes(b"x")
         assert not p.exists()
     assert p.read_bytes() == b"x"
+
+
+def test_atomic_files_honour_the_umask(tmp_path):
+    import os
+
+    from saeforge.atomic import write_text
+
+    old = os.umask(0o027)
+    try:
+        write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o640

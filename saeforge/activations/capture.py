@@ -38,6 +38,7 @@ from saeforge.atomic import write_bytes
 from saeforge.device import resolve_device
 from saeforge.distributed import DistContext
 from saeforge.dtypes import torch_dtype
+from saeforge.lock import one_writer
 from saeforge.text.packing import packing_tokens
 
 if TYPE_CHECKING:
@@ -415,11 +416,13 @@ def capture(cfg: CaptureConfig, progress: ProgressFn | None = None) -> dict[str,
     writes its own shards; rank 0 writes the manifest. `progress(tokens_done, tokens_total)` is called after
     every forward batch of this process. Raises CorpusExhausted (store kept, marked incomplete) if the corpus
     is shorter than cfg.tokens, NonFiniteActivations on NaN/inf, CaptureError on missing disk space,
-    TokenizerMismatch when the paired models' tokenizers read the corpus differently.
+    TokenizerMismatch when the paired models' tokenizers read the corpus differently, and FolderInUse at
+    once when another process is writing into cfg.out.
     """
     ctx = DistContext.from_env(resolve_device(cfg.device))
     try:
-        return _capture(cfg, ctx, progress)
+        with one_writer(cfg.out, "capture"):
+            return _capture(cfg, ctx, progress)
     finally:
         ctx.close()
 

@@ -92,7 +92,8 @@ class ActivationLoader:
         seed: permutation seed; epoch e uses the permutation drawn from (seed, e).
         rank, world_size: this process's slice of each global batch (data parallel training).
         dtype: dtype of the yielded batches.
-        verify: check every shard's sha256 before serving any data (a corrupted shard is never served).
+        verify: check every shard against its sha256 now, before serving any batch (with False, each shard is
+            still checked when first read, unless the store was opened with verify="off").
     """
 
     def __init__(
@@ -116,12 +117,8 @@ class ActivationLoader:
                 f"{store.path} holds {store.num_rows} rows, fewer than one batch of {batch_size}; "
                 "capture more tokens or lower the batch size"
             )
-        if verify and (bad := store.verify()):
-            raise StoreError(
-                "refusing to serve corrupted shards: "
-                + "; ".join(bad)
-                + ". Run `saeforge verify` and recapture."
-            )
+        if verify:
+            store.check_shards()  # a corrupted shard fails here, before training
         self.store = store
         self.batch_size = batch_size
         self.local_batch_size = batch_size // world_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,9 +21,20 @@ from saeforge.activations.shards import (
 )
 from saeforge.dtypes import SAFETENSORS_NAMES, torch_dtype
 
+VerifyMode = Literal["lazy", "now", "off"]
+
+# Shards whose bytes matched their manifest sha256 in this process, keyed by (file, inode, size, mtime, sha256):
+# reopening a store (eval opens it per SAE) does not hash it again; a rewritten file has a new key.
+_VERIFIED: set[tuple] = set()
+
 
 class StoreError(ValueError):
     """The directory is not a usable activation store; the message says why and what to do."""
+
+
+def _verified_key(file: Path, sha256: str) -> tuple:
+    st = file.stat()
+    return (str(file.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, sha256)
 
 
 def find_stores(path: Path) -> list[Path]:
@@ -54,12 +66,19 @@ class ActivationStore:
     """An opened activation store.
 
     `open` reads the manifest and every shard's safetensors header (no data) and checks that each shard's
-    `activations` is [rows, d_in] of the manifest's dtype; `verify()` additionally checks each sha256.
+    `activations` is [rows, d_in] of the manifest's dtype. Every read is a verified read: with the default
+    verify="lazy", a shard's bytes are hashed when it is first opened (`shard`, `activations_array`, hence
+    every batch, gather and context) and a shard that differs from its manifest sha256 raises ShardError
+    before any of its data is used. `verify()` checks every shard at once.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, headers: list[tuple[dict, int]]):
+    def __init__(
+        self, path: Path, manifest: Manifest, headers: list[tuple[dict, int]], verify: VerifyMode = "lazy"
+    ):
         self.path = Path(path)
         self.manifest = manifest
+        self.verify_mode = verify
+        self._checked: set[int] = set()
         self._headers = headers
         self._shards: dict[int, dict[str, torch.Tensor]] = {}
         self._arrays: dict[int, np.ndarray] = {}
@@ -69,8 +88,15 @@ class ActivationStore:
         self.row_offsets = offsets
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = False) -> ActivationStore:
-        """Opens the store at `path`, or the single store inside `path` (capture writes OUT/<hook name>)."""
+    def open(cls, path: str | Path, verify: VerifyMode = "lazy") -> ActivationStore:
+        """Opens the store at `path`, or the single store inside `path` (capture writes OUT/<hook name>).
+
+        verify: "lazy" (default) checks each shard's sha256 as it is first read and refuses a store whose
+        manifest lists no sha256; "now" checks every shard before returning; "off" (`--no-verify`, for stores
+        of other tools without checksums) reads unverified bytes.
+        """
+        if verify not in ("lazy", "now", "off"):
+            raise ValueError(f"verify must be 'lazy', 'now' or 'off', got {verify!r}")
         path = Path(path)
         if not path.exists():
             raise StoreError(
@@ -87,10 +113,40 @@ class ActivationStore:
         path = stores[0]
         manifest = Manifest.read(path / MANIFEST)
         headers = [cls._check_header(path, manifest, i) for i in range(len(manifest.shards))]
-        store = cls(path, manifest, headers)
-        if verify and (bad := store.verify()):
+        if verify != "off" and (unlisted := [s.path for s in manifest.shards if s.sha256 is None]):
+            raise StoreError(
+                f"{path}: {len(unlisted)} of {len(manifest.shards)} shards list no sha256 in the manifest "
+                f"(first: {unlisted[0]}), so their bytes cannot be verified. A store from another tool loads "
+                "with --no-verify (config field verify: false), which the run card records."
+            )
+        store = cls(path, manifest, headers, verify)
+        if verify == "now" and (bad := store.verify()):
             raise StoreError("corrupted shards: " + "; ".join(bad) + ". Recapture or restore these files.")
         return store
+
+    def _verified(self, i: int) -> None:
+        """Hashes shard i once (per process and file version) before its first read; raises ShardError on a
+        mismatch. A no-op with verify="off"."""
+        if self.verify_mode == "off" or i in self._checked:
+            return
+        sha = self.manifest.shards[i].sha256
+        file = self.shard_path(i)
+        key = _verified_key(file, sha)
+        if key not in _VERIFIED:
+            if sha256_file(file) != sha:
+                raise ShardError(
+                    f"{file}: its bytes differ from the manifest's sha256 (corrupted, or the manifest was "
+                    f"edited); refusing to read it. Check the store with `saeforge verify {self.path}`, then "
+                    "recapture or restore the shard."
+                )
+            _VERIFIED.add(key)
+        self._checked.add(i)
+
+    def check_shards(self) -> None:
+        """Verifies every shard now, as its first read would (raises ShardError naming the first bad one), so a
+        command fails before its long work rather than in the middle of it."""
+        for i in range(self.num_shards):
+            self._verified(i)
 
     @staticmethod
     def _check_header(path: Path, manifest: Manifest, i: int) -> tuple[dict, int]:
@@ -143,6 +199,7 @@ class ActivationStore:
         `token_ids` [rows], `positions` [rows, 2] (sequence, position), `contexts` [n_seq, context_size],
         `context_ids` [n_seq]."""
         if i not in self._shards:
+            self._verified(i)
             header, start = self._headers[i]
             file = self.shard_path(i)
             tensors = {}
@@ -156,6 +213,7 @@ class ActivationStore:
     def activations_array(self, i: int) -> np.ndarray:
         """Read-only numpy memmap of shard i's activations [rows, d_in] (bfloat16 as uint16), for fast gathers."""
         if i not in self._arrays:
+            self._verified(i)
             header, start = self._headers[i]
             # A plain ndarray view (not the np.memmap subclass): fancy indexing on it is faster.
             self._arrays[i] = np.asarray(memmap_array(self.shard_path(i), header["activations"], start))

@@ -74,6 +74,7 @@ def capture(
             exclude_special=not include_special,
         )
     from saeforge.activations.capture import CaptureError, capture, store_status
+    from saeforge.lock import FolderInUse
 
     out, tokens = cfg.out, cfg.tokens
     rank = int(os.environ.get("RANK", "0"))
@@ -96,7 +97,7 @@ def capture(
         ) as bar:
             task = bar.add_task("capture", total=tokens)
             dirs = capture(cfg, progress=lambda done, total: bar.update(task, completed=done))
-    except (CaptureError, ValueError) as e:
+    except (CaptureError, FolderInUse, ValueError) as e:
         fail(str(e), EXIT_FAILED)
     if rank == 0:
         from saeforge.activations.store import ActivationStore

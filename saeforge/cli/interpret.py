@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from saeforge.cli.app import app
-from saeforge.cli.options import Settings, config_options, exit_codes, fail
+from saeforge.cli.options import Settings, config_options, exit_codes, fail, writing
 from saeforge.errors import EXIT_FAILED, ConfigError
 from saeforge.hook_names import canonical_hook_name
 from saeforge.interpret.config import AttributeConfig, InterpretConfig
@@ -48,6 +48,13 @@ def interpret(
     """
     with exit_codes():
         cfg = settings.build(latent_ids=parse_ids(latent_ids, "--latent-ids"))
+    with writing(cfg.out, "interpret"):
+        _interpret(cfg)
+
+
+def _interpret(cfg: InterpretConfig) -> None:
+    """Describes (and, with a judge, explains) the latents of `cfg` into cfg.out, which this process holds."""
+    with exit_codes():
         sae, store, chosen, judge = _open_inputs(cfg)
     result = _describe(cfg, sae, store, chosen)
     out = cfg.out
@@ -99,7 +106,8 @@ def _open_inputs(cfg: InterpretConfig):
     from saeforge.sae import load_sae
 
     sae = load_sae(cfg.sae, device=cfg.device)
-    store = ActivationStore.open(cfg.activations)
+    store = ActivationStore.open(cfg.activations, verify="lazy" if cfg.verify else "off")
+    store.check_shards()
     chosen = choose_latents(sae.d_sae, cfg.latents, cfg.latent_ids, cfg.seed)
     judge = None
     if cfg.judge_url:
@@ -158,7 +166,10 @@ def _describe(cfg: InterpretConfig, sae, store, chosen):
         seed=cfg.seed,
     )
     result.meta.update(
-        sae=str(cfg.sae), activations=str(cfg.activations), model=str(model_dir) if model_dir else None
+        sae=str(cfg.sae),
+        activations=str(cfg.activations),
+        activations_verified=cfg.verify,
+        model=str(model_dir) if model_dir else None,
     )
     return result
 
@@ -180,16 +191,11 @@ def attribute(settings: Settings) -> None:
     Direct effect: activation x decoder direction x unembedding, through the final norm with its scale frozen
     at the prompt's last position. Ablation effect: the prompt re-run with the latent's contribution removed.
     """
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
-    from saeforge.atomic import write_text
     from saeforge.interpret.attribution import attribute as run_attribute
-    from saeforge.interpret.records import load_interpretation, save_interpretation
     from saeforge.models import HookError, load_model
-    from saeforge.report.dashboard import write_dashboard
     from saeforge.sae import load_sae
 
     with exit_codes():
@@ -220,6 +226,18 @@ def attribute(settings: Settings) -> None:
     out = cfg.out
     if out is None:
         return
+    with writing(out, "attribute"):
+        _add_attribution(res, out)
+
+
+def _add_attribution(res, out: Path) -> None:
+    """Adds `res` to the interpretation in `out` (latents.json + dashboard), else writes attribution.json."""
+    import json
+
+    from saeforge.atomic import write_text
+    from saeforge.interpret.records import load_interpretation, save_interpretation
+    from saeforge.report.dashboard import write_dashboard
+
     if (out / "latents.json").exists():
         interp = load_interpretation(out)
         interp.attributions.append(res.to_dict())

@@ -186,3 +186,20 @@ def exit_codes(failed: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
         fail(str(e), EXIT_FAILED)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e), EXIT_USAGE)
+
+
+@contextmanager
+def writing(out: Path, command: str) -> Iterator[None]:
+    """Holds the single-writer lock of `out` (saeforge.lock) for the block; exits with code 1, naming the other
+    writer, when another process holds it."""
+    from saeforge.lock import FolderInUse, one_writer
+
+    lock = one_writer(out, command)
+    try:
+        lock.__enter__()
+    except FolderInUse as e:
+        fail(str(e), EXIT_FAILED)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)

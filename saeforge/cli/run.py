@@ -79,6 +79,7 @@ def run(
     from rich.console import Console
     from rich.table import Table
 
+    from saeforge.lock import FolderInUse
     from saeforge.pipeline import ConfigError, load_run_config, run_pipeline
 
     console = Console()
@@ -89,8 +90,12 @@ def run(
         raise typer.Exit(2) from None
     label = str(config) if config else "the built-in example (MiniLM, layers.3.resid_post, TopK k=32 x16)"
     console.print(f"saeforge run: {label} -> {plan.run.out}")
-    with _Bars() as bars:
-        result = run_pipeline(plan, progress=bars)
+    try:
+        with _Bars() as bars:
+            result = run_pipeline(plan, progress=bars)
+    except FolderInUse as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
 
     table = Table(title="held-out evaluation")
     for col in ("SAE", "FVU", "L0", "dead %", "verdict"):

@@ -105,6 +105,7 @@ _RUN_FLAGS = [
     "out",
     "device",
     "loggers",
+    "verify",
 ]
 _SAE_FLAGS = [
     "architecture",
@@ -138,11 +139,12 @@ def train_command(
 ) -> None:
     with exit_codes():
         cfg = _config(config, settings, spec)
+    from saeforge.lock import FolderInUse
     from saeforge.train import NonFiniteError, TrainingInterrupted, train
 
     display = _Display() if _is_main_rank() else None
     try:
-        with exit_codes(failed=(NonFiniteError,)):
+        with exit_codes(failed=(NonFiniteError, FolderInUse)):
             results = train(cfg, progress=display)
     except TrainingInterrupted as e:
         if _is_main_rank():

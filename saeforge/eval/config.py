@@ -27,6 +27,11 @@ class EvalConfig(BaseModel):
     activations: Path = Field(
         description="held-out activation store captured at the SAEs' hook (saeforge capture)"
     )
+    verify: bool = Field(
+        default=True,
+        description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
+        "checksums (another tool's) unverified, and metrics.json records it",
+    )
     out: Path | None = Field(
         default=None, description="output directory: out/<sae name>/metrics.json, comparison.csv/.json, plots"
     )

@@ -87,11 +87,12 @@ def _store_contexts(cfg: EvalConfig, store: Any, tokenizer: Any, context_size: i
     )
 
 
-def _open_store(path: Path, sae_paths: Sequence[Path], saes: Sequence[SAE]) -> Any:
+def _open_store(path: Path, sae_paths: Sequence[Path], saes: Sequence[SAE], verify: bool) -> Any:
     """Opens the store at `path` and checks every SAE against it (d_in, hook)."""
     from saeforge.activations.store import ActivationStore
 
-    store = ActivationStore.open(path)
+    store = ActivationStore.open(path, verify="lazy" if verify else "off")
+    store.check_shards()
     for sae_path, sae in zip(sae_paths, saes, strict=True):
         if sae.d_in != store.d_in:
             raise ValueError(
@@ -188,10 +189,10 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
 
     say = progress or (lambda _msg: None)
     saes = [load_sae(p, device=cfg.device).eval() for p in cfg.saes]
-    store = _open_store(cfg.activations, cfg.saes, saes)
+    store = _open_store(cfg.activations, cfg.saes, saes, cfg.verify)
     compare_store = None
     if cfg.compare_activations is not None:
-        compare_store = _open_store(cfg.compare_activations, cfg.saes, saes)
+        compare_store = _open_store(cfg.compare_activations, cfg.saes, saes, cfg.verify)
     sides = [_Side(cfg, "", store, _downstream(cfg, store, cfg.model, cfg.extra_data, say), say)]
     if compare_store is not None:
         downstream = _downstream(cfg, compare_store, cfg.compare_model, (), say)
@@ -201,7 +202,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     for name, path, sae in zip(sae_names(cfg.saes), cfg.saes, saes, strict=True):
         say(f"evaluating {name}")
         metrics = sides[0].evaluate(name, sae)
-        result = {"name": name, "sae_path": str(path), **metrics}
+        result = {"name": name, "sae_path": str(path), "activations_verified": cfg.verify, **metrics}
         if len(sides) > 1:
             result.update(_drift(cfg, metrics, sides[1].evaluate(name, sae)))
         results.append(result)

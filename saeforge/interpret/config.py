@@ -24,6 +24,11 @@ class InterpretConfig(BaseModel):
     out: Path = Field(
         description="output directory: latents.json, index.html + latents/*.html, features.sqlite"
     )
+    verify: bool = Field(
+        default=True,
+        description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
+        "checksums (another tool's) unverified, and latents.json records it",
+    )
     latents: int | None = Field(
         default=None, gt=0, description="describe N latents drawn at random (see seed)"
     )

@@ -128,6 +128,11 @@ class TrainConfig(_Strict):
     crosscoder: bool = Field(
         default=False, description="train crosscoders over the sites of `activations` (one latent space)"
     )
+    verify: bool = Field(
+        default=True,
+        description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
+        "checksums (another tool's) unverified, and the run card records it",
+    )
     tokens: int = Field(gt=0, description="training tokens (activation rows); steps = tokens // batch_size")
     batch_size: int = Field(default=4096, gt=0, description="global batch size in tokens")
     out: Path = Field(description="run directory: checkpoints, metrics, plots and one folder per SAE")

@@ -48,7 +48,7 @@ def open_stores(cfg: TrainConfig, source: Iterable[Any] | None) -> list[Any]:
     stores = []
     for path in paths:
         try:
-            stores.append(ActivationStore.open(path))
+            stores.append(ActivationStore.open(path, verify="lazy" if cfg.verify else "off"))
         except (OSError, ValueError) as e:
             raise ConfigError(f"activations: cannot open the store {path}: {e}") from e
     return stores

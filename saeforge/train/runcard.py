@@ -94,6 +94,7 @@ def run_card(
         },
         "data": {
             "activations": _paths(cfg.input_paths),
+            "verified": cfg.verify if cfg.activations else None,
             **({"target_activations": str(cfg.target_activations)} if cfg.target_activations else {}),
             "epochs": steps * cfg.batch_size / num_rows if num_rows else None,
             **data,

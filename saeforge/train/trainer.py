@@ -32,6 +32,7 @@ from saeforge.atomic import write_text
 from saeforge.device import resolve_device
 from saeforge.distributed import DistContext
 from saeforge.errors import ConfigError
+from saeforge.lock import one_writer
 from saeforge.sae.base import TrainStepInput
 from saeforge.train import metrics, state
 from saeforge.train.checkpoint import (
@@ -434,11 +435,13 @@ def train(
     progress: called on the main rank after every step with a `ProgressEvent`.
 
     Raises ConfigError before any work on a bad configuration, NonFiniteError on NaN/inf, and
-    TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT.
+    TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT, FolderInUse at once when another process
+    is writing into cfg.out.
     """
     check_logger_packages(cfg.loggers)
     ctx = DistContext.from_env(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
     try:
-        return _Run(cfg, source, progress, ctx).run()
+        with one_writer(cfg.out, "train"):
+            return _Run(cfg, source, progress, ctx).run()
     finally:
         ctx.close()

@@ -31,7 +31,7 @@ def test_rows_are_the_models_activations(reference_capture):
     cfg = reference_capture
     loaded = load_model(cfg.model)
     for hook in cfg.hooks:
-        store = ActivationStore.open(cfg.out / hook, verify=True)
+        store = ActivationStore.open(cfg.out / hook, verify="now")
         rows = _all(store)
         assert store.num_rows == cfg.tokens and store.manifest.complete
         assert [s.rows for s in store.manifest.shards] == [256] * 5 + [1500 - 5 * 256]
@@ -206,7 +206,7 @@ def test_short_corpus_keeps_what_was_written(make_cfg, tmp_path):
     cfg = make_cfg(data=src, tokens=100_000)
     with pytest.raises(CorpusExhausted, match=r"ran out.*short.txt.*of the 100000 tokens.*kept"):
         capture(cfg)
-    store = ActivationStore.open(cfg.out, verify=True)
+    store = ActivationStore.open(cfg.out, verify="now")
     m = store.manifest
     assert not m.complete and m.exhausted and 0 < store.num_rows == m.tokens.seen < 100_000
     assert store.stats.count == store.num_rows

@@ -56,7 +56,9 @@ def test_foreign_minimal_store_loads(tmp_path):
         ],
     }
     (root / MANIFEST).write_text(json.dumps(manifest))
-    store = ActivationStore.open(root, verify=True)
+    with pytest.raises(StoreError, match="list no sha256.*--no-verify"):
+        ActivationStore.open(root)
+    store = ActivationStore.open(root, verify="off")
     assert store.num_rows == 40 and store.stats is None and store.context(0) is None
     assert torch.equal(torch.cat(list(store.iter_batches(16))), x)
     from saeforge.activations.loader import ActivationLoader
@@ -107,7 +109,7 @@ def test_verify_names_each_corrupted_shard(tmp_path):
     assert len(bad) == 2
     assert "shard-000-000001" in bad[0] and "shard-000-000003" in bad[1] and "sha256" in bad[0]
     with pytest.raises(StoreError, match="shard-000-000001.*shard-000-000003"):
-        ActivationStore.open(store.path, verify=True)
+        ActivationStore.open(store.path, verify="now")
 
 
 def test_open_output_dir_with_one_or_several_stores(tmp_path):

@@ -82,18 +82,24 @@ def acts():
     return make
 
 
-def write_store(path, x: torch.Tensor, hook: str = "layers.0.resid_post", rows_per_shard: int = 256):
-    """A minimal activation store as another tool would write it: manifest + shards holding `activations` only."""
+def write_store(
+    path, x: torch.Tensor, hook: str = "layers.0.resid_post", rows_per_shard: int = 256, sha256: bool = True
+):
+    """A minimal activation store as another tool would write it: manifest + shards holding `activations` only,
+    with each shard's sha256 listed (sha256=False: none, so it loads only unverified)."""
     import json
 
     from safetensors.torch import save_file
+
+    from saeforge.activations.shards import sha256_file
 
     path.mkdir(parents=True, exist_ok=True)
     shards = []
     for i, chunk in enumerate(x.split(rows_per_shard)):
         name = f"shard_{i:05d}.safetensors"
         save_file({"activations": chunk.contiguous().float()}, str(path / name))
-        shards.append({"path": name, "rows": chunk.shape[0], "sha256": None})
+        digest = sha256_file(path / name) if sha256 else None
+        shards.append({"path": name, "rows": chunk.shape[0], "sha256": digest})
     manifest = {"d_in": x.shape[1], "dtype": "float32", "hook": hook, "shards": shards}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path

@@ -65,7 +65,7 @@ def test_eval_config_errors_name_the_field(tmp_path):
 
 
 def test_eval_help_lists_every_option(cli):
-    out = cli("eval", "--help").stdout
+    out = cli("eval", "--help", COLUMNS="200").stdout  # wide enough that no option name is cut
     for opt in (
         "--sae",
         "--activations",

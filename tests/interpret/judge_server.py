@@ -2,7 +2,13 @@ r"""A deterministic OpenAI-compatible chat-completions server on 127.0.0.1 for t
 
 Explainer requests: answers "the word X" with X the most frequent <<marked>> token, or UNCLEAR when X marks
 fewer than `clear_share` of the examples. Detection requests: YES when X appears in the excerpt, NO otherwise,
-and a malformed answer when the excerpt contains `garble_token`. Whitespace and non-printable tokens are not explained. The first `fail_first` requests get HTTP 500.
+and a malformed answer when the excerpt contains `garble_token`. Whitespace and non-printable tokens are not
+explained. The first `fail_first` requests get HTTP 500.
+
+Concurrency is counted without depending on scheduling: a request leaves `in_flight` before its first response
+byte is sent (so a client cannot start its next request while the previous one still counts), and with
+`rendezvous=n` every request waits until n requests have been in flight at once, so overlap is forced rather
+than hoped for.
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ def _whole(word: str) -> str:
 
 
 class JudgeServer:
-    def __init__(self, fail_first=0, garble_token=None, clear_share=0.6, delay=0.0, always_fail=False):
+    def __init__(
+        self, fail_first=0, garble_token=None, clear_share=0.6, delay=0.0, always_fail=False, rendezvous=0
+    ):
         self.fail_first = fail_first
         self.garble_token = garble_token
         self.clear_share = clear_share
         self.delay = delay
         self.always_fail = always_fail
-        self.lock = threading.Lock()
+        self.rendezvous = rendezvous
+        self.lock = threading.Condition()
         self.n_requests = 0
         self.n_failed = 0
         self.in_flight = 0
@@ -48,26 +57,27 @@ class JudgeServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.auth.add(self.headers.get("Authorization"))
-                try:
-                    time.sleep(server.delay)
-                    if self.path != "/v1/chat/completions" or fail:
-                        with server.lock:
-                            server.n_failed += 1
-                        self.send_response(500 if fail else 404)
-                        self.end_headers()
-                        return
+                    server.lock.notify_all()
+                    # hang guard only: the assertion on max_in_flight decides, not this timeout
+                    server.lock.wait_for(lambda: server.max_in_flight >= server.rendezvous, timeout=60)
+                time.sleep(server.delay)
+                status, out = 404, b""
+                if fail:
+                    status = 500
+                elif self.path == "/v1/chat/completions":
                     text = server.answer(body["messages"])
+                    status = 200
                     out = json.dumps(
                         {"choices": [{"message": {"role": "assistant", "content": text}}]}
                     ).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                with server.lock:
+                    server.in_flight -= 1
+                    server.n_failed += status != 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.handle_error = lambda request, address: None  # clients that timed out hung up: expected

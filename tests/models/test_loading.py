@@ -51,14 +51,16 @@ def test_tiny_models_are_deterministic(tiny_tokenizer_dir, tmp_path):
     assert (again / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
 
 
-def test_hub_id_fails_within_seconds_without_network():
-    # A fresh interpreter with offline mode unset and an unreachable hub endpoint: any attempt to reach the
-    # hub would hang, so failing in well under 5 s shows none is made.
+def test_hub_id_fails_without_touching_the_network():
+    # A fresh interpreter with offline mode unset and an unreachable hub endpoint, in which every socket
+    # connect is recorded and refused: the error must come with no connection attempted at all.
     code = (
-        "import time\n"
+        "import socket\n"
+        "tried = []\n"
+        "def refuse(self, address, *a):\n    tried.append(address); raise OSError('network refused by test')\n"
+        "socket.socket.connect = refuse\nsocket.socket.connect_ex = refuse\n"
         "from saeforge.models import load_model, ModelLoadError\n"
-        "t = time.time()\n"
-        "try:\n    load_model('gpt2')\nexcept ModelLoadError as e:\n    print(round(time.time() - t, 3)); print(e)\n"
+        "try:\n    load_model('gpt2')\nexcept ModelLoadError as e:\n    print(len(tried)); print(e)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
     env["HF_ENDPOINT"] = "http://10.255.255.1:9"
@@ -66,8 +68,8 @@ def test_hub_id_fails_within_seconds_without_network():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr
-    seconds, message = proc.stdout.split("\n", 1)
-    assert float(seconds) < 5
+    attempts, message = proc.stdout.split("\n", 1)
+    assert attempts == "0"
     assert "local" in message and "never downloads" in message
 
 
