@@ -21,6 +21,7 @@ from torch import Tensor
 
 from saeforge.eval.config import EvalConfig
 from saeforge.eval.sites import site_metrics, target_metrics, transcoder_downstream
+from saeforge.eval.stream import limited_batches
 from saeforge.eval.verdict import verdict
 from saeforge.hook_names import canonical_hook_name
 from saeforge.sae.base import SAE
@@ -141,8 +142,6 @@ def open_aligned(cfg: EvalConfig, kind: str, saes: Sequence[SAE]) -> list[Any]:
 
 def aligned_batches(cfg: EvalConfig, stores: Sequence[Any]) -> Iterator[tuple[Tensor, ...]]:
     """Tuples of aligned [B, d_i] batches, one per store: every row (or the first `cfg.tokens`) once."""
-    from saeforge.eval.runner import limited_batches
-
     return zip(*(limited_batches(s.iter_batches(cfg.batch_size), cfg.tokens) for s in stores), strict=True)
 
 

@@ -16,21 +16,9 @@ from saeforge.eval.dictionary import stability
 from saeforge.eval.downstream import contexts_from_source
 from saeforge.eval.drift import latent_drift, metric_changes
 from saeforge.eval.evaluate import evaluate, extra_label
+from saeforge.eval.stream import limited_batches
 from saeforge.hook_names import canonical_hook_name
 from saeforge.sae.base import SAE
-
-
-def limited_batches(batches: Iterator[Tensor], tokens: int | None) -> Iterator[Tensor]:
-    """Yields batches [B, d_in] until `tokens` rows have been yielded (the last one cut); all if None."""
-    seen = 0
-    for x in batches:
-        if tokens is not None:
-            x = x[: tokens - seen]
-        if x.shape[0]:
-            yield x
-        seen += x.shape[0]
-        if tokens is not None and seen >= tokens:
-            return
 
 
 def sae_names(paths: Sequence[Path]) -> list[str]:
