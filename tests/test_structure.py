@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 ROOT = REPO / "saeforge"
-SHARED = {"atomic", "errors", "dtypes", "device", "lazy", "distributed", "version"}
+SHARED = {"atomic", "errors", "dtypes", "device", "lazy", "distributed", "version", "hook_names", "lock"}
 # report/ draws pages and figures from plain values: it imports no stage, so any package may use it.
 LEAVES = SHARED | {"report"}
 EVERYTHING = {"*"}
