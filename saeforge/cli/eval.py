@@ -32,7 +32,9 @@ def eval_command(
     Each SAE gets a verdict (good, deceptively-good, dead, duplicated, noisy) with its evidence; rules and every
     metric are defined in docs/evaluation.md. SAEs of one config trained with different seeds are also compared
     for stability. With --compare-activations (SAE transfer, e.g. a base SAE on a fine-tuned model's
-    activations), each SAE is also evaluated on that store and its latents' frequency drift is listed.
+    activations), each SAE is also evaluated on that store and its latents' frequency drift is listed. A
+    transcoder is judged on its target site (--target-activations; with --model, spliced in place of the MLP's
+    output), a crosscoder on every site (one --activations store per site, in its order).
     """
     from rich.console import Console
     from rich.table import Table
@@ -41,7 +43,7 @@ def eval_command(
         cfg = settings.build(out=out)
     from saeforge.eval import run_eval, write_eval_outputs
     from saeforge.eval.drift import drift_line
-    from saeforge.report.evaluation import COMPARISON_KEYS, comparison_rows
+    from saeforge.report.evaluation import comparison_keys, comparison_rows
 
     err_console = Console(stderr=True)
     with exit_codes(failed=(ValueError, FileNotFoundError)), err_console.status("evaluating") as status:
@@ -49,7 +51,9 @@ def eval_command(
     paths = write_eval_outputs(results, cfg.out)
 
     rows = comparison_rows(results)
-    keys = [k for k in COMPARISON_KEYS if any(row[k] is not None for row in rows)]  # measured columns only
+    keys = [
+        k for k in comparison_keys(results) if any(row[k] is not None for row in rows)
+    ]  # measured columns only
     table = Table(title="SAE evaluation")
     for key in keys:
         text = key in ("name", "verdict")

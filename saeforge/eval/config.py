@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,8 +25,15 @@ class EvalConfig(BaseModel):
         min_length=1,
         description="SAE directory (cfg.json + sae_weights.safetensors); repeat to compare several",
     )
-    activations: Path = Field(
-        description="held-out activation store captured at the SAEs' hook (saeforge capture)"
+    activations: list[Path] = Field(
+        min_length=1,
+        description="held-out activation store captured at the SAEs' hook (saeforge capture); for a crosscoder, "
+        "one store per site, in its sites' order (repeat the flag), captured together",
+    )
+    target_activations: Path | None = Field(
+        default=None,
+        description="for a transcoder: the store of the site it writes, captured together with activations "
+        "(its FVU is measured against this)",
     )
     verify: bool = Field(
         default=True,
@@ -88,6 +96,11 @@ class EvalConfig(BaseModel):
         description="saeforge, or saelens: also write SAELens/SAEBench definitions as saelens.* keys "
         "(docs/evaluation.md)",
     )
+
+    @field_validator("activations", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
 
     @field_validator("compat")
     @classmethod

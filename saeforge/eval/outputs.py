@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from saeforge.atomic import write_text, write_with
 from saeforge.eval.drift import write_drift
-from saeforge.report.evaluation import COMPARISON_KEYS, PARETO_PLOTS, comparison_rows
+from saeforge.report.evaluation import PARETO_PLOTS, comparison_keys, comparison_rows
 from saeforge.report.figures import density_histogram_png, pareto_figure, save_png
 from saeforge.report.format import plain
 
@@ -63,7 +63,7 @@ def write_eval_outputs(results: Sequence[Mapping[str, Any]], out: str | Path) ->
             paths.update({f"{name}/{k}": v for k, v in write_drift(r, out / name).items()})
     rows = comparison_rows(results)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(COMPARISON_KEYS))
+    writer = csv.DictWriter(buf, fieldnames=comparison_keys(results))
     writer.writeheader()
     writer.writerows(rows)
     paths["comparison.csv"] = write_text(out / "comparison.csv", buf.getvalue())

@@ -11,25 +11,14 @@ import torch
 from torch import Tensor
 
 from saeforge.eval.config import EvalConfig
+from saeforge.eval.dictionaries import check_kind, evaluate_dictionary, open_aligned
 from saeforge.eval.dictionary import stability
 from saeforge.eval.downstream import contexts_from_source
 from saeforge.eval.drift import latent_drift, metric_changes
 from saeforge.eval.evaluate import evaluate, extra_label
+from saeforge.eval.stream import limited_batches
 from saeforge.hook_names import canonical_hook_name
 from saeforge.sae.base import SAE
-
-
-def limited_batches(batches: Iterator[Tensor], tokens: int | None) -> Iterator[Tensor]:
-    """Yields batches [B, d_in] until `tokens` rows have been yielded (the last one cut); all if None."""
-    seen = 0
-    for x in batches:
-        if tokens is not None:
-            x = x[: tokens - seen]
-        if x.shape[0]:
-            yield x
-        seen += x.shape[0]
-        if tokens is not None and seen >= tokens:
-            return
 
 
 def sae_names(paths: Sequence[Path]) -> list[str]:
@@ -169,7 +158,7 @@ def _drift(cfg: EvalConfig, base: dict[str, Any], compare: dict[str, Any]) -> di
         fires[0], base["tokens"], fires[1], compare["tokens"], cfg.drift_ratio, cfg.drift_min_frequency
     )
     out: dict[str, Any] = {f"compare.{k}": v for k, v in compare.items() if k != "latent_density"}
-    out["base_activations"] = str(cfg.activations)
+    out["base_activations"] = str(cfg.activations[0])
     out["compare_activations"] = str(cfg.compare_activations)
     out["compare_latent_density"] = compare["latent_density"]
     out.update({f"drift.{k}": v for k, v in {**drift["summary"], **metric_changes(base, compare)}.items()})
@@ -177,19 +166,38 @@ def _drift(cfg: EvalConfig, base: dict[str, Any], compare: dict[str, Any]) -> di
     return out
 
 
+def _run_dictionaries(cfg: EvalConfig, kind: str, saes: Sequence[SAE], say) -> list[dict[str, Any]]:
+    """Results of transcoders or crosscoders on their aligned stores (saeforge.eval.dictionaries)."""
+    stores = open_aligned(cfg, kind, saes)
+    downstream = _downstream(cfg, stores[0], cfg.model, (), say)
+    results = []
+    for name, path, sae in zip(sae_names(cfg.saes), cfg.saes, saes, strict=True):
+        say(f"evaluating {kind} {name} on {len(stores)} aligned stores")
+        metrics = evaluate_dictionary(cfg, kind, sae, path, stores, downstream)
+        results.append({"name": name, "sae_path": str(path), "activations_verified": cfg.verify, **metrics})
+    return results
+
+
 def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Evaluates every SAE of `cfg` and returns one flat metrics dict each (with `name`, `sae_path`).
 
-    Checks every SAE against the store(s) (d_in, hook) before any long work. With `compare_activations`, each
-    result also holds the compare store's metrics (`compare.<key>`), the drift scalars (`drift.<key>`) and
-    the per-latent drift (`drift`, see saeforge.eval.drift). Writes nothing: see
+    Checks every SAE against the store(s) (kind, d_in, hook) before any long work. With `compare_activations`,
+    each result also holds the compare store's metrics (`compare.<key>`), the drift scalars (`drift.<key>`)
+    and the per-latent drift (`drift`, see saeforge.eval.drift). Transcoders (with `target_activations`) and
+    crosscoders (one store per site) get the metrics of saeforge.eval.dictionaries. Writes nothing: see
     `saeforge.eval.write_eval_outputs`. `progress` receives one line per stage.
     """
     from saeforge.sae import load_sae
 
     say = progress or (lambda _msg: None)
     saes = [load_sae(p, device=cfg.device).eval() for p in cfg.saes]
-    store = _open_store(cfg.activations, cfg.saes, saes, cfg.verify)
+    kind = check_kind(cfg, saes)
+    if kind != "sae":
+        results = _run_dictionaries(cfg, kind, saes, say)
+        if kind == "transcoder":  # a crosscoder's decoder is [d_sae, n_sites, d_in]: no seed matching yet
+            add_stability(results, saes, cfg.hungarian_max_latents)
+        return results
+    store = _open_store(cfg.activations[0], cfg.saes, saes, cfg.verify)
     compare_store = None
     if cfg.compare_activations is not None:
         compare_store = _open_store(cfg.compare_activations, cfg.saes, saes, cfg.verify)

@@ -8,6 +8,7 @@ Definitions and their sources are in docs/evaluation.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -22,6 +23,19 @@ DEAD_CONFIDENCE = 0.99
 DENSE_THRESHOLDS = {"dense_fraction_10": 0.10, "dense_fraction_30": 0.30}
 L0_QUANTILES = (0.1, 0.5, 0.9, 0.99)
 _EPS = 1e-12
+
+
+def limited_batches(batches: Iterator[Tensor], tokens: int | None) -> Iterator[Tensor]:
+    """Yields batches [B, d_in] until `tokens` rows have been yielded (the last one cut); all if None."""
+    seen = 0
+    for x in batches:
+        if tokens is not None:
+            x = x[: tokens - seen]
+        if x.shape[0]:
+            yield x
+        seen += x.shape[0]
+        if tokens is not None and seen >= tokens:
+            return
 
 
 def dead_density_floor(n_tokens: int, confidence: float = DEAD_CONFIDENCE) -> float:

@@ -29,9 +29,19 @@ COMPARISON_KEYS = (
 PARETO_PLOTS = {"pareto_l0_fvu.png": ("fvu", False), "pareto_l0_ce_loss_score.png": ("ce_loss_score", True)}
 
 
+def comparison_keys(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """COMPARISON_KEYS, then the per-site columns some result has: `target_fvu` (a transcoder's FVU on the site
+    it writes) and `fvu.<site>` (a crosscoder's FVU on each site), in the order the results give them."""
+    extra: dict[str, None] = {}
+    for r in results:
+        extra.update({k: None for k in r if k == "target_fvu" or k.startswith("fvu.")})
+    return [*COMPARISON_KEYS, *extra]
+
+
 def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per SAE with the COMPARISON_KEYS columns (None where not measured)."""
-    return [{k: plain(r.get(k)) for k in COMPARISON_KEYS} for r in results]
+    """One row per SAE with the `comparison_keys` columns (None where not measured)."""
+    keys = comparison_keys(results)
+    return [{k: plain(r.get(k)) for k in keys} for r in results]
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -40,11 +50,10 @@ def _img(png: bytes, alt: str) -> str:
 
 def evaluation_section_html(results: Sequence[Mapping[str, Any]]) -> str:
     """A self-contained HTML <section> (table, verdicts with evidence, embedded PNG plots) for report.html."""
-    rows = comparison_rows(results)
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in COMPARISON_KEYS)
+    rows, keys = comparison_rows(results), comparison_keys(results)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(row[k]))}</td>" for k in COMPARISON_KEYS) + "</tr>"
-        for row in rows
+        "<tr>" + "".join(f"<td>{html.escape(fmt(row[k]))}</td>" for k in keys) + "</tr>" for row in rows
     )
     parts = [
         '<section class="evaluation">',

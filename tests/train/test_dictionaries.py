@@ -121,17 +121,10 @@ def test_cli_trains_a_crosscoder_on_aligned_stores_and_refuses_strangers(tmp_pat
                                      saes=[dict(name="c", architecture="batchtopk", k=4, d_sae=32)])))  # fmt: skip
 
 
-def test_two_gloo_ranks_train_the_same_crosscoder_as_one_process(tmp_path):
-    """torchrun on 2 CPU ranks (each reading its half of every global batch) against one process: BatchTopK's
-    selection over the global batch and the per-site scales make both runs the same crosscoder."""
-    config = dict(
-        tokens=64 * 8, batch_size=64, log_every=4, device="cpu", dead_tokens=128, crosscoder=True,
-        normalize_activations="none", plots=False,
-        saes=[dict(name="bt", architecture="batchtopk", k=4, d_sae=32),
-              dict(name="st", architecture="standard", d_sae=32, target_l0=4)],
-    )  # fmt: skip
-    spec = {"config": {**config, "out": str(tmp_path / "two")}, "source": {"d_in": D, "batch_size": 64},
-            "planted": True}  # fmt: skip
+def _torchrun_equals_one_process(tmp_path, config, source):
+    """torchrun on 2 CPU ranks (each reading its half of every global batch of PlantedSites(**source)) trains the
+    same SAEs as one process."""
+    spec = {"config": {**config, "out": str(tmp_path / "two")}, "source": source, "planted": True}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     worker = os.path.join(os.path.dirname(__file__), "_support.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
@@ -139,13 +132,41 @@ def test_two_gloo_ranks_train_the_same_crosscoder_as_one_process(tmp_path):
     proc = subprocess.run(cmd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240,
                           cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    one = train(TrainConfig.parse({**config, "out": str(tmp_path / "one")}), source=PlantedSites(D, 64))
+    one = train(TrainConfig.parse({**config, "out": str(tmp_path / "one")}), source=PlantedSites(**source))
     for r in one:
         w1 = load_file(str(r.path / "sae_weights.safetensors"))
         w2 = load_file(str(tmp_path / "two" / r.name / "sae_weights.safetensors"))
         for k in w1:
             rel = (w1[k] - w2[k]).norm() / w1[k].norm().clamp_min(1e-12)
             assert rel < 1e-3, (r.name, k, float(rel))
+    return one
+
+
+def test_two_gloo_ranks_train_the_same_crosscoder_as_one_process(tmp_path):
+    """BatchTopK's selection over the global batch and the per-site scales make both runs the same crosscoder."""
+    config = dict(
+        tokens=64 * 8, batch_size=64, log_every=4, device="cpu", dead_tokens=128, crosscoder=True,
+        normalize_activations="none", plots=False,
+        saes=[dict(name="bt", architecture="batchtopk", k=4, d_sae=32),
+              dict(name="st", architecture="standard", d_sae=32, target_l0=4)],
+    )  # fmt: skip
+    _torchrun_equals_one_process(tmp_path, config, {"d_in": D, "batch_size": 64})
+
+
+def test_two_gloo_ranks_train_the_same_transcoder_as_one_process(tmp_path):
+    """The same for transcoders (x -> y of another width), with and without the skip connection."""
+    config = dict(
+        tokens=64 * 8, batch_size=64, log_every=4, device="cpu", dead_tokens=128, plots=False,
+        saes=[dict(name="bt", architecture="batchtopk", k=4, d_sae=32, skip_connection=True),
+              dict(name="jr", architecture="jumprelu", d_sae=32, target_l0=4)],
+    )  # fmt: skip
+    one = _torchrun_equals_one_process(
+        tmp_path, config, {"d_in": D, "batch_size": 64, "shared": 16, "specific": 0, "d_out": 12}
+    )
+    assert [type(load_sae(r.path)).__name__ for r in one] == [
+        "JumpReLUSkipTranscoder",
+        "JumpReLUTranscoder",
+    ]  # BatchTopK exports as JumpReLU
 
 
 def test_run_yaml_accepts_crosscoder_fields(tmp_path):
