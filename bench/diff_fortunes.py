@@ -5,16 +5,23 @@ Debian's fortune cookies, diffed with `saeforge diff` (docs/diffing.md shows the
     python bench/diff_fortunes.py --out /tmp/diff-fortunes --k 8 --expansion-factor 2 --train-steps 1000
     python bench/diff_fortunes.py --out /tmp/diff-narrow --narrow --ft-lr 1e-3 --k 8 --expansion-factor 2 \
         --train-steps 1000      # a narrow fine-tune: block 0's MLP only
+    python bench/diff_fortunes.py --out /tmp/diff-mlp1 --base-steps 1500 --ft-data fortunes --narrow 1 \
+        --ft-steps 1500 --ft-lr 1e-3 --hook layers.1.resid_post --hook layers.1.mlp_out --k 8 \
+        --expansion-factor 4 --train-steps 800    # block 1's MLP only, diffed at its output: fine-tune-only latents
 
 Stages (each skipped when its output exists, so a rerun only redoes what is missing):
 1. corpora: builtin:train (Python docs) and OUT/fortunes.jsonl (one fortune per line), a BPE tokenizer (2048
    tokens) trained on both;
 2. models: OUT/base (GPT-2, d_model 128, 2 layers) trained on the docs, OUT/finetuned = base further trained on
-   a mix of the fortunes and the docs (all weights, or with --narrow block 0's MLP only);
-3. capture: both models over the same 50/50 mix of the two corpora, same settings -> OUT/capture-{base,finetuned};
-4. diff: `saeforge diff`'s Python API (crosscoder, table, report, causal check on the fortunes) -> OUT/diff;
+   a mix of the fortunes and the docs, or (--ft-data fortunes) the fortunes only (all weights, or with
+   --narrow BLOCK that block's MLP only);
+3. capture: both models over the same 50/50 mix of the two corpora, same settings, at each --hook
+   -> OUT/capture-{base,finetuned};
+4. diff per hook: `saeforge diff`'s Python API (crosscoder, table, report, causal check on the fortunes) -> OUT/diff
+   (the default hook) or OUT/diff-HOOK;
 5. check: the share of fortune-distinctive tokens among the top contexts of the fine-tune-only, base-only and
-   highest-relative-norm latents, against the most frequent shared latents (OUT/check.json, printed).
+   highest-relative-norm latents, against the most frequent shared (else changed) latents
+   (OUT/diff*/check.json, printed).
 """
 
 from __future__ import annotations
@@ -187,8 +194,8 @@ def distinctive_tokens(tok_dir: Path, fortune_path: Path, ratio: float = 5.0) ->
 
 def check(diff_dir: Path, base_store: Path, ft_store: Path, tok_dir: Path, fortune_path: Path) -> dict:
     """Per group of latents, the share of top-context centre tokens that are fortune-distinctive: the shown
-    fine-tune-only and base-only latents, the 10 live latents of highest relative norm whatever their category,
-    and as control the 10 most frequent shared latents."""
+    fine-tune-only and base-only latents, every fine-tune-only latent, the 10 live latents of highest relative
+    norm whatever their category, and as control the 10 most frequent shared (else changed) latents."""
     from transformers import AutoTokenizer
 
     from saeforge.activations import ActivationStore
@@ -201,11 +208,14 @@ def check(diff_dir: Path, base_store: Path, ft_store: Path, tok_dir: Path, fortu
     special_str = {tok.decode([t]) for t in distinctive_tokens(tok_dir, fortune_path)}
     doc = json.loads((diff_dir / "diff.json").read_text())
     live = [r for r in doc["latents"] if r["category"] != "dead"]
-    shared = sorted((r for r in live if r["category"] == "shared"), key=lambda r: -r["freq"])
+    # The control: the most frequent shared latents, or the most frequent changed ones where none is shared.
+    control = "shared" if any(r["category"] == "shared" for r in live) else "changed"
+    shared = sorted((r for r in live if r["category"] == control), key=lambda r: -r["freq"])
     groups = {
         **doc["shown"],
+        "finetuned_only_all": [r["latent"] for r in live if r["category"] == "finetuned_only"],
         "highest_relative_norm": [r["latent"] for r in sorted(live, key=lambda r: -r["relative_norm"])[:10]],
-        "shared_control": [r["latent"] for r in shared[:10]],
+        f"{control}_control": [r["latent"] for r in shared[:10]],
     }
     base, ft = ActivationStore.open(base_store), ActivationStore.open(ft_store)
     coder = load_sae(diff_dir / "crosscoder" / "crosscoder")
