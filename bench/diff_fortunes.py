@@ -5,16 +5,23 @@ Debian's fortune cookies, diffed with `saeforge diff` (docs/diffing.md shows the
     python bench/diff_fortunes.py --out /tmp/diff-fortunes --k 8 --expansion-factor 2 --train-steps 1000
     python bench/diff_fortunes.py --out /tmp/diff-narrow --narrow --ft-lr 1e-3 --k 8 --expansion-factor 2 \
         --train-steps 1000      # a narrow fine-tune: block 0's MLP only
+    python bench/diff_fortunes.py --out /tmp/diff-mlp1 --base-steps 1500 --ft-data fortunes --narrow 1 \
+        --ft-steps 1500 --ft-lr 1e-3 --hook layers.1.resid_post --hook layers.1.mlp_out --k 8 \
+        --expansion-factor 4 --train-steps 800    # block 1's MLP only, diffed at its output: fine-tune-only latents
 
 Stages (each skipped when its output exists, so a rerun only redoes what is missing):
 1. corpora: builtin:train (Python docs) and OUT/fortunes.jsonl (one fortune per line), a BPE tokenizer (2048
    tokens) trained on both;
 2. models: OUT/base (GPT-2, d_model 128, 2 layers) trained on the docs, OUT/finetuned = base further trained on
-   a mix of the fortunes and the docs (all weights, or with --narrow block 0's MLP only);
-3. capture: both models over the same 50/50 mix of the two corpora, same settings -> OUT/capture-{base,finetuned};
-4. diff: `saeforge diff`'s Python API (crosscoder, table, report, causal check on the fortunes) -> OUT/diff;
+   a mix of the fortunes and the docs, or (--ft-data fortunes) the fortunes only (all weights, or with
+   --narrow BLOCK that block's MLP only);
+3. capture: both models over the same 50/50 mix of the two corpora, same settings, at each --hook
+   -> OUT/capture-{base,finetuned};
+4. diff per hook: `saeforge diff`'s Python API (crosscoder, table, report, causal check on the fortunes) -> OUT/diff
+   (the default hook) or OUT/diff-HOOK;
 5. check: the share of fortune-distinctive tokens among the top contexts of the fine-tune-only, base-only and
-   highest-relative-norm latents, against the most frequent shared latents (OUT/check.json, printed).
+   highest-relative-norm latents, against the most frequent shared (else changed) latents
+   (OUT/diff*/check.json, printed).
 """
 
 from __future__ import annotations
@@ -114,7 +121,14 @@ def train_lm(model, tok, source: str, steps: int, lr: float, seed: int, params=N
 
 
 def models(
-    out: Path, tok_dir: Path, fortune_path: Path, base_steps: int, ft_steps: int, ft_lr: float, narrow: bool
+    out: Path,
+    tok_dir: Path,
+    fortune_path: Path,
+    base_steps: int,
+    ft_steps: int,
+    ft_lr: float,
+    narrow: int | None,
+    ft_data: str = "mix",
 ) -> tuple[Path, Path]:
     base_dir, ft_dir = out / "base", out / "finetuned"
     if ft_dir.exists():
@@ -135,10 +149,10 @@ def models(
         model.save_pretrained(base_dir)
         tok.save_pretrained(base_dir)
     t = time.time()
-    # The fine-tune data mixes the docs back in (as fine-tunes that keep the base model's skills do), so that what
-    # the diff finds is what the fortunes added rather than a drift of everything.
-    mix = _mix(out, fortune_path)
-    params = model.transformer.h[0].mlp.parameters() if narrow else None
+    # "mix": the docs come back in (as fine-tunes that keep the base model's skills do); "fortunes": the new
+    # corpus only.
+    mix = _mix(out, fortune_path) if ft_data == "mix" else fortune_path
+    params = model.transformer.h[narrow].mlp.parameters() if narrow is not None else None
     print(f"fine-tune: final loss {train_lm(model, tok, str(mix), ft_steps, ft_lr, 1, params):.3f} "
           f"({time.time() - t:.0f}s)")  # fmt: skip
     model.save_pretrained(ft_dir)
@@ -147,16 +161,17 @@ def models(
 
 
 def capture_pair(
-    out: Path, base_dir: Path, ft_dir: Path, fortune_path: Path, tokens: int
-) -> tuple[Path, Path]:
+    out: Path, base_dir: Path, ft_dir: Path, fortune_path: Path, tokens: int, hooks: list[str]
+) -> list[tuple[Path, Path]]:
+    """Per hook, the (base, fine-tuned) stores of both models over the same 50/50 mix of the corpora."""
     from saeforge.activations import CaptureConfig, capture
 
     stores = []
     for name, model in (("base", base_dir), ("finetuned", ft_dir)):
-        cfg = CaptureConfig(model=str(model), hooks=[HOOK], tokens=tokens, out=out / f"capture-{name}",
+        cfg = CaptureConfig(model=str(model), hooks=hooks, tokens=tokens, out=out / f"capture-{name}",
                             context_size=CONTEXT, data=[{"source": "builtin:train"}, {"source": str(fortune_path)}])  # fmt: skip
-        stores.append(capture(cfg)[HOOK])
-    return stores[0], stores[1]
+        stores.append(capture(cfg))
+    return [(stores[0][h], stores[1][h]) for h in hooks]
 
 
 def distinctive_tokens(tok_dir: Path, fortune_path: Path, ratio: float = 5.0) -> set[int]:
@@ -179,8 +194,8 @@ def distinctive_tokens(tok_dir: Path, fortune_path: Path, ratio: float = 5.0) ->
 
 def check(diff_dir: Path, base_store: Path, ft_store: Path, tok_dir: Path, fortune_path: Path) -> dict:
     """Per group of latents, the share of top-context centre tokens that are fortune-distinctive: the shown
-    fine-tune-only and base-only latents, the 10 live latents of highest relative norm whatever their category,
-    and as control the 10 most frequent shared latents."""
+    fine-tune-only and base-only latents, every fine-tune-only latent, the 10 live latents of highest relative
+    norm whatever their category, and as control the 10 most frequent shared (else changed) latents."""
     from transformers import AutoTokenizer
 
     from saeforge.activations import ActivationStore
@@ -193,11 +208,14 @@ def check(diff_dir: Path, base_store: Path, ft_store: Path, tok_dir: Path, fortu
     special_str = {tok.decode([t]) for t in distinctive_tokens(tok_dir, fortune_path)}
     doc = json.loads((diff_dir / "diff.json").read_text())
     live = [r for r in doc["latents"] if r["category"] != "dead"]
-    shared = sorted((r for r in live if r["category"] == "shared"), key=lambda r: -r["freq"])
+    # The control: the most frequent shared latents, or the most frequent changed ones where none is shared.
+    control = "shared" if any(r["category"] == "shared" for r in live) else "changed"
+    shared = sorted((r for r in live if r["category"] == control), key=lambda r: -r["freq"])
     groups = {
         **doc["shown"],
+        "finetuned_only_all": [r["latent"] for r in live if r["category"] == "finetuned_only"],
         "highest_relative_norm": [r["latent"] for r in sorted(live, key=lambda r: -r["relative_norm"])[:10]],
-        "shared_control": [r["latent"] for r in shared[:10]],
+        f"{control}_control": [r["latent"] for r in shared[:10]],
     }
     base, ft = ActivationStore.open(base_store), ActivationStore.open(ft_store)
     coder = load_sae(diff_dir / "crosscoder" / "crosscoder")
@@ -231,7 +249,10 @@ def main() -> None:
     ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--tokens", type=int, default=60_000)
     ap.add_argument("--ft-lr", type=float, default=3e-4)
-    ap.add_argument("--narrow", action="store_true", help="fine-tune block 0's MLP only")
+    ap.add_argument("--ft-data", choices=("mix", "fortunes"), default="mix", help="the fine-tune's corpus")
+    ap.add_argument("--narrow", type=int, nargs="?", const=0, default=None, metavar="BLOCK",
+                    help="fine-tune one block's MLP only (block 0 when no BLOCK is given)")  # fmt: skip
+    ap.add_argument("--hook", action="append", help=f"hook(s) to capture and diff (default {HOOK})")
     ap.add_argument("--train-steps", type=int, default=600, help="crosscoder steps of 512 rows")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--expansion-factor", type=float, default=4)
@@ -240,24 +261,30 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny matmuls: threads only contend on a shared machine
     fortune_path = fortunes(args.out)
     tok_dir = tokenizer(args.out, fortune_path)
-    base_dir, ft_dir = models(
-        args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps, args.ft_lr, args.narrow
-    )
+    base_dir, ft_dir = models(args.out, tok_dir, fortune_path, args.base_steps, args.ft_steps, args.ft_lr,
+                              args.narrow, args.ft_data)  # fmt: skip
+    hooks = args.hook or [HOOK]
     t = time.time()
-    base_store, ft_store = capture_pair(args.out, base_dir, ft_dir, fortune_path, args.tokens)
+    pairs = capture_pair(args.out, base_dir, ft_dir, fortune_path, args.tokens, hooks)
     print(f"captured {args.tokens} tokens per model ({time.time() - t:.0f}s)")
+    for hook, (base_store, ft_store) in zip(hooks, pairs, strict=True):
+        diff_one(args, hook, base_store, ft_store, base_dir, ft_dir, tok_dir, fortune_path)
+
+
+def diff_one(args, hook, base_store, ft_store, base_dir, ft_dir, tok_dir, fortune_path) -> None:
     from saeforge.diff.config import DiffConfig
     from saeforge.diff.outputs import write_diff_outputs
     from saeforge.diff.run import run_diff
 
     t = time.time()
-    cfg = DiffConfig(base_activations=base_store, finetuned_activations=ft_store, out=args.out / "diff", k=args.k,
+    out = args.out / ("diff" if hook == HOOK else f"diff-{hook}")
+    cfg = DiffConfig(base_activations=base_store, finetuned_activations=ft_store, out=out, k=args.k,
                      train_batch_size=512, tokens=args.train_steps * 512,
                      expansion_factor=args.expansion_factor, base_model=base_dir, finetuned_model=ft_dir,
                      data=str(fortune_path), causal_contexts=32, context_size=CONTEXT)  # fmt: skip
     result = run_diff(cfg, progress=print)
     write_diff_outputs(result, cfg.out)
-    print(f"diff ({time.time() - t:.0f}s): {result.counts}")
+    print(f"{hook}: diff ({time.time() - t:.0f}s): {result.counts}")
     c = result.causal
     if "skipped" in c:
         print("causal check skipped:", c["skipped"])
@@ -266,8 +293,8 @@ def main() -> None:
             f"causal: fraction closed {c['fraction_closed']:.3f}, control {c['control']['fraction_closed_mean']:.3f}"
         )
     summary = check(cfg.out, base_store, ft_store, tok_dir, fortune_path)
-    (args.out / "check.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary["groups"]), f"({summary['distinctive_tokens']} distinctive tokens)")
+    (out / "check.json").write_text(json.dumps(summary, indent=1))
+    print(hook, json.dumps(summary["groups"]), f"({summary['distinctive_tokens']} distinctive tokens)")
 
 
 if __name__ == "__main__":
