@@ -26,6 +26,7 @@ from saeforge.sae import registry
 from saeforge.sae.base import SAE, SAEConfig
 from saeforge.sae.saelens_compat import (
     SAEFORGE_HOOK_KEY,
+    SAEFORGE_HOOK_OUT_KEY,
     fold_input_scale,
     input_scale,
     metadata_for_saelens,
@@ -46,6 +47,7 @@ SAELENS_METADATA_KEYS = {
     "sae_lens_version", "sae_lens_training_version", "hook_name_out", "hook_head_index_out", "hf_hook_name",
     "hf_hook_name_out", "dataset_trust_remote_code", "activation_fn", "activation_fn_str", "activation_fn_kwargs",
     "finetuning_scaling_factor", "hook_point", "hook_point_layer", "hook_point_head_index", SAEFORGE_HOOK_KEY,
+    SAEFORGE_HOOK_OUT_KEY,
     "norm_scaling_factor",
 }  # fmt: skip
 SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")

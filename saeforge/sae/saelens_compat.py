@@ -23,25 +23,31 @@ from torch import Tensor
 from saeforge.hook_names import TRANSFORMERLENS_LOADING, canonical_hook_name, transformerlens_hook_name
 
 SAEFORGE_HOOK_KEY = "saeforge_hook_name"
+SAEFORGE_HOOK_OUT_KEY = "saeforge_hook_name_out"
+_HOOK, _HOOK_OUT = "hook_name", "hook_name_out"
 
 
 def metadata_for_saelens(meta: dict[str, Any]) -> dict[str, Any]:
-    """In-memory metadata (hook_name canonical) -> the `metadata` object of cfg.json."""
-    hook = meta.get("hook_name")
-    tl = transformerlens_hook_name(hook) if isinstance(hook, str) else None
-    if tl is None:
-        return dict(meta)
-    out = {**meta, "hook_name": tl, SAEFORGE_HOOK_KEY: canonical_hook_name(hook)}
-    out.setdefault("model_from_pretrained_kwargs", dict(TRANSFORMERLENS_LOADING))
+    """In-memory metadata (hook names canonical) -> the `metadata` object of cfg.json: `hook_name` (and a
+    transcoder's `hook_name_out`) in TransformerLens spelling where one exists, the canonical names beside."""
+    out = dict(meta)
+    for key, saved in ((_HOOK, SAEFORGE_HOOK_KEY), (_HOOK_OUT, SAEFORGE_HOOK_OUT_KEY)):
+        hook = meta.get(key)
+        tl = transformerlens_hook_name(hook) if isinstance(hook, str) else None
+        if tl is not None:
+            out[key], out[saved] = tl, canonical_hook_name(hook)
+    if SAEFORGE_HOOK_KEY in out:
+        out.setdefault("model_from_pretrained_kwargs", dict(TRANSFORMERLENS_LOADING))
     return out
 
 
 def metadata_from_saelens(meta: dict[str, Any]) -> dict[str, Any]:
-    """The `metadata` of a cfg.json -> in-memory metadata: saeforge's canonical hook_name where recorded."""
+    """The `metadata` of a cfg.json -> in-memory metadata: saeforge's canonical hook names where recorded."""
     out = dict(meta)
-    canonical = out.pop(SAEFORGE_HOOK_KEY, None)
-    if canonical is not None:
-        out["hook_name"] = canonical
+    for key, saved in ((_HOOK, SAEFORGE_HOOK_KEY), (_HOOK_OUT, SAEFORGE_HOOK_OUT_KEY)):
+        canonical = out.pop(saved, None)
+        if canonical is not None:
+            out[key] = canonical
     return out
 
 

@@ -156,7 +156,7 @@ import os, signal, sys
 import torch
 torch.set_num_threads(1)
 import importlib
-cap = importlib.import_module("saeforge.activations.capture")
+cap = importlib.import_module("saeforge.activations.hook_writer")
 from saeforge.activations import CaptureConfig, capture
 cfg = CaptureConfig.model_validate_json(sys.argv[1])
 real = cap.write_shard

@@ -231,6 +231,10 @@ def test_transcoder_trains_from_two_stores_with_the_hooks_in_its_card(tmp_path):
     (r,) = train(cfg)
     meta = json.loads((r.path / "cfg.json").read_text())
     assert meta["architecture"] == "transcoder" and meta["d_out"] == 12
-    assert meta["metadata"]["hook_name"] == "layers.0.resid_post"
-    assert meta["metadata"]["hook_name_out"] == "layers.1.resid_post"
+    # cfg.json spells hooks as TransformerLens does (SAELens attaches by them), saeforge's names beside
+    assert meta["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
+    assert meta["metadata"]["hook_name_out"] == "blocks.1.hook_resid_post"
+    assert meta["metadata"]["saeforge_hook_name"] == "layers.0.resid_post"
+    assert meta["metadata"]["saeforge_hook_name_out"] == "layers.1.resid_post"
+    assert load_sae(r.path).cfg.metadata["hook_name_out"] == "layers.1.resid_post"
     assert meta["metadata"]["data"]["target_activations"] == str(y_store)
