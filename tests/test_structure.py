@@ -12,7 +12,18 @@ from pathlib import Path
 from tests.conftest import REPO
 
 ROOT = REPO / "saeforge"
-SHARED = {"atomic", "errors", "dtypes", "device", "lazy", "distributed", "version", "lock", "hook_names"}
+SHARED = {
+    "atomic",
+    "errors",
+    "dtypes",
+    "device",
+    "lazy",
+    "distributed",
+    "sparsity",
+    "lock",
+    "hook_names",
+    "version",
+}
 # report/ draws pages and figures from plain values: it imports no stage, so any package may use it.
 LEAVES = SHARED | {"report"}
 EVERYTHING = {"*"}

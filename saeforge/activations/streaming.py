@@ -6,6 +6,7 @@ batches; then the next block. The state (epoch, block, position inside the block
 source recomputes only the current block's forward passes. Under data parallelism rank r runs the forward
 passes of the block's contexts i with i % world_size == r and serves batch_size // world_size rows per batch;
 every rank serves the same number of batches per block (computed from the token ids, which all ranks see).
+The rank and world size come from the run's `saeforge.distributed.DistContext`, as for capture and training.
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ import numpy as np
 import torch
 
 from saeforge.activations.corpus import ContextBatch, ContextStream
+from saeforge.distributed import DistContext
+
+
+def _context(ctx: DistContext | None, rank: int | None, world: int | None, device) -> DistContext:
+    """The source's DistContext: `ctx`, or one from explicit rank/world_size, or from the torchrun env."""
+    if ctx is not None:
+        if rank is not None or world is not None:
+            raise ValueError("give either ctx or rank/world_size, not both")
+        return ctx
+    if rank is None and world is None:
+        return DistContext.from_env(torch.device(device))
+    rank, world = rank or 0, 1 if world is None else world
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world})")
+    return DistContext(rank=rank, world_size=world)
 
 
 class StreamingSource:
@@ -30,6 +46,9 @@ class StreamingSource:
         batch_size: GLOBAL batch size (rows); this rank gets batch_size // world_size.
         buffer_tokens: shuffle buffer size in tokens (rows are shuffled within blocks of this many tokens).
         context_size, prepend_bos, exclude_special: as for capture.
+        ctx: this process's place in the run; default `DistContext.from_env(loaded.device)` (joins the torchrun
+            process group when WORLD_SIZE > 1, like capture), or the one given by `rank` and `world_size`.
+        rank, world_size: an explicit slice, without a process group (tests, custom launchers); not with `ctx`.
         forward_batch: contexts per forward pass.
     """
 
@@ -42,15 +61,19 @@ class StreamingSource:
         buffer_tokens: int = 1 << 16,
         context_size: int = 128,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         dtype: torch.dtype = torch.float32,
         prepend_bos: bool = True,
         exclude_special: bool = True,
         forward_batch: int = 8,
+        ctx: DistContext | None = None,
     ):
         from saeforge.models import resolve_hook
 
+        self._owns_ctx = ctx is None and rank is None and world_size is None
+        ctx = _context(ctx, rank, world_size, loaded.device)
+        rank, world_size = ctx.rank, ctx.world_size
         if batch_size <= 0 or batch_size % world_size:
             raise ValueError(
                 f"batch_size {batch_size} must be a positive multiple of world_size {world_size}"
@@ -67,6 +90,7 @@ class StreamingSource:
         self.local_batch_size = batch_size // world_size
         self.contexts_per_block = max(1, math.ceil(buffer_tokens / context_size))
         self.context_size = context_size
+        self.ctx = ctx
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.dtype = dtype
         self.prepend_bos, self.exclude_special = prepend_bos, exclude_special
@@ -132,6 +156,11 @@ class StreamingSource:
                     f"with buffer_tokens={self.contexts_per_block * self.context_size}; give more text"
                 )
             self.epoch, self.block, self.position = self.epoch + 1, 0, 0
+
+    def close(self) -> None:
+        """Leaves the process group if this source joined it (a `ctx` passed in is the caller's to close)."""
+        if self._owns_ctx:
+            self.ctx.close()
 
     def __iter__(self) -> StreamingSource:
         return self

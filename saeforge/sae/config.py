@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from saeforge.sae import registry
-from saeforge.sae.training import DEFAULT_K
+from saeforge.sparsity import setting
 
 
 class SharedFields(BaseModel):
@@ -29,11 +29,7 @@ class SharedFields(BaseModel):
     )
     d_in: int = Field(gt=0, description="input width (a crosscoder's: of each site)")
     d_sae: int = Field(gt=0, description="number of latents")
-    k: int | None = Field(
-        default=None,
-        gt=0,
-        description=f"active latents per token (TopK family, default {DEFAULT_K}); default target_l0",
-    )
+    k: int | None = setting("k")  # default DEFAULT_K (training.py)
     aux_coefficient: float | None = Field(
         default=None,
         ge=0,

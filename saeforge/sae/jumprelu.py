@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import PenaltySAE, Scales, capped
+from saeforge.sparsity import setting
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -85,11 +86,7 @@ class JumpReLUSAE(SAE):
 
 
 class JumpReLUFields(BaseModel):
-    bandwidth: float = Field(
-        default=0.05,
-        gt=0,
-        description="jumprelu: rectangle-kernel STE bandwidth epsilon (pre-activation units)",
-    )
+    bandwidth: float = setting("bandwidth", default=0.05)
     initial_threshold: float = Field(default=0.05, ge=0, description="jumprelu: initial per-latent threshold")
 
 

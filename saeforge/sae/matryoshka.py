@@ -15,12 +15,13 @@ import itertools
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import Tensor
 
 from saeforge.sae.base import TrainStepInput, TrainStepOutput
 from saeforge.sae.batchtopk import BatchTopKTrainingSAE
 from saeforge.sae.registry import register_architecture
+from saeforge.sparsity import setting
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -39,9 +40,7 @@ def default_group_sizes(d_sae: int, n_groups: int = 5) -> list[int]:
 
 
 class MatryoshkaFields(BaseModel):
-    group_sizes: list[int] | None = Field(
-        default=None, description="matryoshka: nested group sizes summing to d_sae (default: doubling groups)"
-    )
+    group_sizes: list[int] | None = setting("group_sizes")
 
 
 class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from saeforge.sae import kernels, registry
 from saeforge.sae.base import SAE, SAEConfig, TrainStepInput, TrainStepOutput
+from saeforge.sparsity import setting
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -238,12 +239,8 @@ class TrainingSAE(SAE):
 class PenaltyFields(BaseModel):
     """Config fields of the penalty architectures."""
 
-    sparsity_coefficient: float | None = Field(
-        default=None, gt=0, description="fixed penalty weight lambda (standard: L1, jumprelu: L0, gated: L1)"
-    )
-    target_l0: float | None = Field(
-        default=None, gt=0, description="penalty architectures: adapt lambda during training to reach this L0"
-    )
+    sparsity_coefficient: float | None = setting("sparsity_coefficient")
+    target_l0: float | None = setting("target_l0")
     l0_controller_rate: float = Field(
         default=0.02, gt=0, description="target_l0: per-step log-step of lambda per unit log(L0 / target)"
     )
@@ -322,9 +319,7 @@ class PenaltySAE(TrainingSAE):
 class TopKFields(BaseModel):
     """Config fields of the TopK family."""
 
-    k_aux: int | None = Field(
-        default=None, gt=0, description="AuxK latents per token; default d_in // 2, capped at the dead count"
-    )
+    k_aux: int | None = setting("k_aux")
 
 
 class TopKFamilySAE(TrainingSAE):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saeforge.device import DEFAULT_DEVICE, Device
 from saeforge.errors import ConfigError, format_validation_error
+from saeforge.sparsity import SparsitySettings
 
 LrSchedule = Literal["constant", "cosine", "linear"]
 LoggerName = Literal["jsonl", "tensorboard", "mlflow", "wandb"]
@@ -44,8 +45,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SAESpec(_Strict):
-    """One SAE of a run. Unset optimisation fields (None) take the architecture's default."""
+class SAESpec(SparsitySettings, _Strict):
+    """One SAE of a run. Unset optimisation and sparsity fields (None) take the architecture's default.
+
+    The sparsity settings (k, k_aux, sparsity_coefficient, target_l0, bandwidth, group_sizes) are inherited from
+    `saeforge.sparsity`, where the architectures' config fragments take theirs: one declaration.
+    """
 
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -57,20 +62,6 @@ class SAESpec(_Strict):
     d_in: int | None = Field(default=None, gt=0, description="input width; checked against the activations")
     d_sae: int | None = Field(default=None, gt=0, description="number of latents (or give expansion_factor)")
     expansion_factor: float | None = Field(default=None, gt=0, description="d_sae = expansion_factor * d_in")
-    # Passed through to TrainingSAEConfig (declared in the architectures' config fragments); the constraints
-    # are the same (tests/train/test_config.py checks it) so that a bad value fails when the YAML is read.
-    k: int | None = Field(default=None, gt=0, description="active latents per token (TopK family)")
-    k_aux: int | None = Field(default=None, gt=0, description="latents in the AuxK loss (TopK family)")
-    sparsity_coefficient: float | None = Field(
-        default=None, gt=0, description="fixed L1 / L0 penalty weight lambda (penalty architectures)"
-    )
-    target_l0: float | None = Field(
-        default=None,
-        gt=0,
-        description="penalty architectures: adapt lambda to reach this L0 (or sparsity_coefficient)",
-    )
-    bandwidth: float | None = Field(default=None, gt=0, description="JumpReLU straight-through bandwidth")
-    group_sizes: list[int] | None = Field(default=None, description="Matryoshka nested group sizes")
     options: dict[str, Any] = Field(
         default_factory=dict, description="further fields of the architecture's TrainingSAEConfig"
     )

@@ -14,7 +14,6 @@ from saeforge.train.config import SAESpec, TrainConfig
 from saeforge.train.defaults import OptimSettings
 from saeforge.version import __version__
 
-SPARSITY_FIELDS = ("k", "k_aux", "sparsity_coefficient", "target_l0", "bandwidth", "group_sizes")
 INIT_SETTINGS = ("b_dec_init", "decoder_init_norm", "seed")
 # Manifest fields that describe how activations were collected, not where the shards are.
 _NOT_CARD = {"shards", "stats", "progress", "capture", "complete", "format_version", "d_in"}

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 from saeforge import sae as sae_api
 from saeforge.errors import ConfigError, format_validation_error
 from saeforge.sae.config import TrainingSAEConfig
+from saeforge.sparsity import SPARSITY_FIELDS
 from saeforge.train.config import SAESpec, TrainConfig
 from saeforge.train.defaults import OptimSettings, resolve_optim
-from saeforge.train.runcard import SPARSITY_FIELDS
 
 
 @dataclass(frozen=True)

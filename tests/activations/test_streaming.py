@@ -63,6 +63,24 @@ def test_ranks_get_disjoint_rows(loaded):
     assert r0.state_dict() == r1.state_dict()
 
 
+def test_the_rank_comes_from_the_shared_dist_context(loaded, monkeypatch):
+    from saeforge.distributed import DistContext
+
+    by_args = next(_source(loaded, rank=1, world_size=2))
+    by_ctx = _source(loaded, ctx=DistContext(rank=1, world_size=2))
+    assert (by_ctx.rank, by_ctx.world_size) == (1, 2) and by_ctx.ctx.world_size == 2
+    assert torch.equal(next(by_ctx), by_args)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # not under torchrun: DistContext.from_env is rank 0 of 1
+    single = _source(loaded)
+    assert (single.ctx.rank, single.ctx.world_size, single.ctx.owns_group) == (0, 1, False)
+    assert next(single).shape == (32, 64)
+    single.close()
+    with pytest.raises(ValueError, match="either ctx or rank/world_size"):
+        _source(loaded, ctx=DistContext(), rank=0)
+    with pytest.raises(ValueError, match=r"rank 2 is not in \[0, world_size=2\)"):
+        _source(loaded, rank=2, world_size=2)
+
+
 def test_scale_is_sqrt_d_over_mean_norm(loaded):
     src = _source(loaded)
     scale = src.activation_scale

@@ -158,8 +158,9 @@ def test_sparsity_warmup():
 def test_spec_fields_passed_to_the_sae_config_have_its_constraints():
     """SAESpec's pass-through sparsity fields cannot drift from the architectures' own declarations."""
     from saeforge.sae.config import TrainingSAEConfig
-    from saeforge.train.runcard import SPARSITY_FIELDS
+    from saeforge.sparsity import SPARSITY_FIELDS
 
     for name in SPARSITY_FIELDS:
         spec, sae = SAESpec.model_fields[name], TrainingSAEConfig.model_fields[name]
         assert sorted(map(repr, spec.metadata)) == sorted(map(repr, sae.metadata)), name
+        assert spec.description == sae.description and spec.description, name  # one declaration
