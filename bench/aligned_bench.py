@@ -18,20 +18,12 @@ import json
 import os
 import platform
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from bench.store_bench import best_of
 
 
 def main() -> None:
@@ -54,7 +46,7 @@ def main() -> None:
             for i in range(2)
         ]
         check_aligned(stores)  # warm the page cache
-        check_s = _best(lambda: check_aligned(stores), 3)
+        check_s = best_of(lambda: check_aligned(stores), 3)
 
         def aligned():
             loader = AlignedLoader(stores, args.batch_size, seed=1, verify=False, check=False)
@@ -71,8 +63,8 @@ def main() -> None:
         separate()
         times = {"aligned": [], "separate": []}
         for _ in range(5):  # interleaved, so that load changes hit both alike
-            times["aligned"].append(_best(aligned, 1))
-            times["separate"].append(_best(separate, 1))
+            times["aligned"].append(best_of(aligned, 1))
+            times["separate"].append(best_of(separate, 1))
         a, s = min(times["aligned"]), min(times["separate"])
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

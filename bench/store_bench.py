@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 
-def _best(fn, repeats: int) -> float:
+def best_of(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls of `fn`, in seconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -144,10 +145,10 @@ def bench_loader(rows: int, d_in: int, batch_size: int, root: Path) -> dict:
             src.clone()
 
     next(loader)
-    shuffled_s = _best(shuffled, 3)
-    sequential_s = _best(sequential, 3)
-    copy_s = min(_best(torch_copy, 3), _best(numpy_copy, 3))
-    clone_s = _best(clone, 3)
+    shuffled_s = best_of(shuffled, 3)
+    sequential_s = best_of(sequential, 3)
+    copy_s = min(best_of(torch_copy, 3), best_of(numpy_copy, 3))
+    clone_s = best_of(clone, 3)
     return {
         "rows": rows,
         "d_in": d_in,
