@@ -6,7 +6,9 @@
         stop here if x or any loss is NaN/inf (nothing is updated, no checkpoint is written)
         for each SAE: average gradients over ranks; before_optimizer_step(); clip; Adam step at lr_at(step);
                       after_optimizer_step(); update dead-latent counters (in tokens)
-        log every `log_every` steps; checkpoint every `checkpoint_every` steps and on SIGTERM/SIGINT
+        on_step(StepEvent) when given (every rank)
+        log every `log_every` steps; checkpoint every `checkpoint_every` steps, after the last step (unless
+        final_checkpoint is false) and on SIGTERM/SIGINT
 
 `train` returns one `TrainedSAE` per SAE: the exported inference SAE, its folder and its metric history.
 """
@@ -94,6 +96,19 @@ class ProgressEvent:
 
 
 @dataclass
+class StepEvent:
+    """Passed to the `on_step` callback after every optimiser step, before that step's logging (every rank).
+
+    step: optimiser steps taken so far (1 after the first). x: [B / world_size, d_in] the batch the SAEs
+    trained on, already scaled. saes: per SAE name, its training module (weights as just updated).
+    """
+
+    step: int
+    x: Tensor
+    saes: dict[str, torch.nn.Module]
+
+
+@dataclass
 class _Member:
     """One SAE of the sweep and its training state."""
 
@@ -116,9 +131,14 @@ class _Member:
 
 class _Run:
     def __init__(
-        self, cfg: TrainConfig, source: Iterable[Tensor] | None, progress: Callable | None, ctx: DistContext
+        self,
+        cfg: TrainConfig,
+        source: Iterable[Tensor] | None,
+        progress: Callable | None,
+        ctx: DistContext,
+        on_step: Callable[[StepEvent], None] | None = None,
     ):
-        self.cfg, self.progress, self.ctx = cfg, progress, ctx
+        self.cfg, self.progress, self.ctx, self.on_step = cfg, progress, ctx, on_step
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.dtype = getattr(torch, cfg.dtype)
         if cfg.batch_size % self.ctx.world_size:
@@ -171,7 +191,7 @@ class _Run:
 
     def _next_batch(self, step: int) -> Parts:
         try:
-            parts = as_parts(next(self.batches))
+            parts = tuple(x.reshape(-1, x.shape[-1]) for x in as_parts(next(self.batches)))
         except StopIteration:
             raise RuntimeError(
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
@@ -380,6 +400,8 @@ class _Run:
             results, y_sum = self._forward_backward(step, x, target)
             self._update(step, results, x if target is None else target, y_sum)
             done = step + 1
+            if self.on_step is not None:
+                self.on_step(StepEvent(done, x, {m.name: m.model for m in self.members}))
             tokens_per_s = (done - start) * cfg.batch_size / max(time.perf_counter() - t_loop, 1e-9)
             record = None
             if done % cfg.log_every == 0 or done == self.total_steps:
@@ -388,7 +410,10 @@ class _Run:
                 if loggers is not None:
                     loggers.log(record)
             saved = None
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == self.total_steps:
+            last = done == self.total_steps
+            if (last and cfg.final_checkpoint) or (
+                not last and cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+            ):
                 saved = self._save(done)
             if self.progress is not None and self.ctx.is_main:
                 self.progress(
@@ -424,6 +449,7 @@ def train(
     cfg: TrainConfig,
     source: Iterable[Tensor] | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
 ) -> list[TrainedSAE]:
     """Trains every SAE of `cfg` on the same batches and returns them, exported, with their metric history.
 
@@ -431,8 +457,10 @@ def train(
         `load_state_dict()` (exact resume), `activation_scale`, `d_in`, `manifest` and `last_source()`;
         by default the shuffling loader of the store at `cfg.activations`. For a crosscoder (`cfg.crosscoder`)
         or a transcoder, batches are tuples of aligned [batch_size / world_size, d_i] tensors: one per site, or
-        (input, target); the source may have `scales`, `d_ins` and `sites` (see train/layout.py).
+        (input, target); the source may have `scales`, `d_ins` and `sites` (see train/layout.py). A batch may
+        have any leading shape ([..., d_in], e.g. [sequences, positions, d_in]): it is flattened to rows.
     progress: called on the main rank after every step with a `ProgressEvent`.
+    on_step: called on every rank after each optimiser step, before logging, with a `StepEvent`.
 
     Raises ConfigError before any work on a bad configuration, NonFiniteError on NaN/inf, and
     TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT, FolderInUse at once when another process
@@ -442,6 +470,6 @@ def train(
     ctx = DistContext.from_env(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
     try:
         with one_writer(cfg.out, "train"):
-            return _Run(cfg, source, progress, ctx).run()
+            return _Run(cfg, source, progress, ctx, on_step).run()
     finally:
         ctx.close()
