@@ -70,3 +70,27 @@ def test_screened_selection_has_the_dense_gradients():
 
     for fast, slow in zip(grads(True), grads(False), strict=True):
         assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_topk_training_with_the_screen_equals_exact_training(tmp_path):
+    from saeforge.sae import create_training_sae
+    from saeforge.sae.base import TrainStepInput
+
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(64, 16, generator=g) + 1.0 for _ in range(3)]
+    models = []
+    for screen in ("off", "bf16"):
+        torch.manual_seed(0)
+        m = create_training_sae({"architecture": "topk", "d_in": 16, "d_sae": 256, "k": 4, "screen": screen})
+        m.init_from_data(xs[0])
+        opt = torch.optim.SGD(m.parameters(), lr=1e-2)
+        for x in xs:
+            out = m.training_forward(TrainStepInput(x=x, dead_mask=torch.zeros(256, dtype=torch.bool)))
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad()
+        models.append((m, out))
+    (a, out_a), (b, out_b) = models
+    assert torch.equal(out_a.fired, out_b.fired)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, rtol=1e-5, atol=1e-6)
