@@ -349,23 +349,7 @@ class _Run:
             start = self._restore()
         else:
             start, pending = 0, self._fresh_start()
-        loggers = None
-        if self.ctx.is_main:
-            cfg.out.mkdir(parents=True, exist_ok=True)
-            if self.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
-                MetricLoggers.truncate(cfg.out, 0)
-            resolved = {
-                "config": cfg.model_dump(mode="json"),
-                "resolved": {r.name: r.to_json() for r in self.resolved},
-            }
-            write_text(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
-            loggers = MetricLoggers(
-                cfg.out,
-                cfg.loggers,
-                cfg.model_dump(mode="json"),
-                cfg.wandb_project,
-                resume_after=self.logged_through if self.checkpoint is not None else None,
-            )
+        loggers = _open_outputs(self) if self.ctx.is_main else None
         status = "FAILED"
         try:
             with StopSignal() as stop:
@@ -428,6 +412,27 @@ class _Run:
                     checkpoint=path,
                     signum=signum,
                 )
+
+
+def _open_outputs(run: _Run) -> MetricLoggers:
+    """Main rank: the run folder, its resolved config and the metric sinks (continuing the trackers' runs on
+    resume)."""
+    cfg = run.cfg
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if run.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
+        MetricLoggers.truncate(cfg.out, 0)
+    resolved = {
+        "config": cfg.model_dump(mode="json"),
+        "resolved": {r.name: r.to_json() for r in run.resolved},
+    }
+    write_text(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
+    return MetricLoggers(
+        cfg.out,
+        cfg.loggers,
+        cfg.model_dump(mode="json"),
+        cfg.wandb_project,
+        resume_after=run.logged_through if run.checkpoint is not None else None,
+    )
 
 
 def _autocast(device: torch.device, mode: str):
