@@ -54,6 +54,7 @@ from saeforge.train.data import (
     source_widths,
 )
 from saeforge.train.defaults import OptimSettings
+from saeforge.train.events import ProgressEvent, StepEvent
 from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
 from saeforge.train.loggers import MetricLoggers, check_logger_packages, read_metrics
 from saeforge.train.optim import Adam
@@ -76,36 +77,6 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, message: str, step: int, checkpoint: Path, signum: int):
         super().__init__(message)
         self.step, self.checkpoint, self.signum = step, checkpoint, signum
-
-
-@dataclass
-class ProgressEvent:
-    """Passed to the `progress` callback after every step (main rank only).
-
-    start_step: the step this process started from (non-zero after a resume).
-    metrics: per SAE name, the metrics of the record logged at this step (None on steps without a record).
-    """
-
-    step: int
-    total_steps: int
-    start_step: int
-    tokens: int
-    total_tokens: int
-    tokens_per_s: float
-    metrics: dict[str, dict[str, float]] | None = None
-
-
-@dataclass
-class StepEvent:
-    """Passed to the `on_step` callback after every optimiser step, before that step's logging (every rank).
-
-    step: optimiser steps taken so far (1 after the first). x: [B / world_size, d_in] the batch the SAEs
-    trained on, already scaled. saes: per SAE name, its training module (weights as just updated).
-    """
-
-    step: int
-    x: Tensor
-    saes: dict[str, torch.nn.Module]
 
 
 @dataclass
@@ -409,24 +380,9 @@ class _Run:
                 self.history.append(record)
                 if loggers is not None:
                     loggers.log(record)
-            saved = None
-            last = done == self.total_steps
-            if (last and cfg.final_checkpoint) or (
-                not last and cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-            ):
-                saved = self._save(done)
+            saved = self._save(done) if _checkpoint_due(cfg, done, self.total_steps) else None
             if self.progress is not None and self.ctx.is_main:
-                self.progress(
-                    ProgressEvent(
-                        step=done,
-                        total_steps=self.total_steps,
-                        start_step=start,
-                        tokens=done * cfg.batch_size,
-                        total_tokens=self.total_steps * cfg.batch_size,
-                        tokens_per_s=tokens_per_s,
-                        metrics=record["saes"] if record else None,
-                    )
-                )
+                self.progress(_progress(cfg, done, self.total_steps, start, tokens_per_s, record))
             if self.ctx.any(stop.signum is not None, self.device) and done < self.total_steps:
                 path = saved or self._save(done)
                 signum = stop.signum or signal.SIGTERM
@@ -458,6 +414,28 @@ def _open_outputs(run: _Run) -> MetricLoggers:
         cfg.wandb_project,
         resume_after=run.logged_through if run.checkpoint is not None else None,
     )
+
+
+def _progress(
+    cfg: TrainConfig, done: int, total: int, start: int, tokens_per_s: float, record: dict | None
+) -> ProgressEvent:
+    return ProgressEvent(
+        step=done,
+        total_steps=total,
+        start_step=start,
+        tokens=done * cfg.batch_size,
+        total_tokens=total * cfg.batch_size,
+        tokens_per_s=tokens_per_s,
+        metrics=record["saes"] if record else None,
+    )
+
+
+def _checkpoint_due(cfg: TrainConfig, done: int, total_steps: int) -> bool:
+    """Whether a checkpoint is saved after step `done`: every `checkpoint_every` steps, and after the last one
+    unless `final_checkpoint` is false."""
+    if done == total_steps:
+        return cfg.final_checkpoint
+    return bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0
 
 
 def _autocast(device: torch.device, mode: str):
