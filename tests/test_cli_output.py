@@ -103,7 +103,7 @@ def test_piped_train_and_eval_print_plain_complete_lines(store, tmp_path, column
     )  # fmt: skip
     assert not any("\x1b" in line or "━" in line for line in lines)  # no colours, no bars
     progress = [line for line in lines if line.startswith("train: step ")]
-    assert progress and progress[-1].startswith("train: step 40/40  2,560/2,560 tokens (100%)")
+    assert progress and progress[-1].startswith("train: step 40/40  2560/2560 tokens (100%)")
     metric_lines = [line for line in lines if line.startswith("  topk-with-a-long-name: loss ")]
     assert len(metric_lines) == len(progress)
     for line in metric_lines:  # one whole line each, whatever the width
@@ -127,3 +127,22 @@ def test_piped_train_and_eval_print_plain_complete_lines(store, tmp_path, column
     )
     evidence = [line for line in lines if line.startswith("topk-with-a-long-name: ")]
     assert len(evidence) == 1 and re.search(r": FVU \d\.\d+", evidence[0])  # on one line, not wrapped
+
+
+def test_piped_run_prints_each_stage_as_one_whole_line(capsys, monkeypatch):
+    from saeforge.cli.run import _Bars
+
+    monkeypatch.setenv("COLUMNS", "80")
+    info = "topk-k32-x16: splicing the reconstruction into the model for the downstream loss (64 contexts)"
+    with _Bars() as bars:
+        bars.stage("evaluate layers.3.resid_post", total=None)
+        bars.advance(0, info)
+        bars.note("no eval_data: evaluating on the training activations (not out-of-sample), as configured")
+        bars.stage("interpret layers.3.resid_post", total=None)
+    lines = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(rf"evaluate layers\.3\.resid_post: done in \d+ s  \({re.escape(info)}\)", lines[0])
+    assert (
+        lines[1]
+        == "  no eval_data: evaluating on the training activations (not out-of-sample), as configured"
+    )
+    assert re.fullmatch(r"interpret layers\.3\.resid_post: done in \d+ s", lines[2]) and len(lines) == 3

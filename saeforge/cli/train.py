@@ -110,7 +110,7 @@ class _Display:
             return
         self._next_tenth = int(done * 10) + 1
         rate = f"  {event.tokens_per_s:,.0f} tokens/s" if event.tokens_per_s else ""
-        lines = [f"{label}: step {event.step}/{event.total_steps}  {event.tokens:,}/{event.total_tokens:,} "
+        lines = [f"{label}: step {event.step}/{event.total_steps}  {event.tokens}/{event.total_tokens} "
                  f"tokens ({done:.0%}){rate}"]  # fmt: skip
         terms = self._terms()
         names = ["loss", *(t.removeprefix("loss_") for t in terms), *self.COLUMNS]
