@@ -140,9 +140,9 @@ def test_piped_run_prints_each_stage_as_one_whole_line(capsys, monkeypatch):
         bars.note("no eval_data: evaluating on the training activations (not out-of-sample), as configured")
         bars.stage("interpret layers.3.resid_post", total=None)
     lines = capsys.readouterr().err.splitlines()
-    assert re.fullmatch(rf"evaluate layers\.3\.resid_post: done in \d+ s  \({re.escape(info)}\)", lines[0])
+    assert re.fullmatch(rf"evaluate layers\.3\.resid_post: done in \d+ s  \({re.escape(info)}\)", lines[1])
     assert (
-        lines[1]
+        lines[0]
         == "  no eval_data: evaluating on the training activations (not out-of-sample), as configured"
     )
     assert re.fullmatch(r"interpret layers\.3\.resid_post: done in \d+ s", lines[2]) and len(lines) == 3
