@@ -213,7 +213,8 @@ code{font-size:.85em;background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:1rem 0;font-size:.9rem;max-width:100%}
 th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:right;overflow-wrap:anywhere}
 th{background:#f4f4f4} td.l,th.l,tbody th{text-align:left}
-.plots{display:flex;flex-wrap:wrap;gap:1rem} img{max-width:100%;height:auto} .plots img{border:1px solid #eee}
+.plots{display:flex;flex-wrap:wrap;gap:1rem} img{max-width:100%;height:auto}
+.plots img{border:1px solid #eee;flex:0 1 520px;min-width:0}
 section.evaluation img{max-width:min(100%,600px)}
 .facts{color:#444} .note{color:#555;font-size:.9rem}
 .latent{border:1px solid #e3e3e3;border-radius:6px;padding:.5rem .8rem;margin:.6rem 0}
