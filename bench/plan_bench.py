@@ -1,7 +1,7 @@
 """`python -m bench.plan_bench [--json PATH]`: the layout planner's predictions against measured steps here.
 
 For each shape, the planner's 1x1 step time on the `cpu` spec (its GEMM and memory rates probed in this run) is
-compared with the measured step of a real TopK SAE (the trainer's kernels and Adam, `saeforge.plan.machine
+compared with the measured step of a real TopK SAE right after the probe (the trainer's kernels and Adam, `saeforge.plan.machine
 .time_sae_step`, best of 3). The ratio measured / predicted is what docs/benchmarks.md reports; the planner
 claims to be within a factor of 3 either way on this machine for shapes of d_sae >= 8192 (smaller steps are
 dominated by per-operation costs the formulas leave out). The gloo link figure the `cpu` spec records
@@ -67,9 +67,9 @@ def gloo_link_bytes_per_s(numel: int = 1 << 24) -> float:
 
 
 def run() -> dict:
-    device = cpu_spec()
     rows = []
     for d_in, d_sae, k, batch in SHAPES:
+        device = cpu_spec()  # probed beside each shape, so that both see the same load
         predicted = plan_layout(Layout(1, 1), d_in, d_sae, k, batch, batch, device).step_s
         measured = time_sae_step(d_in, d_sae, batch, repeats=3, k=k)
         rows.append(
@@ -78,6 +78,8 @@ def run() -> dict:
                 "d_sae": d_sae,
                 "k": k,
                 "batch": batch,
+                "gemm_flops": device.gemm_flops,
+                "memory_bytes_per_s": device.memory_bytes_per_s,
                 "predicted_s": predicted,
                 "measured_s": measured,
                 "ratio": measured / predicted,
@@ -92,8 +94,6 @@ def run() -> dict:
     return {
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
-        "gemm_flops": device.gemm_flops,
-        "memory_bytes_per_s": device.memory_bytes_per_s,
         "gloo_link_bytes_per_s": link,
         "factor": FACTOR,
         "claimed_from_d_sae": CLAIMED_FROM_D_SAE,

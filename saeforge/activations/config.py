@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from saeforge.device import DEFAULT_DEVICE, Device
+from saeforge.device import DEFAULT_DEVICE, Device, DeviceMap
 from saeforge.dtypes import StorageDtype
 from saeforge.hook_names import canonical_hook_name
 
@@ -63,6 +63,7 @@ class CaptureConfig(BaseModel):
     )
     seed: int = Field(default=0, description="seed of the corpus mixture draw")
     device: Device = DEFAULT_DEVICE
+    device_map: DeviceMap = None
     model_dtype: StorageDtype = Field(default="float32", description="dtype the model runs in")
 
     @field_validator("data", mode="before")
@@ -107,8 +108,8 @@ class CaptureConfig(BaseModel):
         }
 
     def resume_key(self) -> dict:
-        """The settings a store's content depends on (device and out do not count)."""
-        return self.model_dump(mode="json", exclude={"out", "device"})
+        """The settings a store's content depends on (device, device_map and out do not count)."""
+        return self.model_dump(mode="json", exclude={"out", "device", "device_map"})
 
 
 class PlanConfig(BaseModel):
@@ -117,8 +118,12 @@ class PlanConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(default=None, description="local model directory (times capture and a step here)")
-    hook: str | None = Field(default=None, description="hook name the SAE will read, e.g. layers.3.resid_post")
+    model: str | None = Field(
+        default=None, description="local model directory (times capture and a step here)"
+    )
+    hook: str | None = Field(
+        default=None, description="hook name the SAE will read, e.g. layers.3.resid_post"
+    )
     tokens: int = Field(gt=0, description="tokens to capture and train on")
     dtype: StorageDtype = Field(default="float32", description="stored dtype of the activations")
     expansion_factor: float = Field(default=16.0, gt=0, description="d_sae / d_in of the planned SAE")
