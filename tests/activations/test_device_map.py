@@ -10,7 +10,7 @@ import torch
 
 from saeforge.activations import ActivationStore, capture
 from saeforge.errors import ConfigError
-from saeforge.models import load_model, run_hooks
+from saeforge.models import load_model, run_hooks, splice
 from saeforge.models.device_map import replica_gpus, resolve_device_map
 
 HOOKS = ["layers.0.resid_post", "layers.1.resid_post"]
@@ -38,6 +38,14 @@ def test_a_split_model_records_the_unsplit_models_hooks(gpt2, tmp_path):
         got = run_hooks(loaded, ids, torch.ones_like(ids), HOOKS)
         for h in HOOKS:
             torch.testing.assert_close(got[h], want[h], rtol=1e-6, atol=1e-6)
+
+    def edited_logits(loaded):  # what steering does: replace the offloaded block's output during the forward
+        with torch.no_grad(), splice(loaded, HOOKS[1], lambda a: 0.5 * a + 1.0):
+            return loaded.model(input_ids=ids).logits
+
+    plain_edit = edited_logits(plain)
+    assert not torch.allclose(plain_edit, plain.model(input_ids=ids).logits.detach())
+    torch.testing.assert_close(edited_logits(split), plain_edit, rtol=1e-6, atol=1e-6)
 
 
 def test_capture_with_a_device_map_file_equals_the_plain_capture(reference_capture, tmp_path):
