@@ -25,7 +25,8 @@ HELP = "\n\n".join(
         "Writes OUT/<name>/ (cfg.json + sae_weights.safetensors) per SAE, OUT/metrics.jsonl, OUT/curves.png, "
         "OUT/run_card.json and OUT/checkpoints/. SIGTERM or Ctrl-C saves a checkpoint and exits; rerun the same "
         "command with --resume to continue.",
-        "Data parallel: torchrun --nproc_per_node N -m saeforge train ...",
+        "Data parallel: torchrun --nproc_per_node N -m saeforge train ...; with distribute_hooks: true in CONFIG "
+        "(one store per hook in activations) each rank trains the saes of its hooks instead.",
     ]
 )
 
@@ -184,27 +185,41 @@ def train_command(
     with exit_codes():
         cfg = _config(config, settings, spec)
     from saeforge.lock import FolderInUse
-    from saeforge.train import NonFiniteError, TrainingInterrupted, train
+    from saeforge.train import NonFiniteError, TrainingInterrupted, train, train_hooks
 
     display = _Display() if _is_main_rank() else None
+    per_hook = None
     try:
         # The display is stopped (its last frame drawn) before an error or the interruption is printed.
         with exit_codes(failed=(NonFiniteError, FolderInUse)), display or contextlib.nullcontext():
-            results = train(cfg, progress=display)
+            if cfg.distribute_hooks:
+                per_hook = train_hooks(cfg, progress=display)
+            else:
+                results = train(cfg, progress=display)
     except TrainingInterrupted as e:
         if _is_main_rank():
             typer.echo(str(e), err=True)
         raise typer.Exit(128 + e.signum) from None
 
+    if per_hook is not None:  # every rank reports the hooks it trained
+        for hook, results in per_hook.items():
+            typer.echo(f"{hook} (rank {os.environ.get('RANK', '0')}):")
+            _report(results)
+        return
     if not _is_main_rank():
         return
+    _report(results)
+    typer.echo(f"metrics: {cfg.out / 'metrics.jsonl'}  curves: {cfg.out / 'curves.png'}")
+    sys.stdout.flush()
+
+
+def _report(results) -> None:
     for r in results:
         m = r.metrics
         typer.echo(
             f"{r.name}: FVU {m.get('fvu', float('nan')):.4f}  L0 {m.get('l0', float('nan')):.1f}  "
             f"dead {100 * m.get('dead_fraction', float('nan')):.1f}%  -> {r.path}"
         )
-    typer.echo(f"metrics: {cfg.out / 'metrics.jsonl'}  curves: {cfg.out / 'curves.png'}")
     sys.stdout.flush()
 
 
