@@ -68,7 +68,7 @@ class _Display:
                 f"{m['loss']:.4g}",
                 *(f"{m.get(t, float('nan')):.4g}" for t in terms),
                 f"{m['l0']:.1f}",
-                f"{m['fvu']:.4f}",
+                "n/a" if m["fvu"] is None else f"{m['fvu']:.4f}",
                 f"{100 * m['dead_fraction']:.1f}",
                 f"{m['lr']:.2e}",
             )

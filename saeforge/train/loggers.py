@@ -34,7 +34,7 @@ def check_logger_packages(loggers: list[str]) -> None:
 def flatten(record: dict[str, Any]) -> dict[str, float]:
     flat = {k: float(v) for k, v in record.items() if k not in ("saes", "step")}
     for name, metrics in record["saes"].items():
-        flat.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
+        flat.update({f"{name}/{k}": float(v) for k, v in metrics.items() if v is not None})
     return flat
 
 
