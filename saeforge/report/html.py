@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from saeforge.report.figures import pyplot
-from saeforge.report.format import fmt
+from saeforge.report.format import fmt, no_controls
 
 HEADLINE_KEYS = ("fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction_10", "ce_loss_score")
 
@@ -184,7 +184,7 @@ def render_report(
     ]
     imgs = "".join(f'<img src="{p}">' for p in plots if p)
     latents = "\n".join(_latents_html(r) for r in reports)
-    return f"""<!doctype html>
+    return no_controls(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><h1>{html.escape(title)}</h1><div class="sub">{head}</div>
 <h2>Headline metrics (held-out activations)</h2>{table}
@@ -192,4 +192,4 @@ def render_report(
 {"".join(extra_sections)}
 <h2>Latents</h2>{latents}
 </body></html>
-"""
+""")
