@@ -16,9 +16,9 @@ from saeforge.hook_names import canonical_hook_name
 # The two models of a paired capture, in --model order; their stores go to out/<role>/<hook>.
 ROLES = ("base", "finetuned")
 
-# Default outlier filter: a row whose norm exceeds this multiple of its context's median norm is dropped. Large
-# enough to keep the "massive activations" of real models (a few hundred times the median at attention-sink
-# tokens), small enough to drop rows of overflowed or corrupted values (1e30 among rows of norm ~10).
+# Default outlier filter: a row whose norm exceeds this multiple of its context's median norm is dropped. Loose on
+# purpose: meant to keep the large-norm rows of attention-sink tokens ("massive activations", Sun et al. 2024)
+# and drop rows of overflowed or corrupted values (1e30 among rows of norm ~10). See docs/formats.md.
 OUTLIER_FACTOR = 1000.0
 
 
