@@ -46,7 +46,7 @@ from saeforge.train.checkpoint import (
 from saeforge.train.config import TrainConfig
 from saeforge.train.data import (
     activation_scales,
-    check_shapes,
+    check_batch,
     data_fingerprint,
     describe_batch,
     open_loader,
@@ -169,9 +169,10 @@ class _Run:
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        widths, world = self.layout.widths, self.ctx.world_size
-        check_shapes(parts, step, self.local_batch, widths, self.cfg.batch_size, world, self.d_in)
-        return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
+        parts = tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
+        widths, world, batch = self.layout.widths, self.ctx.world_size, self.cfg.batch_size
+        self.raw_bad = check_batch(parts, step, self.local_batch, widths, batch, world, self.d_in)
+        return parts
 
     def _scaled(self, parts: Parts) -> tuple[Tensor, Tensor | None]:
         """(x, target) of scaled parts (see train/layout.py)."""
@@ -262,14 +263,11 @@ class _Run:
 
         Returns each SAE's step metrics and the float64 column sums of the target [d_out]."""
         autocast = _autocast(self.device, self.cfg.autocast)
-        # The float64 column sums feed the input statistics and double as an exact finiteness check: a NaN or
-        # inf propagates into its column's sum, and float32 values cannot overflow a float64 sum of a batch.
+        # The float64 column sums feed the input statistics; every part was checked unscaled by check_batch
+        # (NaN/inf, float32 overflow of a row's squared norm), and a finite scale keeps finite values finite.
         y = x if target is None else target
         y_sum = y.sum(0, dtype=torch.float64)
-        input_bad = ~torch.isfinite(y_sum).all()
-        if target is not None:
-            input_bad = input_bad | ~torch.isfinite(x.sum(dtype=torch.float64))
-        results, flags = [], [input_bad]
+        results, flags = [], [self.raw_bad | ~torch.isfinite(y_sum).all()]
         for m in self.members:
             inp = TrainStepInput(
                 x=x,

@@ -342,6 +342,7 @@ def test_nan_row_in_a_store_is_located_by_shard_and_row(tmp_path):
 
     from safetensors.torch import save_file
 
+    from saeforge.activations.manifest import Manifest, shards_digest
     from saeforge.activations.writer import write_store
 
     src = SyntheticSource(D_IN, B)
@@ -353,6 +354,7 @@ def test_nan_row_in_a_store_is_located_by_shard_and_row(tmp_path):
     save_file(tensors, str(shard))
     manifest = json.loads((tmp_path / "acts" / "manifest.json").read_text())
     manifest["shards"][1]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
+    manifest["shards_digest"] = shards_digest(Manifest.model_validate(manifest).shards)
     (tmp_path / "acts" / "manifest.json").write_text(json.dumps(manifest))
 
     cfg = _cfg(tmp_path, steps=8, activations=str(tmp_path / "acts"))
