@@ -12,6 +12,7 @@ import os
 import typer
 
 from saeforge.activations.config import CaptureConfig
+from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes, fail
 from saeforge.errors import EXIT_FAILED
@@ -73,6 +74,9 @@ def capture(
             data=sources,
             exclude_special=not include_special,
         )
+        for m in model:
+            checks.model_dir(m)
+        checks.corpora(data)
     from saeforge.activations.capture import CaptureError, capture, store_status
     from saeforge.lock import FolderInUse
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from saeforge.activations.config import PlanConfig
+from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes
 
@@ -29,10 +30,11 @@ def _duration(s: float) -> str:
 @config_options(PlanConfig, flags={"batch_size": ("--forward-batch-size", "--batch-size")})
 def plan(settings: Settings) -> None:
     """Print disk, memory and time estimates for capturing TOKENS at HOOK and training an SAE on them."""
-    from saeforge.plan import plan as make_plan
-
     with exit_codes():
         cfg = settings.build()
+        checks.model_dir(cfg.model)
+    from saeforge.plan import plan as make_plan
+
     with exit_codes(failed=(ValueError,)):
         p = make_plan(
             cfg.model,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes
 from saeforge.errors import ConfigError
@@ -139,6 +140,7 @@ def train_command(
 ) -> None:
     with exit_codes():
         cfg = _config(config, settings, spec)
+        _check_files(cfg)
     from saeforge.lock import FolderInUse
     from saeforge.train import NonFiniteError, TrainingInterrupted, train
 
@@ -189,6 +191,18 @@ def _config(config: Path | None, settings: Settings, spec: Settings) -> TrainCon
         loggers=["jsonl", *(settings.values["loggers"] or [])],
         resume=bool(settings.values["resume"]),
     )
+
+
+def _check_files(cfg: TrainConfig) -> None:
+    """The stores exist and every SAE's d_in (when given) is the input store's (before torch loads)."""
+    widths = [checks.store_manifest(p).get("d_in") for p in cfg.input_paths]
+    if cfg.target_activations is not None:
+        checks.store_manifest(cfg.target_activations, "--target-activations")
+    if cfg.crosscoder or not widths:
+        return
+    if widths[0] is not None:
+        for i, s in enumerate(cfg.saes):
+            s.check_d_in(widths[0], f"saes[{i}] ({s.name})", str(cfg.input_paths[0]))
 
 
 def _flag_value(flag: str, *settings: Settings):

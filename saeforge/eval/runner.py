@@ -17,6 +17,7 @@ from saeforge.eval.downstream import contexts_from_source
 from saeforge.eval.drift import latent_drift, metric_changes
 from saeforge.eval.evaluate import evaluate, extra_label
 from saeforge.eval.stream import limited_batches
+from saeforge.errors import ConfigError
 from saeforge.hook_names import canonical_hook_name
 from saeforge.sae.base import SAE
 
@@ -84,13 +85,13 @@ def _open_store(path: Path, sae_paths: Sequence[Path], saes: Sequence[SAE], veri
     store.check_shards()
     for sae_path, sae in zip(sae_paths, saes, strict=True):
         if sae.d_in != store.d_in:
-            raise ValueError(
+            raise ConfigError(
                 f"SAE {sae_path} has d_in {sae.d_in} but the activation store {path} holds activations of "
                 f"d_in {store.d_in}: evaluate it on activations captured at the hook it was trained on"
             )
         sae_hook = sae.cfg.metadata.get("hook_name")
         if sae_hook and store.hook and canonical_hook_name(sae_hook) != canonical_hook_name(store.hook):
-            raise ValueError(
+            raise ConfigError(
                 f"SAE {sae_path} was trained at hook {sae_hook!r} but the activation store {path} holds hook "
                 f"{store.hook!r}: give a store captured at {sae_hook!r}"
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from saeforge.device import resolve_device
 from saeforge.dtypes import STORAGE_DTYPES, torch_dtype
+from saeforge.models.paths import ModelLoadError, check_model_dir
 
 # Encoder-only model types loaded with AutoModel (no LM head); everything else must be a causal LM.
 ENCODER_TYPES = frozenset(
@@ -22,11 +22,6 @@ ENCODER_TYPES = frozenset(
 EXAMPLE_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-class ModelLoadError(ValueError):
-    """A model directory that cannot be loaded; the message names the problem and the fix."""
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -78,35 +73,13 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def _check_path(path: str | Path) -> Path:
-    text = str(path)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise ModelLoadError(
-                f"model path {text!r} is a file; give the directory holding config.json and weights"
-            )
-        if not (local / "config.json").is_file():
-            raise ModelLoadError(
-                f"{local} has no config.json; a model directory is what save_pretrained writes"
-            )
-        return local
-    if _HUB_ID.fullmatch(text) and not text.startswith("."):
-        raise ModelLoadError(
-            f"{text!r} is not a local directory. Models must be local paths: saeforge never downloads. "
-            "Copy the model to a directory first (e.g. `hf download ORG/NAME --local-dir DIR` on a machine "
-            "with access) and pass that directory."
-        )
-    raise ModelLoadError(f"model directory {text!r} does not exist")
-
-
 def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> LoadedModel:
     """Loads the model and tokenizer in local directory PATH (local files only), in eval mode on DEVICE.
 
     dtype: "float32", "float16" or "bfloat16". Encoder types (BERT, RoBERTa, ...) load as the bare encoder;
     other types as a causal LM.
     """
-    local = _check_path(path)
+    local = check_model_dir(path)
     if dtype not in STORAGE_DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from saeforge.config_file import read_yaml_mapping
 from saeforge.device import DEFAULT_DEVICE, Device
 from saeforge.errors import ConfigError, format_validation_error
 from saeforge.sparsity import SparsitySettings
@@ -96,6 +96,14 @@ class SAESpec(SparsitySettings, _Strict):
         if self.betas is not None and not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
         return self
+
+    def check_d_in(self, d_in: int, where: str, data_source: str) -> None:
+        """ConfigError when this SAE asks for a d_in other than its data's (`where` names the SAE)."""
+        if self.d_in is not None and self.d_in != d_in:
+            raise ConfigError(
+                f"{where}.d_in: the SAE asks for d_in={self.d_in} but {data_source} has d_in={d_in}; "
+                "remove d_in or point activations at a store of that width"
+            )
 
     def resolved_d_sae(self, d_in: int) -> int:
         if self.d_sae is not None:
@@ -200,17 +208,7 @@ class TrainConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Reads a YAML file; `overrides` (e.g. out=..., resume=True) replace top-level keys."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file {path} does not exist") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path} must hold a mapping with keys activations, tokens, batch_size, out, saes"
-            )
+        data = read_yaml_mapping(path, "activations, tokens, batch_size, out, saes")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.parse(data, source=str(path))
 
@@ -220,4 +218,4 @@ class TrainConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source)) from None
+            raise ConfigError(format_validation_error(e, source, model=cls)) from None
