@@ -27,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
-from saeforge.config_file import read_yaml_mapping
-from saeforge.errors import ConfigError
+from saeforge.errors import ConfigError, read_yaml_mapping
 from saeforge.eval import EvalConfig, run_eval, write_eval_outputs
 from saeforge.hook_names import canonical_hook_name
 from saeforge.lock import one_writer

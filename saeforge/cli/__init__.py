@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from saeforge.cli.app import app
+from saeforge.cli.app import add_version_options, app
 
 __all__ = ["app", "main"]
 
@@ -16,6 +16,8 @@ __all__ = ["app", "main"]
 def _register() -> None:
     # Each command module adds itself to `app`; importing them is all registration takes.
     from saeforge.cli import commands  # noqa: F401
+
+    add_version_options()
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from saeforge.cli.app import app
+from saeforge.cli.options import exit_codes, fail
+from saeforge.errors import EXIT_FAILED
 
 HELP = "\n\n".join(
     [
@@ -80,22 +82,18 @@ def run(
     from rich.table import Table
 
     from saeforge.lock import FolderInUse
-    from saeforge.pipeline import ConfigError, load_run_config, run_pipeline
+    from saeforge.pipeline import load_run_config, run_pipeline
 
     console = Console()
-    try:
+    with exit_codes():  # plain text: a YAML message is shown as the parser wrote it (no rich markup)
         plan = load_run_config(config, out=out)
-    except (ConfigError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
     label = str(config) if config else "the built-in example (MiniLM, layers.3.resid_post, TopK k=32 x16)"
     console.print(f"saeforge run: {label} -> {plan.run.out}")
     try:
         with _Bars() as bars:
             result = run_pipeline(plan, progress=bars)
     except FolderInUse as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
+        fail(str(e), EXIT_FAILED)
 
     table = Table(title="held-out evaluation")
     for col in ("SAE", "FVU", "L0", "dead %", "verdict"):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saeforge.errors import ConfigError
 from saeforge.eval.config import EvalConfig
 from saeforge.eval.dictionaries import check_kind, evaluate_dictionary, open_aligned
 from saeforge.eval.dictionary import stability
@@ -17,7 +18,6 @@ from saeforge.eval.downstream import contexts_from_source
 from saeforge.eval.drift import latent_drift, metric_changes
 from saeforge.eval.evaluate import evaluate, extra_label
 from saeforge.eval.stream import limited_batches
-from saeforge.errors import ConfigError
 from saeforge.hook_names import canonical_hook_name
 from saeforge.sae.base import SAE
 

@@ -88,7 +88,9 @@ def attribute(
     `ablate` largest |direct| of them also get the ablation effect.
     """
     if loaded.kind != "causal":
-        raise ValueError(f"{loaded.path} is a {loaded.kind} model: attribution needs a causal LM's logits")
+        raise ValueError(
+            f"{loaded.path} is an {loaded.kind} model (not a causal LM): attribution needs a causal LM's logits"
+        )
     hook = hook or sae.cfg.metadata.get("hook_name")
     if not hook:
         raise ValueError("the SAE's cfg.json names no hook_name: pass --hook")

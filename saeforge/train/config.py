@@ -13,9 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from saeforge.config_file import read_yaml_mapping
 from saeforge.device import DEFAULT_DEVICE, Device
-from saeforge.errors import ConfigError, format_validation_error
+from saeforge.errors import ConfigError, format_validation_error, read_yaml_mapping
 from saeforge.sparsity import SparsitySettings
 
 LrSchedule = Literal["constant", "cosine", "linear"]
