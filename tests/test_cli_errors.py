@@ -148,3 +148,28 @@ def test_a_bad_byte_later_in_a_corpus_names_its_line(tmp_path):
     assert next(docs) == "one"
     with pytest.raises(SourceError, match=r"c.jsonl:3: not valid UTF-8 \(byte 0xe9 at column 14\).*iconv"):
         list(docs)
+
+
+def test_a_run_that_fails_after_validation_leaves_no_empty_folders(tmp_path, files):
+    from typer.testing import CliRunner
+
+    from saeforge.cli import _register, app
+
+    _register()
+    out = tmp_path / "new" / "deeper" / "acts"
+    args = ["capture", "--model", files["model"], "--hook", "layers.9.resid_post", "--data", "builtin"]
+    result = CliRunner().invoke(app, [*map(str, args), "--tokens", "100", "--out", str(out)])
+    assert result.exit_code == 2 and "layer 9 does not exist" in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []  # the folders it made (out and its missing parents) are gone
+
+
+def test_the_writer_lock_removes_only_the_empty_folders_it_created(tmp_path):
+    from saeforge.lock import one_writer
+
+    (tmp_path / "kept").mkdir()
+    with one_writer(tmp_path / "kept" / "a" / "b", "test"):
+        (tmp_path / "kept" / "a" / "note.txt").write_text("written by the run")
+    assert sorted(p.name for p in (tmp_path / "kept" / "a").iterdir()) == ["note.txt"]  # b went, a stays
+    with pytest.raises(RuntimeError), one_writer(tmp_path / "x" / "y", "test"):
+        raise RuntimeError("failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]

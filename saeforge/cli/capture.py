@@ -15,7 +15,7 @@ from saeforge.activations.config import CaptureConfig
 from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes, fail
-from saeforge.errors import EXIT_FAILED
+from saeforge.errors import EXIT_FAILED, EXIT_USAGE
 
 
 def _weights(mix: str | None, n: int) -> list[float]:
@@ -79,6 +79,7 @@ def capture(
         checks.corpora(data)
     from saeforge.activations.capture import CaptureError, capture, store_status
     from saeforge.lock import FolderInUse
+    from saeforge.models import HookError, ModelLoadError
 
     out, tokens = cfg.out, cfg.tokens
     rank = int(os.environ.get("RANK", "0"))
@@ -101,6 +102,8 @@ def capture(
         ) as bar:
             task = bar.add_task("capture", total=tokens)
             dirs = capture(cfg, progress=lambda done, total: bar.update(task, completed=done))
+    except (HookError, ModelLoadError) as e:  # the input must change (saeforge.errors)
+        fail(str(e), EXIT_USAGE)
     except (CaptureError, FolderInUse, ValueError) as e:
         fail(str(e), EXIT_FAILED)
     if rank == 0:
