@@ -177,6 +177,16 @@ def config_options(
     return decorate
 
 
+def duration(seconds: float) -> str:
+    """A wall time as people say it: '45 s', '2 min 23 s', '1 h 48 min'."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> typing.NoReturn:
     """Prints `error: message` on stderr and exits (2: the input must change; 1: the work failed)."""
     typer.echo(f"error: {message}", err=True)

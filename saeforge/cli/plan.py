@@ -7,7 +7,7 @@ import typer
 from saeforge.activations.config import PlanConfig
 from saeforge.cli import checks
 from saeforge.cli.app import app
-from saeforge.cli.options import Settings, config_options, exit_codes
+from saeforge.cli.options import Settings, config_options, duration, exit_codes
 
 
 def _size(n: float) -> str:
@@ -16,14 +16,6 @@ def _size(n: float) -> str:
             return f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-def _duration(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
 
 
 @app.command()
@@ -68,8 +60,8 @@ def plan(settings: Settings) -> None:
     )
     typer.echo(f"  working memory     {_size(p.batch_bytes)} per batch of 4096 rows")
     typer.echo(
-        f"  capture time       {_duration(p.capture_seconds)} ({p.forward_tokens_per_s:,.0f} tokens/s forward on {device})"
+        f"  capture time       {duration(p.capture_seconds)} ({p.forward_tokens_per_s:,.0f} tokens/s forward on {device})"
     )
     typer.echo(
-        f"  training time      {_duration(p.train_seconds)} ({p.train_tokens_per_s:,.0f} tokens/s, dense SAE step on {device})"
+        f"  training time      {duration(p.train_seconds)} ({p.train_tokens_per_s:,.0f} tokens/s, dense SAE step on {device})"
     )

@@ -131,7 +131,17 @@ class TrainConfig(_Strict):
         description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
         "checksums (another tool's) unverified, and the run card records it",
     )
-    tokens: int = Field(gt=0, description="training tokens (activation rows); steps = tokens // batch_size")
+    tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="training tokens (activation rows); steps = tokens // batch_size. Default: epochs passes "
+        "over the store",
+    )
+    epochs: float | None = Field(
+        default=None,
+        gt=0,
+        description="passes over the store when tokens is not given (default 1: every row once)",
+    )
     batch_size: int = Field(default=4096, gt=0, description="global batch size in tokens")
     out: Path = Field(description="run directory: checkpoints, metrics, plots and one folder per SAE")
     saes: list[SAESpec] = Field(min_length=1, description="the SAEs trained on the same batches")
@@ -180,9 +190,28 @@ class TrainConfig(_Strict):
             )
         if self.crosscoder and len(stores) == 1:
             raise ValueError("crosscoder: give two or more activation stores (one per site)")
-        if self.tokens < self.batch_size:
+        if self.tokens is not None and self.epochs is not None:
+            raise ValueError("give tokens or epochs, not both (tokens = epochs x the store's rows)")
+        if self.tokens is not None and self.tokens < self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
         return self
+
+    def with_tokens(self, rows: int | None) -> TrainConfig:
+        """This run with `tokens` set: as given, else `epochs` (default 1) passes over the store's `rows`.
+
+        Raises ConfigError when tokens is unset and the number of rows is unknown (a batch source passed in
+        Python), or when one pass gives fewer tokens than one batch."""
+        if self.tokens is not None:
+            return self
+        if not rows:
+            raise ConfigError("tokens: give the number of training tokens (the data's size is unknown)")
+        tokens = round((self.epochs or 1.0) * rows)
+        if tokens < self.batch_size:
+            raise ConfigError(
+                f"tokens: {self.epochs or 1:g} pass(es) over the store's {rows:,} rows is fewer than one batch "
+                f"of batch_size {self.batch_size}; lower --batch-size, or give --tokens or --epochs"
+            )
+        return self.model_copy(update={"tokens": tokens, "epochs": None})
 
     @field_validator("activations", mode="before")
     @classmethod
@@ -202,6 +231,8 @@ class TrainConfig(_Strict):
 
     @property
     def total_steps(self) -> int:
+        if self.tokens is None:
+            raise ConfigError("tokens is not resolved yet: call with_tokens(rows of the store) first")
         return self.tokens // self.batch_size
 
     @classmethod
