@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from saeforge.cli.app import app
-from saeforge.cli.options import exit_codes, fail
+from saeforge.cli.options import duration, exit_codes, fail
 from saeforge.errors import EXIT_FAILED
 
 HELP = "\n\n".join(
@@ -107,4 +107,5 @@ def run(
             str(m.get("verdict_evidence") or m.get("verdict", "")),
         )
     console.print(table)
-    console.print(f"report: {result.report.resolve()}  ({result.seconds:.0f} s)")
+    console.print(f"report: {result.report.resolve()}")
+    console.print(f"took {duration(result.seconds)}")
