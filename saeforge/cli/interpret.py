@@ -49,9 +49,6 @@ def interpret(
     """
     with exit_codes():
         cfg = settings.build(latent_ids=parse_ids(latent_ids, "--latent-ids"))
-        checks.sae_fits_store(cfg.sae, cfg.activations)
-        if cfg.model is not None:
-            checks.model_dir(cfg.model)
     with writing(cfg.out, "interpret"):
         _interpret(cfg)
 
@@ -59,6 +56,9 @@ def interpret(
 def _interpret(cfg: InterpretConfig) -> None:
     """Describes (and, with a judge, explains) the latents of `cfg` into cfg.out, which this process holds."""
     with exit_codes():
+        checks.sae_fits_store(cfg.sae, cfg.activations)  # before torch loads
+        if cfg.model is not None:
+            checks.model_dir(cfg.model)
         sae, store, chosen, judge = _open_inputs(cfg)
     result = _describe(cfg, sae, store, chosen)
     out = cfg.out

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from saeforge.cli.app import app
-from saeforge.cli.options import duration, exit_codes, fail
-from saeforge.errors import EXIT_FAILED
+from saeforge.cli.options import duration, fail
+from saeforge.errors import EXIT_FAILED, EXIT_USAGE
 
 HELP = "\n\n".join(
     [
@@ -85,8 +85,11 @@ def run(
     from saeforge.pipeline import load_run_config, run_pipeline
 
     console = Console()
-    with exit_codes():  # plain text: a YAML message is shown as the parser wrote it (no rich markup)
+    try:
         plan = load_run_config(config, out=out)
+    except ValueError as e:  # ConfigError included; plain text: a YAML message shows as the parser wrote it
+        typer.echo(f"error: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
     label = str(config) if config else "the built-in example (MiniLM, layers.3.resid_post, TopK k=32 x16)"
     console.print(f"saeforge run: {label} -> {plan.run.out}")
     try:
