@@ -12,6 +12,7 @@ import torch
 
 from saeforge.device import resolve_device
 from saeforge.dtypes import STORAGE_DTYPES, torch_dtype
+from saeforge.models.device_map import input_device, resolve_device_map
 from saeforge.models.paths import ModelLoadError, check_model_dir
 
 # Encoder-only model types loaded with AutoModel (no LM head); everything else must be a causal LM.
@@ -70,16 +71,45 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first device of a device map (accelerate moves tensors between the others),
+        else the parameters' device."""
+        return input_device(self.model)
 
 
-def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> LoadedModel:
+def _check_safetensors(local: Path) -> None:
+    """Refuses a model folder whose weights are pickle files only (pytorch_model.bin, *.pt): unpickling can run
+    code, so saeforge reads safetensors only."""
+    names = [p.name for p in local.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth")))
+    if pickled:
+        raise ModelLoadError(
+            f"{local} holds its weights only as pickle files ({', '.join(pickled[:3])}); saeforge loads "
+            "safetensors only, since unpickling a file can run code. Convert the model once, on a machine and "
+            'from a source you trust: python -c "import transformers as t; '
+            f"t.AutoModel.from_pretrained('{local}').save_pretrained('{local}-safetensors')\" (AutoModelForCausalLM "
+            "for a causal LM; copy the tokenizer files too), then pass that folder."
+        )
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> LoadedModel:
     """Loads the model and tokenizer in local directory PATH (local files only), in eval mode on DEVICE.
 
     dtype: "float32", "float16" or "bfloat16". Encoder types (BERT, RoBERTa, ...) load as the bare encoder;
-    other types as a causal LM.
+    other types as a causal LM. device_map (instead of DEVICE, see `device_map.py`): "auto", a JSON file, or a
+    dict {module name: device}; modules mapped to "disk" are offloaded to `offload_folder` (default: a
+    temporary folder removed at exit).
     """
     local = check_model_dir(path)
+    _check_safetensors(local)
+    placement = resolve_device_map(device_map, offload_folder)
     if dtype not in STORAGE_DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -92,14 +122,16 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     kind = "encoder" if config.model_type in ENCODER_TYPES else "causal"
     loader = AutoModel if kind == "encoder" else AutoModelForCausalLM
     try:
-        model = loader.from_pretrained(local, local_files_only=True, dtype=torch_dtype(dtype))
+        model = loader.from_pretrained(
+            local, local_files_only=True, dtype=torch_dtype(dtype), use_safetensors=True, **placement
+        )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{local}: could not load the {config.model_type} model: {e}") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise ModelLoadError(f"{local}: no usable tokenizer files in the model directory: {e}") from e
-    model = model.to(resolve_device(device)).eval()
+    model = (model if placement else model.to(resolve_device(device))).eval()
     text_config = config.get_text_config()
     return LoadedModel(
         model=model,

@@ -2,8 +2,7 @@
 
 Times come from a short timed run here: a few truncated forward passes of the model to the hook, and a few
 training steps of a real dense SAE of the planned size (the `standard` architecture and the trainer's Adam).
-The dense step is an upper bound for TopK with a sparse decoder. The planner sits after train/ in the stage
-order (it uses models, activations, sae and train), beside pipeline.py.
+The dense step is an upper bound for TopK with a sparse decoder.
 """
 
 from __future__ import annotations
@@ -51,15 +50,24 @@ def _timed(fn, repeats: int) -> float:
 
 
 def time_sae_step(
-    d_in: int, d_sae: int, batch: int = _TRAIN_BATCH, repeats: int = 2, config: Any = None
+    d_in: int,
+    d_sae: int,
+    batch: int = _TRAIN_BATCH,
+    repeats: int = 2,
+    k: int | None = None,
+    config: Any = None,
 ) -> float:
-    """Seconds of one training step (forward, loss, backward, the trainer's Adam) on a [batch, d_in] batch of
-    the training SAE `config` (a TrainingSAEConfig; default a dense `standard` SAE of d_sae latents)."""
+    """Seconds of one training step of a real SAE (encode, activation, decode, loss, backward, the trainer's
+    Adam) on a [batch, d_in] batch: the dense `standard` architecture (ReLU, L1 penalty), with `k` the `topk`
+    architecture and its sparse kernels, or the training SAE `config` (a TrainingSAEConfig) as given."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    sae = create_training_sae(
-        config or {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "sparsity_coefficient": 1.0}
+    sparsity = (
+        {"architecture": "standard", "sparsity_coefficient": 1.0}
+        if k is None
+        else {"architecture": "topk", "k": k}
     )
+    sae = create_training_sae(config or {"d_in": d_in, "d_sae": d_sae, **sparsity})
     params = [p for p in sae.parameters() if p.requires_grad]
     opt = Adam(params, lr=1e-4)
     x = torch.randn(batch, d_in, generator=g)
@@ -91,7 +99,11 @@ def estimate_training(cfg: TrainConfig, d_in: int, rows: int) -> TrainingEstimat
     configured, scaled to the run's batch size. Data loading and metrics are not timed."""
     batch = min(cfg.batch_size, _TRAIN_BATCH)
     resolved = resolve_specs(cfg, d_in, "the store")
-    step_s = sum(time_sae_step(d_in, r.d_sae, batch, 3, r.sae_cfg) for r in resolved) * cfg.batch_size / batch
+    step_s = (
+        sum(time_sae_step(d_in, r.d_sae, batch, 3, config=r.sae_cfg) for r in resolved)
+        * cfg.batch_size
+        / batch
+    )
     return TrainingEstimate(
         tokens=cfg.tokens,
         steps=cfg.total_steps,
