@@ -63,7 +63,7 @@ def _interpret(cfg: InterpretConfig) -> None:
     if judge is not None:
         from rich.progress import Progress
 
-        from saeforge.interpret.judge import JudgeError
+        from saeforge.interpret.client import JudgeError
         from saeforge.interpret.pipeline import add_judgements
 
         with Progress(transient=True) as bar:
@@ -77,8 +77,10 @@ def _interpret(cfg: InterpretConfig) -> None:
                     lambda n: bar.advance(task, n),
                 )
             except JudgeError as e:
+                _write(result, out)
                 fail(
-                    f"{e}\n(statistics and contexts were written to {out}; explanations are missing)",
+                    f"{e}\n(statistics, contexts and the {len(judge.journal)} judge answers received were "
+                    f"written to {out}; rerun the same command to ask the judge only for the rest)",
                     EXIT_FAILED,
                 )
         index, db = _write(result, out)
@@ -101,7 +103,7 @@ def _interpret(cfg: InterpretConfig) -> None:
 def _open_inputs(cfg: InterpretConfig):
     """The SAE, the store and the chosen latents, checked against each other; the judge client if asked for."""
     from saeforge.activations.store import ActivationStore
-    from saeforge.interpret.judge import JudgeClient
+    from saeforge.interpret.client import AnswerJournal, JudgeClient
     from saeforge.interpret.pipeline import choose_latents
     from saeforge.sae import load_sae
 
@@ -118,6 +120,8 @@ def _open_inputs(cfg: InterpretConfig):
             timeout=cfg.judge_timeout,
             retries=cfg.judge_retries,
             concurrency=cfg.judge_concurrency,
+            max_response_bytes=cfg.judge_max_response_bytes,
+            journal=AnswerJournal(cfg.out / "judge_answers.json"),
         )
     if store.d_in != sae.d_in:
         raise ConfigError(

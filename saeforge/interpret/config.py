@@ -22,7 +22,8 @@ class InterpretConfig(BaseModel):
         description="activation store captured at the SAE's hook (with token ids and positions)"
     )
     out: Path = Field(
-        description="output directory: latents.json, index.html + latents/*.html, features.sqlite"
+        description="output directory: latents.json, index.html + latents/*.html, features.sqlite, "
+        "judge_answers.json (the judge's answers: a rerun asks only for the rest)"
     )
     verify: bool = Field(
         default=True,
@@ -56,8 +57,15 @@ class InterpretConfig(BaseModel):
     )
     judge_model: str | None = Field(default=None, description="model name the judge endpoint serves")
     judge_concurrency: int = Field(default=8, gt=0, description="parallel judge requests")
-    judge_timeout: float = Field(default=60.0, gt=0, description="seconds per judge request")
+    judge_timeout: float = Field(
+        default=60.0, gt=0, description="wall-clock seconds per judge request, connect to last byte"
+    )
     judge_retries: int = Field(default=4, ge=0, description="retries per judge request (backoff doubles)")
+    judge_max_response_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="largest judge answer read (bytes); a larger one is a failed request",
+    )
     judge_examples: int = Field(default=10, gt=0, description="top contexts shown to the explainer")
     device: Device = DEFAULT_DEVICE
     seed: int = Field(default=0, description="seed of the latent sample and the reservoirs")
