@@ -6,8 +6,9 @@ Torch-free: the CLI builds its options from these fields and validates them befo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saeforge.device import DEFAULT_DEVICE, Device
 
@@ -18,8 +19,11 @@ class InterpretConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sae: Path = Field(description="SAE directory (cfg.json + sae_weights.safetensors)")
-    activations: Path = Field(
-        description="activation store captured at the SAE's hook (with token ids and positions)"
+    activations: list[Path] = Field(
+        min_length=1,
+        description="activation store captured at the SAE's hook (with token ids and positions); a transcoder's "
+        "is its input site; for a crosscoder, one store per site in its sites' order (repeat the flag), captured "
+        "together",
     )
     out: Path = Field(
         description="output directory: latents.json, index.html + latents/*.html, features.sqlite, "
@@ -69,6 +73,11 @@ class InterpretConfig(BaseModel):
     judge_examples: int = Field(default=10, gt=0, description="top contexts shown to the explainer")
     device: Device = DEFAULT_DEVICE
     seed: int = Field(default=0, description="seed of the latent sample and the reservoirs")
+
+    @field_validator("activations", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
     def _check(self) -> InterpretConfig:

@@ -56,6 +56,8 @@ tr.hidden { display: none; }
 .band { color: var(--muted); font-size: 12px; margin: 10px 0 2px; }
 .empty { color: var(--muted); }
 svg .bar { fill: #4493f8; }
+.sbar { display: inline-block; height: 10px; background: #4493f8; border-radius: 2px; vertical-align: middle; }
+table.sites { width: auto; }
 """
 
 FILTER_JS = """
@@ -146,6 +148,30 @@ def _chips(scores, cls: str) -> str:
     return "".join(f"<span class='chip {cls}' title='{s.value:.4g}'>{escape(s.token)}</span>" for s in scores)
 
 
+def sites_panel(rec: LatentRecord) -> str:
+    """A dictionary across sites: per site, the encoder norm (reads), the decoder norm (writes) and its share of
+    the latent's decoder norms as a bar (a crosscoder's site balance). Empty for an SAE."""
+    if not rec.sites:
+        return ""
+    total = sum(w.writes or 0.0 for w in rec.sites)
+    rows = []
+    for w in rec.sites:
+        share = (w.writes or 0.0) / total if total > 0 else 0.0
+        bar = (
+            f"<span class='sbar' style='width:{120 * share:.1f}px'></span> {share:.0%}"
+            if w.writes is not None
+            else "–"
+        )
+        rows.append(
+            f"<tr><td>{_show(w.site)}</td><td class='num'>{_num(w.reads)}</td>"
+            f"<td class='num'>{_num(w.writes)}</td><td class='num'>{bar}</td></tr>"
+        )
+    return (
+        "<h2>Sites</h2><table class='sites'><thead><tr><th>site</th><th>reads ‖W_enc‖</th>"
+        f"<th>writes ‖W_dec‖</th><th>share of writes</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def latent_page(rec: LatentRecord, sub: str) -> str:
     det = rec.detection
     if rec.explanation is None and not rec.unclear:
@@ -177,7 +203,7 @@ def latent_page(rec: LatentRecord, sub: str) -> str:
     neg = "".join(context_html(c, rec.max_activation) for c in rec.negatives[:5])
     body = (
         f"<h2 style='border:0;font-size:22px;margin-top:4px'>Latent {rec.latent}</h2>{expl}"
-        f"<div class='stats'>{stat_html}</div>"
+        f"<div class='stats'>{stat_html}</div>{sites_panel(rec)}"
         f"<div class='cols'><div><h2>Activation histogram (active rows)</h2>{histogram_svg(rec)}</div>"
         f"<div><h2>Logits the decoder direction promotes</h2>{_chips(rec.promoted, 'up')}"
         f"<h2>… and suppresses</h2>{_chips(rec.suppressed, 'down')}</div></div>"
