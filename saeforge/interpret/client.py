@@ -269,9 +269,10 @@ class JudgeClient:
         On the first JudgeError the items not yet started are cancelled, the running ones end (each within
         `budget`) and still report, then the first error is raised.
         """
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        error: BaseException | None = None
+        try:
             pending = {pool.submit(fn, x): i for i, x in enumerate(items)}
-            error: BaseException | None = None
             while pending:
                 done, _ = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
@@ -285,5 +286,7 @@ class JudgeClient:
                                 other.cancel()
                         continue
                     on_result(i, fut.result())
+        finally:  # an interrupt (Ctrl-C) cancels what has not started, too
+            pool.shutdown(wait=True, cancel_futures=True)
         if error is not None:
             raise error
