@@ -31,6 +31,7 @@ OPERATIONAL_FIELDS = frozenset(
         "resume",
         "device",
         "checkpoint_every",
+        "final_checkpoint",
         "keep_checkpoints",
         "loggers",
         "log_every",
@@ -119,6 +120,11 @@ class TrainConfig(_Strict):
     crosscoder: bool = Field(
         default=False, description="train crosscoders over the sites of `activations` (one latent space)"
     )
+    distribute_hooks: bool = Field(
+        default=False,
+        description="activations lists one store per hook: train the saes on each store separately, into "
+        "out/<store folder name>/; under torchrun hook i goes to rank i mod N, which reads only its hooks' stores",
+    )
     verify: bool = Field(
         default=True,
         description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
@@ -138,6 +144,10 @@ class TrainConfig(_Strict):
         description="expected_norm: scale inputs so that E||x|| = sqrt(d_in) (folded away at export)",
     )
     checkpoint_every: int | None = Field(default=None, gt=0, description="save a checkpoint every N steps")
+    final_checkpoint: bool = Field(
+        default=True,
+        description="save a checkpoint after the last step (to extend or resume the run); false skips it",
+    )
     keep_checkpoints: int = Field(default=3, ge=1, description="checkpoints kept on disk (newest)")
     loggers: list[LoggerName] = Field(
         default_factory=lambda: ["jsonl"],
@@ -166,10 +176,16 @@ class TrainConfig(_Strict):
             raise ValueError(
                 "a crosscoder reconstructs its own sites; give activations only, not target_activations"
             )
-        if len(stores) > 1 and not self.crosscoder:
+        if self.distribute_hooks and (self.crosscoder or self.target_activations is not None):
+            raise ValueError(
+                "distribute_hooks trains SAEs on one store per hook; it does not combine with crosscoder or "
+                "target_activations (run those as separate configs)"
+            )
+        if len(stores) > 1 and not (self.crosscoder or self.distribute_hooks):
             raise ValueError(
                 f"activations: {len(stores)} stores given; pass crosscoder: true (--crosscoder) to train a "
-                "crosscoder over them, or give one store (and target_activations for a transcoder)"
+                "crosscoder over them, distribute_hooks: true to train the saes on each store separately, or "
+                "give one store (and target_activations for a transcoder)"
             )
         if self.crosscoder and len(stores) == 1:
             raise ValueError("crosscoder: give two or more activation stores (one per site)")
