@@ -11,7 +11,6 @@ from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes, fail, writing
 from saeforge.errors import EXIT_FAILED, ConfigError
-from saeforge.hook_names import canonical_hook_name
 from saeforge.interpret.config import AttributeConfig, InterpretConfig
 
 
@@ -56,18 +55,18 @@ def interpret(
 def _interpret(cfg: InterpretConfig) -> None:
     """Describes (and, with a judge, explains) the latents of `cfg` into cfg.out, which this process holds."""
     with exit_codes():
-        checks.sae_fits_store(cfg.sae, cfg.activations)  # before torch loads
+        checks.sae_fits_store(cfg.sae, cfg.activations[0])  # before torch loads
         if cfg.model is not None:
             checks.model_dir(cfg.model)
-        sae, store, chosen, judge = _open_inputs(cfg)
-    result = _describe(cfg, sae, store, chosen)
+        sae, stores, chosen, judge = _open_inputs(cfg)
+    result = _describe(cfg, sae, stores, chosen)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     index, db = _write(result, out)
     if judge is not None:
         from rich.progress import Progress
 
-        from saeforge.interpret.judge import JudgeError
+        from saeforge.interpret.client import JudgeError
         from saeforge.interpret.pipeline import add_judgements
 
         with Progress(transient=True) as bar:
@@ -81,8 +80,10 @@ def _interpret(cfg: InterpretConfig) -> None:
                     lambda n: bar.advance(task, n),
                 )
             except JudgeError as e:
+                _write(result, out)
                 fail(
-                    f"{e}\n(statistics and contexts were written to {out}; explanations are missing)",
+                    f"{e}\n(statistics, contexts and the {len(judge.journal)} judge answers received were "
+                    f"written to {out}; rerun the same command to ask the judge only for the rest)",
                     EXIT_FAILED,
                 )
         index, db = _write(result, out)
@@ -103,15 +104,24 @@ def _interpret(cfg: InterpretConfig) -> None:
 
 
 def _open_inputs(cfg: InterpretConfig):
-    """The SAE, the store and the chosen latents, checked against each other; the judge client if asked for."""
-    from saeforge.activations.store import ActivationStore
-    from saeforge.interpret.judge import JudgeClient
+    """The SAE, its stores and the chosen latents, checked against each other; the judge client if asked for."""
+    from saeforge.activations.aligned import check_aligned
+    from saeforge.activations.store import ActivationStore, StoreError
+    from saeforge.interpret.client import AnswerJournal, JudgeClient
     from saeforge.interpret.pipeline import choose_latents
+    from saeforge.interpret.source import check_stores
     from saeforge.sae import load_sae
 
     sae = load_sae(cfg.sae, device=cfg.device)
-    store = ActivationStore.open(cfg.activations, verify="lazy" if cfg.verify else "off")
-    store.check_shards()
+    stores = [ActivationStore.open(p, verify="lazy" if cfg.verify else "off") for p in cfg.activations]
+    for store in stores:
+        store.check_shards()
+    try:
+        check_stores(sae, stores)
+        if len(stores) > 1:
+            check_aligned(stores)
+    except (ValueError, StoreError) as e:
+        raise ConfigError(str(e)) from None
     chosen = choose_latents(sae.d_sae, cfg.latents, cfg.latent_ids, cfg.seed)
     judge = None
     if cfg.judge_url:
@@ -122,24 +132,21 @@ def _open_inputs(cfg: InterpretConfig):
             timeout=cfg.judge_timeout,
             retries=cfg.judge_retries,
             concurrency=cfg.judge_concurrency,
+            max_response_bytes=cfg.judge_max_response_bytes,
+            journal=AnswerJournal(cfg.out / "judge_answers.json"),
         )
-    if store.d_in != sae.d_in:
-        raise ConfigError(
-            f"the store has d_in={store.d_in} but the SAE has d_in={sae.d_in}: use the store of its hook"
-        )
-    sae_hook = sae.cfg.metadata.get("hook_name")
-    if sae_hook and store.hook and canonical_hook_name(sae_hook) != canonical_hook_name(store.hook):
-        raise ConfigError(f"the SAE was trained at hook {sae_hook!r} but the store holds {store.hook!r}")
-    return sae, store, chosen, judge
+    return sae, stores, chosen, judge
 
 
-def _describe(cfg: InterpretConfig, sae, store, chosen):
-    """The one streaming pass over the store (with the model's tokenizer and unembedding when there is one)."""
+def _describe(cfg: InterpretConfig, sae, stores, chosen):
+    """The one streaming pass over the stores (with the model's tokenizer and unembedding when there is one:
+    the last store's, whose site a crosscoder's logits are read from)."""
     from saeforge.interpret.contexts import tokenizer_decode
     from saeforge.interpret.pipeline import interpret as run_interpret
     from saeforge.interpret.source import store_batches
 
-    model_dir = _model_dir(cfg.model, store.manifest)
+    store = stores[0]
+    model_dir = _model_dir(cfg.model, stores[-1].manifest)
     lm, decode, vocab = None, None, None
     if model_dir is not None:
         from saeforge.models import load_model
@@ -150,11 +157,12 @@ def _describe(cfg: InterpretConfig, sae, store, chosen):
         if loaded.kind == "causal" and not cfg.no_logits:
             lm = loaded.model
     typer.echo(
-        f"interpreting {len(chosen)} latents of {cfg.sae} over {store.num_rows:,} rows of {cfg.activations}"
+        f"interpreting {len(chosen)} latents of {cfg.sae} over {store.num_rows:,} rows of "
+        f"{', '.join(map(str, cfg.activations))}"
     )
     result = run_interpret(
         sae,
-        store_batches(store, cfg.batch_rows),
+        store_batches(stores, cfg.batch_rows),
         chosen,
         k=cfg.top_k,
         before=cfg.before,
@@ -171,7 +179,7 @@ def _describe(cfg: InterpretConfig, sae, store, chosen):
     )
     result.meta.update(
         sae=str(cfg.sae),
-        activations=str(cfg.activations),
+        activations=str(cfg.activations[0]) if len(cfg.activations) == 1 else list(map(str, cfg.activations)),
         activations_verified=cfg.verify,
         model=str(model_dir) if model_dir else None,
     )

@@ -30,6 +30,7 @@ class _FlatView:
         self.W_enc = coder.W_enc
         self.d_in = 2 * coder.W_dec.shape[2]
         self.d_sae = coder.W_dec.shape[0]
+        self.input_shape = (self.d_in,)
         self._fn = fn
 
     def encode(self, x: Tensor) -> Tensor:

@@ -85,11 +85,14 @@ def stability(
 ) -> dict[str, float | None]:
     """How well the latents of dictionary A [d_sae, d_in] are found again in dictionary B [d_sae', d_in].
 
+    A crosscoder's decoders [d_sae, n_sites, d_in] are compared concatenated over sites ([d_sae, n_sites *
+    d_in]): a latent is found again only where it writes the same directions with the same balance of sites.
     stability_match_fraction: share of A's latents with a B decoder row at cosine > STABILITY_COSINE.
     stability_hungarian_cosine: mean cosine of a one-to-one matching maximising the total cosine
         (scipy.optimize.linear_sum_assignment); None above `hungarian_max_latents` latents, where the dense
         cost matrix and the O(n^3) solve are too large.
     """
+    W_dec_a, W_dec_b = W_dec_a.flatten(1), W_dec_b.flatten(1)
     best, _ = max_cosine(W_dec_a, W_dec_b)
     out: dict[str, float | None] = {
         "stability_match_fraction": float((best > STABILITY_COSINE).double().mean())

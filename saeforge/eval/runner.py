@@ -33,11 +33,12 @@ def sae_names(paths: Sequence[Path]) -> list[str]:
 
 def _config_key(sae: SAE) -> tuple:
     c = sae.cfg
-    return (c.architecture, c.d_in, c.d_sae, c.k, c.metadata.get("hook_name"))
+    return (c.architecture, c.d_in, tuple(sae.W_dec.shape), c.k, c.metadata.get("hook_name"), c.sites)
 
 
 def add_stability(results: list[dict[str, Any]], saes: Sequence[SAE], hungarian_max_latents: int) -> None:
-    """Adds stability keys to each result whose SAE shares its config (architecture, sizes, k, hook) with others.
+    """Adds stability keys to each result whose SAE shares its config (architecture, decoder shape, k, hook,
+    a crosscoder's sites) with others.
 
     Each SAE is compared with every other of its group; the values are means over those partners.
     """
@@ -195,8 +196,7 @@ def run_eval(cfg: EvalConfig, progress: Callable[[str], None] | None = None) -> 
     kind = check_kind(cfg, saes)
     if kind != "sae":
         results = _run_dictionaries(cfg, kind, saes, say)
-        if kind == "transcoder":  # a crosscoder's decoder is [d_sae, n_sites, d_in]: no seed matching yet
-            add_stability(results, saes, cfg.hungarian_max_latents)
+        add_stability(results, saes, cfg.hungarian_max_latents)
         return results
     store = _open_store(cfg.activations[0], cfg.saes, saes, cfg.verify)
     compare_store = None

@@ -33,7 +33,8 @@ from saeforge.sae.base import SAE
 class Batch(NamedTuple):
     """Rows of an activation store.
 
-    activations: [rows, d_in]; token_ids: [rows] int64; positions: [rows, 2] int64 (sequence, position).
+    activations: [rows, d_in] ([rows, n_sites, d_in] for a crosscoder: the aligned sites stacked); token_ids:
+    [rows] int64; positions: [rows, 2] int64 (sequence, position).
     """
 
     activations: Tensor
@@ -92,12 +93,14 @@ class LatentStats:
         return self.sum_active / self.n_active if self.n_active else 0.0
 
 
-def _check_batch(batch: Batch, d_in: int) -> Batch:
+def _check_batch(batch: Batch, row_shape: tuple[int, ...]) -> Batch:
     acts, tok, pos = batch
-    if acts.ndim != 2 or acts.shape[1] != d_in:
+    if tuple(acts.shape[1:]) != row_shape:
+        want = ", ".join(map(str, ("rows", *row_shape)))
+        names = "d_in" if len(row_shape) == 1 else "n_sites, d_in"
         raise ValueError(
-            f"activations have shape {tuple(acts.shape)}, expected [rows, {d_in}] (the SAE's d_in): "
-            "use the activation store captured at the SAE's hook"
+            f"activations have shape {tuple(acts.shape)}, expected [{want}] (the SAE's {names}): "
+            "use the activation store captured at the SAE's hook (a crosscoder: one store per site, stacked)"
         )
     if tok.shape != (acts.shape[0],) or pos.shape != (acts.shape[0], 2):
         raise ValueError(
@@ -107,17 +110,17 @@ def _check_batch(batch: Batch, d_in: int) -> Batch:
     return Batch(acts, tok.long(), pos.long())
 
 
-def iter_chunks(batches: Iterable[Batch], d_in: int, max_rows: int) -> Iterator[Batch]:
-    """Checks every batch and cuts it into chunks of at most `max_rows` rows."""
+def iter_chunks(batches: Iterable[Batch], row_shape: tuple[int, ...], max_rows: int) -> Iterator[Batch]:
+    """Checks every batch (rows of `row_shape`) and cuts it into chunks of at most `max_rows` rows."""
     for b in batches:
-        b = _check_batch(Batch(*b), d_in)
+        b = _check_batch(Batch(*b), row_shape)
         for s in range(0, b.activations.shape[0], max_rows):
             yield Batch(*(t[s : s + max_rows] for t in b))
 
 
 @torch.no_grad()
 def latent_acts(sae: SAE, x: Tensor, latent_ids: Tensor) -> Tensor:
-    """x [rows, d_in] -> [rows, L] activations of the chosen latents (full encode: TopK needs all pre-acts)."""
+    """x [rows, *sae.input_shape] -> [rows, L] activations of the chosen latents (full encode: TopK needs all pre-acts)."""
     param = sae.W_enc
     z = sae.encode(x.to(device=param.device, dtype=param.dtype))
     return z[:, latent_ids.to(z.device)].float().cpu()
@@ -247,7 +250,7 @@ def collect_stats(
     sum_active = torch.zeros(n_lat, dtype=torch.float64)
     n_rows = 0
     max_rows = max(1, max_chunk_elems // max(n_lat, sae.d_sae))
-    for chunk in iter_chunks(batches, sae.d_in, max_rows):
+    for chunk in iter_chunks(batches, sae.input_shape, max_rows):
         zT = latent_acts(sae, chunk.activations, ids).T.contiguous()
         rows = pack_rows(chunk.positions)
         n_rows += zT.shape[1]

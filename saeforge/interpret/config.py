@@ -6,8 +6,9 @@ Torch-free: the CLI builds its options from these fields and validates them befo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from saeforge.device import DEFAULT_DEVICE, Device
 
@@ -18,11 +19,15 @@ class InterpretConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sae: Path = Field(description="SAE directory (cfg.json + sae_weights.safetensors)")
-    activations: Path = Field(
-        description="activation store captured at the SAE's hook (with token ids and positions)"
+    activations: list[Path] = Field(
+        min_length=1,
+        description="activation store captured at the SAE's hook (with token ids and positions); a transcoder's "
+        "is its input site; for a crosscoder, one store per site in its sites' order (repeat the flag), captured "
+        "together",
     )
     out: Path = Field(
-        description="output directory: latents.json, index.html + latents/*.html, features.sqlite"
+        description="output directory: latents.json, index.html + latents/*.html, features.sqlite, "
+        "judge_answers.json (the judge's answers: a rerun asks only for the rest)"
     )
     verify: bool = Field(
         default=True,
@@ -56,11 +61,23 @@ class InterpretConfig(BaseModel):
     )
     judge_model: str | None = Field(default=None, description="model name the judge endpoint serves")
     judge_concurrency: int = Field(default=8, gt=0, description="parallel judge requests")
-    judge_timeout: float = Field(default=60.0, gt=0, description="seconds per judge request")
+    judge_timeout: float = Field(
+        default=60.0, gt=0, description="wall-clock seconds per judge request, connect to last byte"
+    )
     judge_retries: int = Field(default=4, ge=0, description="retries per judge request (backoff doubles)")
+    judge_max_response_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="largest judge answer read (bytes); a larger one is a failed request",
+    )
     judge_examples: int = Field(default=10, gt=0, description="top contexts shown to the explainer")
     device: Device = DEFAULT_DEVICE
     seed: int = Field(default=0, description="seed of the latent sample and the reservoirs")
+
+    @field_validator("activations", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
     def _check(self) -> InterpretConfig:

@@ -172,7 +172,7 @@ def fill_windows(
         sorted_keys = slot_key[order]
         ids = torch.tensor(latent_ids, dtype=torch.long)
         max_rows = max(1, max_chunk_elems // max(len(latent_ids), sae.d_sae))
-        for chunk in iter_chunks(batches, sae.d_in, max_rows):
+        for chunk in iter_chunks(batches, sae.input_shape, max_rows):
             row_keys = pack_rows(chunk.positions)
             lo = torch.searchsorted(sorted_keys, row_keys)
             count = torch.searchsorted(sorted_keys, row_keys, right=True) - lo

@@ -1,8 +1,10 @@
 """Explanations and detection scoring by an LLM judge on any OpenAI-compatible endpoint.
 
 The judge is whatever serves `POST {url}/v1/chat/completions` (vLLM, TGI, llama.cpp's server, ...). Requests run
-on a thread pool of `concurrency` workers, each with a timeout and retries with exponential backoff on
-connection errors, timeouts, HTTP 408/409/429 and 5xx.
+on a thread pool of `concurrency` workers through `JudgeClient` (`interpret/client.py`: a wall-clock deadline
+per request, a response-size cap, one error type, retries within a bounded budget). Results land on the records
+as each request ends, so a failure keeps every explanation and score finished before it; with a journal on the
+client, a rerun asks the judge only for the rest.
 
 Explainer: shown the top contexts with the active tokens marked `<<token>>`, it answers with a short
 explanation, or `UNCLEAR` when it sees no pattern (such latents count towards the unclear share and are not
@@ -15,103 +17,15 @@ An answer that is neither counts as a wrong prediction and as unparseable.
 
 from __future__ import annotations
 
-import json
-import random
 import re
-import time
-import urllib.error
-import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from saeforge.interpret.client import JudgeClient, JudgeError
 from saeforge.interpret.records import DetectionScore, LatentRecord, TokenContext
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
-
-class JudgeError(RuntimeError):
-    """The judge endpoint failed after all retries, or answered with something that is not a chat completion."""
-
-
-@dataclass
-class JudgeClient:
-    """An OpenAI-compatible chat-completions client.
-
-    url: base URL (`http://host:8000` or `http://host:8000/v1`); model: the served model name; api_key: sent
-    as a Bearer token when set. timeout: seconds per request. retries: extra attempts after the first.
-    backoff: first retry delay in seconds (doubled each retry, with jitter). concurrency: parallel requests.
-    """
-
-    url: str
-    model: str
-    api_key: str | None = None
-    timeout: float = 60.0
-    retries: int = 4
-    backoff: float = 1.0
-    concurrency: int = 8
-    max_tokens: int = 200
-    temperature: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not re.match(r"^https?://", self.url):
-            raise ValueError(f"--judge-url {self.url!r} must start with http:// or https://")
-        if self.concurrency < 1:
-            raise ValueError(f"--judge-concurrency must be >= 1, got {self.concurrency}")
-
-    @property
-    def endpoint(self) -> str:
-        base = self.url.rstrip("/")
-        if base.endswith("/chat/completions"):
-            return base
-        if not base.endswith("/v1"):
-            base += "/v1"
-        return base + "/chat/completions"
-
-    def chat(self, messages: list[dict[str, str]]) -> str:
-        """One chat completion -> the assistant's text. Raises JudgeError when every attempt failed."""
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": messages,
-                "max_tokens": self.max_tokens,
-                "temperature": self.temperature,
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
-            req = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = json.loads(resp.read().decode("utf-8"))
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} {e.reason}"
-                if e.code in RETRY_STATUS:
-                    continue
-                raise JudgeError(
-                    f"judge {self.endpoint} answered {last}: check --judge-url/--judge-model"
-                ) from e
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            except json.JSONDecodeError as e:
-                raise JudgeError(f"judge {self.endpoint} answered non-JSON: {e}") from e
-            try:
-                return payload["choices"][0]["message"]["content"] or ""
-            except (KeyError, IndexError, TypeError) as e:
-                raise JudgeError(f"judge {self.endpoint} answered without choices[0].message.content") from e
-        raise JudgeError(f"judge {self.endpoint} failed after {self.retries + 1} attempts (last: {last})")
-
-    def map(self, fn: Callable, items: Sequence) -> list:
-        """fn over items on `concurrency` threads, results in order."""
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(fn, items))
-
+__all__ = ["JudgeClient", "JudgeError", "judge_latents"]
 
 EXPLAIN_SYSTEM = (
     "You are a meticulous interpretability researcher. You see text excerpts on which one feature of a "
@@ -224,41 +138,16 @@ def judge_latents(
     """Explains then scores each record in place (explanation, unclear, detection); returns the summary.
 
     n_examples: top contexts shown to the explainer. n_detect: activating and non-activating held-out contexts
-    each scored per latent. progress(n) is called with the number of requests just finished.
+    each scored per latent. progress(n) is called with the number of requests just finished. Each explanation
+    and each latent's detection score is set as soon as its requests are answered; on a JudgeError those stay,
+    the client's journal (if any) is flushed, and the error is raised.
     """
-
-    def one_explain(rec: LatentRecord) -> tuple[str, bool]:
-        if not rec.top:
-            return "", True
-        out = parse_explanation(client.chat(explain_prompt(rec, n_examples)))
-        if progress:
-            progress(1)
-        return out
-
-    for rec, (text, unclear) in zip(records, client.map(one_explain, records), strict=True):
-        rec.explanation, rec.unclear = text or None, unclear
-    jobs: list[tuple[int, bool, TokenContext]] = []
-    for r, rec in enumerate(records):
-        if rec.unclear:
-            continue
-        pos, neg = detection_contexts(rec, n_detect)
-        jobs += [(r, True, c) for c in pos] + [(r, False, c) for c in neg]
-
-    def one_detect(job: tuple[int, bool, TokenContext]) -> bool | None:
-        r, _, c = job
-        ans = parse_yes_no(client.chat(detect_prompt(records[r].explanation or "", c)))
-        if progress:
-            progress(1)
-        return ans
-
-    answers = client.map(one_detect, jobs)
-    per: dict[int, tuple[list[bool], list[bool | None]]] = {}
-    for (r, y, _), a in zip(jobs, answers, strict=True):
-        ys, as_ = per.setdefault(r, ([], []))
-        ys.append(y)
-        as_.append(a)
-    for r, (ys, as_) in per.items():
-        records[r].detection = score_answers(ys, as_)
+    try:
+        _explain_all(client, records, n_examples, progress)
+        _detect_all(client, records, n_detect, progress)
+    finally:
+        if client.journal is not None:
+            client.journal.flush()
     scored = [rec.detection for rec in records if rec.detection is not None]
     return JudgeSummary(
         n_latents=len(records),
@@ -268,3 +157,47 @@ def judge_latents(
         n_unparseable=sum(d.n_unparseable for d in scored),
         n_answers=sum(d.n for d in scored),
     )
+
+
+def _explain_all(
+    client: JudgeClient, records: list[LatentRecord], n_examples: int, progress: Callable[[int], None] | None
+) -> None:
+    def one(rec: LatentRecord) -> tuple[str, bool] | None:
+        return parse_explanation(client.chat(explain_prompt(rec, n_examples))) if rec.top else None
+
+    def done(i: int, out: tuple[str, bool] | None) -> None:
+        text, unclear = out or ("", True)
+        records[i].explanation, records[i].unclear = text or None, unclear
+        if progress and out is not None:
+            progress(1)
+
+    client.map(one, records, done)
+
+
+def _detect_all(
+    client: JudgeClient, records: list[LatentRecord], n_detect: int, progress: Callable[[int], None] | None
+) -> None:
+    jobs: list[tuple[int, bool, TokenContext]] = []
+    for r, rec in enumerate(records):
+        if rec.explanation is None or rec.unclear:
+            continue
+        pos, neg = detection_contexts(rec, n_detect)
+        jobs += [(r, True, c) for c in pos] + [(r, False, c) for c in neg]
+    left = Counter(r for r, _, _ in jobs)
+    got: dict[int, tuple[list[bool], list[bool | None]]] = {r: ([], []) for r in left}
+
+    def one(job: tuple[int, bool, TokenContext]) -> bool | None:
+        r, _, c = job
+        return parse_yes_no(client.chat(detect_prompt(records[r].explanation or "", c)))
+
+    def done(i: int, answer: bool | None) -> None:
+        r, y, _ = jobs[i]
+        got[r][0].append(y)
+        got[r][1].append(answer)
+        left[r] -= 1
+        if not left[r]:
+            records[r].detection = score_answers(*got[r])
+        if progress:
+            progress(1)
+
+    client.map(one, jobs, done)

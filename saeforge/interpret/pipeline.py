@@ -11,9 +11,11 @@ from torch import nn
 from saeforge.interpret.collect import Batch
 from saeforge.interpret.contexts import Decode, TokensOf, default_decode, top_contexts
 from saeforge.interpret.judge import JudgeClient, judge_latents
-from saeforge.interpret.records import Interpretation
+from saeforge.interpret.records import Interpretation, SiteWeight
 from saeforge.interpret.unembed import direction_logits, top_token_scores
 from saeforge.sae.base import SAE
+from saeforge.sae.crosscoder import CrossCoder
+from saeforge.sae.transcoder import Transcoder
 
 
 def choose_latents(
@@ -33,6 +35,45 @@ def choose_latents(
         return list(range(d_sae))
     g = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(d_sae, generator=g)[:n].tolist())
+
+
+def output_directions(sae: SAE, ids: list[int]) -> torch.Tensor:
+    """[L, d] the directions latents `ids` write, read through the unembedding: the decoder rows (a
+    transcoder's are in its output site), a crosscoder's at its last site."""
+    W = sae.W_dec.detach()[torch.tensor(ids)]
+    return W[:, -1] if isinstance(sae, CrossCoder) else W
+
+
+@torch.no_grad()
+def site_weights(sae: SAE, ids: list[int]) -> list[list[SiteWeight]]:
+    """Per latent of `ids`, the norms with which it reads and writes each site; [] each for an SAE."""
+    idx = torch.tensor(ids)
+    if isinstance(sae, CrossCoder):
+        reads = sae.W_enc[:, :, idx].norm(dim=1).T  # [L, n_sites]
+        writes = sae.W_dec[idx].norm(dim=-1)  # [L, n_sites]
+        return [
+            [SiteWeight(site, float(r), float(w)) for site, r, w in zip(sae.cfg.sites, rr, ww, strict=True)]
+            for rr, ww in zip(reads.tolist(), writes.tolist(), strict=True)
+        ]
+    if isinstance(sae, Transcoder):
+        meta = sae.cfg.metadata
+        hook_in, hook_out = meta.get("hook_name") or "input", meta.get("hook_name_out") or "output"
+        reads = sae.W_enc[:, idx].norm(dim=0).tolist()
+        writes = sae.W_dec[idx].norm(dim=1).tolist()
+        return [
+            [SiteWeight(hook_in, r, None), SiteWeight(hook_out, None, w)]
+            for r, w in zip(reads, writes, strict=True)
+        ]
+    return [[] for _ in ids]
+
+
+def _sites_meta(sae: SAE) -> dict:
+    meta = sae.cfg.metadata
+    if isinstance(sae, CrossCoder):
+        return {"kind": "crosscoder", "hook": None, "sites": list(sae.cfg.sites)}
+    if isinstance(sae, Transcoder):
+        return {"kind": "transcoder", "hook": meta.get("hook_name"), "hook_out": meta.get("hook_name_out")}
+    return {"kind": "sae", "hook": meta.get("hook_name")}
 
 
 def interpret(
@@ -59,7 +100,9 @@ def interpret(
 ) -> Interpretation:
     """Describes `latent_ids` of `sae` from a re-iterable activation source (see `top_contexts`).
 
-    model: a causal LM (HF) for promoted/suppressed tokens through its unembedding (skipped when None);
+    batches: `Batch`es of what the SAE reads (a crosscoder: [rows, n_sites, d_in], `store_batches(stores)`).
+    model: a causal LM (HF) for promoted/suppressed tokens through its unembedding (skipped when None), of the
+    directions `output_directions` gives;
     vocab_size: only the first vocab_size ids are ranked (the tokenizer's; models pad their embeddings).
     judge: an OpenAI-compatible client; when given, latents get an explanation and detection scores.
     """
@@ -78,9 +121,10 @@ def interpret(
         decode=decode,
         seed=seed,
     )
+    for rec, sites in zip(records, site_weights(sae, latent_ids), strict=True):
+        rec.sites = sites
     if model is not None:
-        ids = torch.tensor(latent_ids)
-        logits = direction_logits(model, sae.W_dec.detach()[ids], through_norm=through_norm)
+        logits = direction_logits(model, output_directions(sae, latent_ids), through_norm=through_norm)
         if vocab_size is not None:
             logits = logits[:, :vocab_size]
         for rec, row in zip(records, logits, strict=True):
@@ -89,7 +133,7 @@ def interpret(
         "n_rows": records[0].n_rows if records else 0,
         "k": k,
         "window": [before, after],
-        "hook": sae.cfg.metadata.get("hook_name"),
+        **_sites_meta(sae),
         "logits_through_norm": through_norm if model is not None else None,
     }
     interp = Interpretation(latents=records, meta=meta)

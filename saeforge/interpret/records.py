@@ -78,6 +78,19 @@ class DetectionScore:
 
 
 @dataclass
+class SiteWeight:
+    """How strongly a latent reads and writes one site (a transcoder's input and output, a crosscoder's sites).
+
+    reads: ||encoder column|| at the site (None where it does not read it); writes: ||decoder row|| at the site
+    (None where it does not write it), in the site's activation units.
+    """
+
+    site: str
+    reads: float | None
+    writes: float | None
+
+
+@dataclass
 class LatentRecord:
     """Everything interpretation knows about one latent.
 
@@ -85,7 +98,8 @@ class LatentRecord:
     [0, hist_hi). top: up to k highest-activation contexts (non-overlapping windows). quantiles: samples across
     activation-quantile bands (from a uniform sample of active rows). negatives: windows where the latent never
     fires. promoted / suppressed: tokens whose logits the decoder direction raises / lowers most (causal LMs).
-    explanation / unclear / detection: filled by the judge.
+    explanation / unclear / detection: filled by the judge. sites: per-site encoder and decoder norms of a
+    dictionary across sites (empty for an SAE).
     """
 
     latent: int
@@ -105,6 +119,7 @@ class LatentRecord:
     explanation: str | None = None
     unclear: bool = False
     detection: DetectionScore | None = None
+    sites: list[SiteWeight] = field(default_factory=list)
 
     def top_tokens(self, n: int = 5) -> list[str]:
         """The most frequent max-activating tokens over the top contexts, most frequent first."""
@@ -151,6 +166,7 @@ def _record(d: dict) -> LatentRecord:
         d[key] = [_ctx(c) for c in d.get(key, [])]
     for key in ("promoted", "suppressed"):
         d[key] = [TokenScore(**t) for t in d.get(key, [])]
+    d["sites"] = [SiteWeight(**w) for w in d.get("sites", [])]
     det = d.get("detection")
     if det is not None:
         d["detection"] = DetectionScore(**{k: det[k] for k in ("tp", "fp", "tn", "fn", "n_unparseable")})

@@ -64,6 +64,8 @@ td { overflow-wrap: anywhere; }
 .band { color: var(--muted); font-size: 12px; margin: 10px 0 2px; }
 .empty { color: var(--muted); }
 svg .bar { fill: #4493f8; }
+.sbar { display: inline-block; height: 10px; background: #4493f8; border-radius: 2px; vertical-align: middle; }
+table.sites { width: auto; }
 """
 
 FILTER_JS = """
@@ -180,6 +182,30 @@ def _chips(scores, cls: str) -> str:
     return "".join(f"<span class='chip {cls}' title='{s.value:.4g}'>{escape(s.token)}</span>" for s in scores)
 
 
+def sites_panel(rec: LatentRecord) -> str:
+    """A dictionary across sites: per site, the encoder norm (reads), the decoder norm (writes) and its share of
+    the latent's decoder norms as a bar (a crosscoder's site balance). Empty for an SAE."""
+    if not rec.sites:
+        return ""
+    total = sum(w.writes or 0.0 for w in rec.sites)
+    rows = []
+    for w in rec.sites:
+        share = (w.writes or 0.0) / total if total > 0 else 0.0
+        bar = (
+            f"<span class='sbar' style='width:{120 * share:.1f}px'></span> {share:.0%}"
+            if w.writes is not None
+            else "–"
+        )
+        rows.append(
+            f"<tr><td>{_show(w.site)}</td><td class='num'>{_num(w.reads)}</td>"
+            f"<td class='num'>{_num(w.writes)}</td><td class='num'>{bar}</td></tr>"
+        )
+    return (
+        "<h2>Sites</h2><table class='sites'><thead><tr><th>site</th><th>reads ‖W_enc‖</th>"
+        f"<th>writes ‖W_dec‖</th><th>share of writes</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def _logits(rec: LatentRecord) -> str:
     if not rec.promoted and not rec.suppressed:
         return (
@@ -229,7 +255,7 @@ def latent_page(rec: LatentRecord, sub: str, judge_line: str = "") -> str:
     neg = _contexts(rec.negatives[:5], rec.max_activation)
     body = (
         f"<h2 style='border:0;font-size:22px;margin-top:4px'>Latent {rec.latent}</h2>{expl}"
-        f"<div class='stats'>{stat_html}</div>"
+        f"<div class='stats'>{stat_html}</div>{sites_panel(rec)}"
         f"<div class='cols'><div><h2>Activation histogram (active rows)</h2>{histogram_svg(rec)}</div>"
         f"<div>{_logits(rec)}</div></div>"
         f"<h2>Top activating contexts</h2>{top}"

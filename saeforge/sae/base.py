@@ -85,6 +85,11 @@ class SAE(nn.Module):
         """Width of what the decoder writes (W_dec's columns): d_in for an SAE, d_out for a transcoder."""
         return self.cfg.d_in
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one row the encoder reads: (d_in,), or (n_sites, d_in) for a crosscoder."""
+        return (self.cfg.d_in,)
+
     def activation(self, pre: Tensor) -> Tensor:
         """The sparsity rule: [..., d_sae] pre-activations -> latents (ReLU here; architectures override it)."""
         return pre.relu()

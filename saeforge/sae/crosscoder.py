@@ -63,6 +63,10 @@ class CrossCoder(SAE):
     def n_sites(self) -> int:
         return self.cfg.n_sites
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n_sites, self.d_in)
+
     def _check(self, x: Tensor) -> None:
         if tuple(x.shape[-2:]) != (self.n_sites, self.d_in):
             raise ValueError(

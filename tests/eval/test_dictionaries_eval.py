@@ -159,3 +159,41 @@ def test_spliced_transcoder_metrics_equal_the_direct_replacement(tiny_model, tmp
     save_sae(tc, wrong, metadata={"hook_name": "layers.1.mlp_in", "hook_name_out": "layers.2.mlp_out"})
     with pytest.raises(ValueError, match="needs a transcoder from layers.N.mlp_in to layers.N.mlp_out"):
         run_eval(cfg.model_copy(update={"saes": [wrong]}))
+
+
+def _planted_crosscoders(tmp_path):
+    """Two crosscoders over 2 sites (d_in 8, 4 latents). A latent i writes e_i at site 0 and e_{i+4} at site 1.
+    Seed B finds latents 0 and 1 again (swapped); latents 2 and 3 agree with A at site 0 but write the opposite
+    direction at site 1, so concatenated over sites they are orthogonal to every latent of A."""
+    from saeforge.sae.base import SAEConfig
+    from saeforge.sae.crosscoder import CrossCoder
+
+    eye = torch.eye(8)
+    dec_a = torch.stack([torch.stack([eye[i], eye[i + 4]]) for i in range(4)])
+    dec_b = dec_a[[1, 0, 2, 3]].clone()
+    dec_b[2:, 1] *= -1
+    sites = ["layers.0.resid_post", "layers.1.resid_post"]
+    paths = []
+    for name, dec in (("a", dec_a), ("b", dec_b)):
+        cc = CrossCoder(SAEConfig(architecture="crosscoder", d_in=8, d_sae=4, n_sites=2, sites=sites))
+        with torch.no_grad():
+            cc.W_dec.copy_(dec)
+            cc.W_enc.copy_(dec.permute(1, 2, 0))
+        paths.append(save_sae(cc, tmp_path / name))
+    return paths, sites, dec_a, dec_b
+
+
+def test_crosscoder_stability_matches_decoders_concatenated_over_sites(tmp_path):
+    from saeforge.eval.dictionary import stability
+
+    paths, sites, dec_a, dec_b = _planted_crosscoders(tmp_path)
+    got = stability(dec_a, dec_b)
+    assert got == {"stability_match_fraction": 0.5, "stability_hungarian_cosine": pytest.approx(0.5)}
+    # Site by site, every latent would look found again: the concatenation is what tells them apart.
+    assert stability(dec_a[:, 0], dec_b[:, 0])["stability_match_fraction"] == 1.0
+    x = torch.randn(ROWS, 2, 8, generator=torch.Generator().manual_seed(3))
+    stores = _stores(tmp_path, {sites[0]: x[:, 0], sites[1]: x[:, 1]})
+    results = run_eval(EvalConfig(saes=paths, activations=stores, batch_size=128))
+    for r in results:
+        assert r["stability_partners"] == 1 and r["stability_match_fraction"] == 0.5
+        assert r["stability_hungarian_cosine"] == pytest.approx(0.5)

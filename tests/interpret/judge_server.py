@@ -3,7 +3,8 @@ r"""A deterministic OpenAI-compatible chat-completions server on 127.0.0.1 for t
 Explainer requests: answers "the word X" with X the most frequent <<marked>> token, or UNCLEAR when X marks
 fewer than `clear_share` of the examples. Detection requests: YES when X appears in the excerpt, NO otherwise,
 and a malformed answer when the excerpt contains `garble_token`. Whitespace and non-printable tokens are not
-explained. The first `fail_first` requests get HTTP 500.
+explained. The first `fail_first` requests get HTTP 500; with `fail_after=n`, every request after the first n
+answered ones does.
 
 Concurrency is counted without depending on scheduling: a request leaves `in_flight` before its first response
 byte is sent (so a client cannot start its next request while the previous one still counts), and with
@@ -28,7 +29,14 @@ def _whole(word: str) -> str:
 
 class JudgeServer:
     def __init__(
-        self, fail_first=0, garble_token=None, clear_share=0.6, delay=0.0, always_fail=False, rendezvous=0
+        self,
+        fail_first=0,
+        garble_token=None,
+        clear_share=0.6,
+        delay=0.0,
+        always_fail=False,
+        rendezvous=0,
+        fail_after=None,
     ):
         self.fail_first = fail_first
         self.garble_token = garble_token
@@ -36,6 +44,8 @@ class JudgeServer:
         self.delay = delay
         self.always_fail = always_fail
         self.rendezvous = rendezvous
+        self.fail_after = fail_after
+        self.n_answered = 0
         self.lock = threading.Condition()
         self.n_requests = 0
         self.n_failed = 0
@@ -54,6 +64,8 @@ class JudgeServer:
                 with server.lock:
                     server.n_requests += 1
                     fail = server.always_fail or server.n_requests <= server.fail_first
+                    fail = fail or (server.fail_after is not None and server.n_answered >= server.fail_after)
+                    server.n_answered += not fail
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.auth.add(self.headers.get("Authorization"))
@@ -81,7 +93,7 @@ class JudgeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.handle_error = lambda request, address: None  # clients that timed out hung up: expected
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def url(self) -> str:

@@ -111,3 +111,22 @@ def test_store_top_contexts_api(setup):
         (c.seq, c.pos, c.token_ids) for r in ref for c in r.top
     ]
     assert [r.hist_counts for r in got] == [r.hist_counts for r in ref]
+
+
+def test_interpret_cli_keeps_judge_answers_and_a_rerun_asks_only_for_the_rest(setup, tmp_path):
+    out = tmp_path / "out"
+    common = ("interpret", "--sae", setup / "sae", "--activations", setup / "store", "--latent-ids", "2,5")
+    common += ("--out", out, "--top-k", "5", "--judge-model", "tiny", "--judge-retries", "0")
+    with JudgeServer(fail_after=3) as server:
+        failed = run_inproc(*common, "--judge-url", server.url)
+    assert failed.exit_code == 1 and "3 judge answers received" in failed.output
+    assert "rerun the same command" in failed.output
+    partial = load_interpretation(out)
+    assert sum(r.explanation is not None for r in partial.latents) == 2, "both explanations were kept"
+    with JudgeServer() as server:
+        done = run_inproc(*common, "--judge-url", server.url)
+        n_rerun = server.n_requests
+    assert done.exit_code == 0, done.output
+    interp = load_interpretation(out)
+    n_total = len(interp.latents) + sum(r.detection.n for r in interp.latents)
+    assert n_rerun == n_total - 3
