@@ -18,7 +18,6 @@ from typing import Any
 
 from torch import Tensor
 
-from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import TopKFamilySAE
@@ -55,7 +54,7 @@ class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
         y = inp.y
         xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
-        idx = kernels.topk_select(pre, self.cfg.k)[1]
+        idx = self._topk(pre, self.cfg.k)[1]
         vals = self._gather(xc, pre, idx).relu()
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
         mse = (x_hat - y).pow(2).sum(-1).mean()

@@ -37,6 +37,7 @@ OPERATIONAL_FIELDS = frozenset(
         "plots",
         "wandb_project",
         "evaluation_datasets",
+        "tensor_parallel",
     }
 )
 
@@ -147,6 +148,12 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=10, gt=0, description="steps between metric records")
     plots: bool = Field(default=True, description="write curves.png in the run directory at the end")
     device: Device = DEFAULT_DEVICE
+    tensor_parallel: int = Field(
+        default=1,
+        ge=1,
+        description="latent sharding under torchrun: each SAE's latents are split over this many ranks (the "
+        "tensor group); the torchrun ranks must be a multiple of it, the rest split the batch (data parallel)",
+    )
     dtype: Literal["float32", "float64"] = Field(default="float32", description="parameter dtype")
     autocast: Literal["none", "bfloat16"] = Field(default="none", description="autocast the forward pass")
     evaluation_datasets: list[str] = Field(

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeforge import sae as sae_api
 from saeforge.atomic import write_text
 from saeforge.device import resolve_device
 from saeforge.distributed import DistContext
@@ -58,9 +57,11 @@ from saeforge.train.optim import Adam
 from saeforge.train.results import TrainedSAE, export_results, non_finite
 from saeforge.train.runcard import data_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
+from saeforge.train.sharded import INDEX, member_dims, read_slices, save_sharded
 from saeforge.train.signals import StopSignal
 from saeforge.train.specs import ResolvedSAE, resolve_specs
-from saeforge.train.state import check_resumable
+from saeforge.train.state import check_resumable, loader_state
+from saeforge.train.tensor_parallel import Mesh
 
 log = logging.getLogger("saeforge.train")
 
@@ -121,9 +122,10 @@ class _Run:
         self.cfg, self.progress, self.ctx = cfg, progress, ctx
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.dtype = getattr(torch, cfg.dtype)
-        if cfg.batch_size % self.ctx.world_size:
+        self.mesh = Mesh(ctx, cfg.tensor_parallel)
+        if cfg.batch_size % self.mesh.dp:
             raise ConfigError(
-                f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
+                f"batch_size: {cfg.batch_size} is not divisible by the {self.mesh.dp} data-parallel ranks"
             )
         self.stores = open_stores(cfg, source)
         self.store = self.stores[0] if self.stores else None
@@ -134,6 +136,7 @@ class _Run:
         sites = site_names(self.stores) or list(getattr(source, "sites", None) or [])
         sites = sites or [f"site{i}" for i in range(len(widths))]
         self.resolved = resolve_specs(cfg, self.d_in, where, self.layout.sae_fields(sites))
+        self.mesh.check(self.resolved)
         self.ckpt_root = cfg.out / CHECKPOINTS
         self.checkpoint = latest_checkpoint(self.ckpt_root)
         if self.checkpoint is not None and not cfg.resume:
@@ -142,14 +145,14 @@ class _Run:
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
         if self.source is None:
-            self.source = open_loader(cfg, self.stores, ctx)
+            self.source = open_loader(cfg, self.stores, self.mesh.dp_rank, self.mesh.dp)
         if self.batches is None:
             self.batches = iter(self.source)
         self.data = data_card(
             self.store.manifest if self.store is not None else getattr(source, "manifest", None)
         )
         self.total_steps = cfg.total_steps
-        self.local_batch = cfg.batch_size // self.ctx.world_size
+        self.local_batch = cfg.batch_size // self.mesh.dp
         self.history: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
 
@@ -157,10 +160,10 @@ class _Run:
         self.members: list[_Member] = []
         for r in self.resolved:
             torch.manual_seed(r.spec.seed)
-            model = sae_api.create_training_sae(r.sae_cfg).to(device=self.device, dtype=self.dtype)
+            model = self.mesh.build(r.sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = Adam(params, lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps)
-            since = torch.zeros(r.d_sae, dtype=torch.long, device=self.device)
+            since = torch.zeros(r.d_sae // self.mesh.tp, dtype=torch.long, device=self.device)
             self.members.append(_Member(r, model, opt, params, since))
         self._reset_acc()
 
@@ -177,7 +180,7 @@ class _Run:
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        widths, world = self.layout.widths, self.ctx.world_size
+        widths, world = self.layout.widths, self.mesh.dp
         check_shapes(parts, step, self.local_batch, widths, self.cfg.batch_size, world, self.d_in)
         return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
 
@@ -188,7 +191,7 @@ class _Run:
     def _fresh_start(self) -> tuple[Tensor, Tensor | None]:
         """Initialises from the first batch (gathered over ranks); returns that batch's (x, target), scaled."""
         parts = self._next_batch(0)
-        samples = tuple(self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x for x in parts)
+        samples = tuple(self.mesh.gather_rows(x) for x in parts)
         self.scale = activation_scales(samples, self.source, self.cfg.normalize_activations)
         x_sample, target_sample = self.layout.combine(
             tuple(x * s for x, s in zip(samples, self.scale, strict=True))
@@ -198,7 +201,7 @@ class _Run:
                 m.model.init_from_data(x_sample)
             else:
                 m.model.init_from_data(x_sample, target_sample)
-            self.ctx.broadcast_module(m.model)
+            self.mesh.broadcast_module(m.model)
         torch.manual_seed(self.cfg.seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(self.cfg.seed)
@@ -210,19 +213,21 @@ class _Run:
         return self.scale[0] if len(self.scale) == 1 else list(self.scale)
 
     def _restore(self) -> int:
-        ckpt = load_checkpoint(self.checkpoint)
-        meta, t = ckpt.meta, ckpt.tensors
-        check_resumable(meta, self.cfg, self.stores, self.ctx.world_size, self.checkpoint)
+        meta, t = self._read_checkpoint()
+        check_resumable(meta, self.cfg, self.stores, self.checkpoint)
         for m in self.members:
             m.acc = state.decode_member(t, m.name, m.model, m.optimizer, m.since_fired, self.device)
         self.input_acc = state.decode_input(t, self.input_acc, self.device)
+        if self.mesh.dp_rank:  # the metric sums were saved summed over the data group: one rank holds them
+            for acc in [self.input_acc, *(m.acc for m in self.members)]:
+                acc.update({k: torch.zeros_like(v) for k, v in acc.items()})
         saved = meta["activation_scale"]
         self.scale = tuple(saved) if isinstance(saved, list) else (saved,)
         self.elapsed_before = meta["elapsed_s"]
         step = meta["step"]
-        loader_state = meta["loaders"][self.ctx.rank]
-        if loader_state is not None and hasattr(self.source, "load_state_dict"):
-            self.source.load_state_dict(loader_state)
+        loader = loader_state(meta, self.ctx.rank, self.ctx.world_size, self.checkpoint)
+        if loader is not None and hasattr(self.source, "load_state_dict"):
+            self.source.load_state_dict(loader)
             self.batches = iter(self.source)
         else:
             # A source without state is fast-forwarded by the batches of the steps already taken.
@@ -234,13 +239,28 @@ class _Run:
         log.info("resumed from %s at step %d", self.checkpoint, step)
         return step
 
+    def _read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """(meta, tensors) of the checkpoint to resume: this rank's latent slices when sharded (written or read)."""
+        if not self.mesh.sharded and not (self.checkpoint / INDEX).is_file():
+            ckpt = load_checkpoint(self.checkpoint)
+            return ckpt.meta, ckpt.tensors
+        dims = {k: d for m in self.members for k, d in member_dims(m.name, m.model, m.optimizer).items()}
+        meta = json.loads((self.checkpoint / "state.json").read_text())
+        return meta, read_slices(self.checkpoint, dims, self.mesh.tp_rank, self.mesh.tp)
+
     def _save(self, steps_done: int) -> Path:
-        """Saves checkpoint `steps_done` (rank 0 writes, every rank contributes its state); returns its path."""
+        """Saves checkpoint `steps_done` (rank 0 writes, or each tensor rank its shard); returns its path."""
         tensors: dict[str, Tensor] = {}
+        dims: dict[str, int] = {}
         for m in self.members:
-            tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.since_fired, m.acc))
-        tensors.update(state.encode_input(self.input_acc))
+            acc = {k: self.mesh.dp_sum_(v.clone()) for k, v in m.acc.items()}
+            tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.since_fired, acc))
+            dims.update(member_dims(m.name, m.model, m.optimizer))
+        tensors.update(
+            state.encode_input({k: self.mesh.dp_sum_(v.clone()) for k, v in self.input_acc.items()})
+        )
         ranks = self.ctx.gather_objects(state.rank_state(self.source, self.device))
+        meta = None
         if self.ctx.is_main:
             tensors.update(state.encode_rng(ranks))
             meta = {
@@ -248,6 +268,7 @@ class _Run:
                 "step": steps_done,
                 "tokens": steps_done * self.cfg.batch_size,
                 "world_size": self.ctx.world_size,
+                "tensor_parallel": self.mesh.tp,
                 "activation_scale": self.saved_scale,
                 "data_fingerprint": data_fingerprint(self.stores),
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
@@ -255,6 +276,11 @@ class _Run:
                 "config": self.cfg.model_dump(mode="json"),
                 "resolved": {r.name: r.to_json() for r in self.resolved},
             }
+        if self.mesh.sharded:
+            return save_sharded(
+                self.ckpt_root, steps_done, tensors, dims, meta, self.cfg.keep_checkpoints, self.mesh
+            )
+        if self.ctx.is_main:
             save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
         self.ctx.barrier()
         return self.ckpt_root / checkpoint_name(steps_done)
@@ -284,7 +310,7 @@ class _Run:
                 step=step,
                 dead_mask=m.since_fired >= self.cfg.dead_tokens,
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
-                collectives=self.ctx.collectives,
+                collectives=self.mesh.collectives,
             )
             with autocast:
                 out = m.model.training_forward(inp)
@@ -302,18 +328,18 @@ class _Run:
         return results, y_sum
 
     def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor, x_sum: Tensor) -> None:
-        rows = x.shape[0] * self.ctx.world_size
+        rows = x.shape[0] * self.mesh.dp
         metrics.add_input(self.input_acc, x, x_sum)
         for m, r in zip(self.members, results, strict=True):
             fired = r.pop("fired")
-            fired = self.ctx.collectives.all_reduce_sum(fired) if self.ctx.enabled else fired
+            fired = self.mesh.dp_sum_(fired)
             m.since_fired += rows
             m.since_fired.masked_fill_(fired > 0, 0)  # no boolean indexing: it would sync a GPU
             metrics.add_step(m.acc, r)
-            self.ctx.average_gradients(m.params)
+            self.mesh.average_gradients(m.params)
             m.model.before_optimizer_step()
             if m.optim.grad_clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(m.params, m.optim.grad_clip_norm)
+                self.mesh.clip_grad_norm_(m.model, m.params, m.optim.grad_clip_norm)
             lr = lr_at(step, self.total_steps, m.optim)
             for group in m.optimizer.param_groups:
                 group["lr"] = lr
@@ -323,10 +349,10 @@ class _Run:
 
     def _record(self, steps_done: int, tokens_per_s: float) -> dict[str, Any]:
         """Reduces the metric sums over ranks into one record and resets them."""
-        reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.ctx.all_reduce_)
+        reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.mesh.dp_sum_)
         saes = {}
         for m, values in zip(self.members, reduced, strict=True):
-            values["dead_fraction"] = (m.since_fired >= self.cfg.dead_tokens).double().mean().item()
+            values["dead_fraction"] = self.mesh.dead_fraction(m.since_fired, self.cfg.dead_tokens)
             values["lr"] = lr_at(steps_done - 1, self.total_steps, m.optim)
             saes[m.name] = {**values, **metrics.scalar_extras(m.extras)}
         self._reset_acc()

@@ -127,13 +127,14 @@ class PlantedSites:
 
 def main(spec_path: str) -> None:
     """Runs `train` on a SyntheticSource. SPEC: {"config": TrainConfig dict, "source": SyntheticSource kwargs,
-    "action_at": step, "action": "sigterm" | "block"}. Under torchrun each rank reads its slice."""
+    "action_at": step, "action": "sigterm" | "block"}. Under torchrun each data-parallel rank reads its slice."""
     from saeforge.train import TrainConfig, TrainingInterrupted, train
 
     spec = json.loads(Path(spec_path).read_text())
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    tp = spec["config"].get("tensor_parallel", 1)  # the ranks of a tensor group read the same slice
     source_cls = PlantedSites if spec.get("planted") else SyntheticSource
-    source = source_cls(**spec["source"], rank=rank, world_size=world)
+    source = source_cls(**spec["source"], rank=rank // tp, world_size=world // tp)
     action_at, action = spec.get("action_at"), spec.get("action")
 
     def progress(event):
