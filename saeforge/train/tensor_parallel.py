@@ -160,6 +160,25 @@ def _sharded_class(base: type) -> type:
     )
 
 
+def check_shardable(resolved: list[Any], tensor_parallel: int) -> None:
+    """Raises ConfigError before any work unless every SAE can be latent-sharded over `tensor_parallel` ranks."""
+    if tensor_parallel == 1:
+        return
+    for i, r in enumerate(resolved):
+        arch, kind = r.sae_cfg.architecture, r.sae_cfg.kind
+        where = f"saes[{i}] ({r.name})"
+        if arch not in SHARDABLE or kind != "sae":
+            raise ConfigError(
+                f"{where}: tensor_parallel {tensor_parallel} shards the latents of {', '.join(SHARDABLE)} SAEs, "
+                f"not {arch if kind == 'sae' else kind + 's'}; train this one with tensor_parallel: 1"
+            )
+        if r.d_sae % tensor_parallel:
+            raise ConfigError(
+                f"{where}.d_sae: {r.d_sae} latents do not split over tensor_parallel {tensor_parallel} ranks; "
+                f"choose d_sae a multiple of {tensor_parallel}"
+            )
+
+
 class Mesh:
     """This rank's place in the T x D grid (rank = data rank * T + tensor rank) and the collectives over it.
 
@@ -190,24 +209,6 @@ class Mesh:
     @property
     def sharded(self) -> bool:
         return self.tp > 1
-
-    def check(self, resolved: list[Any]) -> None:
-        """Raises ConfigError before any work unless every SAE can be latent-sharded over T ranks."""
-        if not self.sharded:
-            return
-        for i, r in enumerate(resolved):
-            arch, kind = r.sae_cfg.architecture, r.sae_cfg.kind
-            where = f"saes[{i}] ({r.name})"
-            if arch not in SHARDABLE or kind != "sae":
-                raise ConfigError(
-                    f"{where}: tensor_parallel {self.tp} shards the latents of {', '.join(SHARDABLE)} SAEs; "
-                    f"{arch if kind == 'sae' else kind} is not supported: train it with tensor_parallel: 1"
-                )
-            if r.d_sae % self.tp:
-                raise ConfigError(
-                    f"{where}.d_sae: {r.d_sae} latents do not split over tensor_parallel {self.tp} ranks; "
-                    f"choose d_sae a multiple of {self.tp}"
-                )
 
     def build(self, cfg: Any) -> torch.nn.Module:
         """The training SAE of `cfg` (a TrainingSAEConfig), or this rank's shard of it: the whole SAE is

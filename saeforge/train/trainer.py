@@ -61,7 +61,7 @@ from saeforge.train.sharded import INDEX, member_dims, read_slices, save_sharded
 from saeforge.train.signals import StopSignal
 from saeforge.train.specs import ResolvedSAE, resolve_specs
 from saeforge.train.state import check_resumable, loader_state
-from saeforge.train.tensor_parallel import Mesh
+from saeforge.train.tensor_parallel import Mesh, check_shardable
 
 log = logging.getLogger("saeforge.train")
 
@@ -122,11 +122,6 @@ class _Run:
         self.cfg, self.progress, self.ctx = cfg, progress, ctx
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.dtype = getattr(torch, cfg.dtype)
-        self.mesh = Mesh(ctx, cfg.tensor_parallel)
-        if cfg.batch_size % self.mesh.dp:
-            raise ConfigError(
-                f"batch_size: {cfg.batch_size} is not divisible by the {self.mesh.dp} data-parallel ranks"
-            )
         self.stores = open_stores(cfg, source)
         self.store = self.stores[0] if self.stores else None
         self.source = source
@@ -136,7 +131,12 @@ class _Run:
         sites = site_names(self.stores) or list(getattr(source, "sites", None) or [])
         sites = sites or [f"site{i}" for i in range(len(widths))]
         self.resolved = resolve_specs(cfg, self.d_in, where, self.layout.sae_fields(sites))
-        self.mesh.check(self.resolved)
+        check_shardable(self.resolved, cfg.tensor_parallel)
+        self.mesh = Mesh(ctx, cfg.tensor_parallel)
+        if cfg.batch_size % self.mesh.dp:
+            raise ConfigError(
+                f"batch_size: {cfg.batch_size} is not divisible by the {self.mesh.dp} data-parallel ranks"
+            )
         self.ckpt_root = cfg.out / CHECKPOINTS
         self.checkpoint = latest_checkpoint(self.ckpt_root)
         if self.checkpoint is not None and not cfg.resume:
