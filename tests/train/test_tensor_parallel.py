@@ -37,7 +37,7 @@ CONFIG = dict(tokens=B * 10, batch_size=B, checkpoint_every=5, log_every=5, devi
               saes=SAES)  # fmt: skip
 
 
-def _torchrun(n: int, *args: str, **popen) -> list[str]:
+def _torchrun(n: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *args]
 
 
@@ -70,7 +70,7 @@ def test_bad_layouts_fail_before_any_work(store, tmp_path):
         ({}, "tensor_parallel: 2 does not divide the 1 torchrun ranks"),
     ]
     for update, message in cases:
-        with pytest.raises(ConfigError, match=None) as e:
+        with pytest.raises(ConfigError) as e:
             train(TrainConfig.parse({**base, **update}))
         assert message in str(e.value)
     assert not (tmp_path / "run").exists()
@@ -157,10 +157,7 @@ def test_kill_9_of_one_rank_while_checkpointing_then_resume_on_another_layout(tm
         line = proc.stdout.readline()
         assert line.startswith("BLOCKED "), (line, proc.stderr.read() if proc.poll() is not None else "")
         os.kill(int(line.split()[1]), signal.SIGKILL)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0  # torchrun stops the surviving rank (~3 s on an idle machine)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
