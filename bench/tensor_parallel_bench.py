@@ -50,7 +50,9 @@ class Planted:
     def __next__(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.position)
         self.position += 1
-        a = (torch.rand(self.batch_size, 64, generator=g) < 0.06) * torch.rand(self.batch_size, 64, generator=g)
+        a = (torch.rand(self.batch_size, 64, generator=g) < 0.06) * torch.rand(
+            self.batch_size, 64, generator=g
+        )
         x = a @ self.dirs + 0.05 * torch.randn(self.batch_size, self.d_in, generator=g) + 1.0
         per = self.batch_size // self.world_size
         return x[self.rank * per : (self.rank + 1) * per]
@@ -133,7 +135,9 @@ def main() -> None:
     parser.add_argument("--d-in", type=int, default=256)
     parser.add_argument("--d-sae", type=int, default=32768)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("results") / "tensor_parallel.json")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).with_name("results") / "tensor_parallel.json"
+    )
     args = parser.parse_args()
     if args.worker:
         worker(args.worker)
@@ -154,8 +158,12 @@ def main() -> None:
             f"peak RSS {rss / 2**20:8.1f} MiB (T=1: {max(base['peak_rss_bytes_per_rank']) / 2**20:.1f})"
         )
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "load_average": os.getloadavg()},  # fmt: skip
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "load_average": os.getloadavg(),
+        },  # fmt: skip
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": vars(args) | {"json": str(args.json)},
         "equivalence": eq,

@@ -35,7 +35,16 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from saeforge.atomic import write_text
-from saeforge.train.checkpoint import META, TENSORS, _fsync, checkpoint_name, list_checkpoints
+from saeforge.train import state
+from saeforge.train.checkpoint import (
+    META,
+    TENSORS,
+    _fsync,
+    checkpoint_name,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from saeforge.train.tensor_parallel import Mesh, latent_dim
 
 INDEX = "state.index.json"
@@ -58,6 +67,49 @@ def member_dims(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimi
             for moment in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                 dims[f"optim/{name}/{idx}/{moment}"] = dim
     return dims
+
+
+def run_tensors(members: list[Any], input_acc: dict[str, Tensor], mesh: Mesh) -> tuple[dict, dict[str, int]]:
+    """This rank's checkpoint tensors of the run's SAEs (train/state.py) and the latent dims of the sharded ones.
+
+    The metric sums are summed over the data group (restored onto one of its ranks), so any layout resumes them."""
+    tensors: dict[str, Tensor] = {}
+    dims: dict[str, int] = {}
+    for m in members:
+        acc = {k: mesh.dp_sum_(v.clone()) for k, v in m.acc.items()}
+        tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.since_fired, acc))
+        dims.update(member_dims(m.name, m.model, m.optimizer))
+    tensors.update(state.encode_input({k: mesh.dp_sum_(v.clone()) for k, v in input_acc.items()}))
+    return tensors, dims
+
+
+def write_checkpoint(
+    root: Path, step: int, tensors: dict[str, Tensor], dims: dict[str, int], meta: dict | None, keep: int,
+    mesh: Mesh,
+) -> Path:  # fmt: skip
+    """Every rank calls this: a sharded checkpoint under latent sharding, else rank 0's one-file checkpoint."""
+    if mesh.sharded:
+        return save_sharded(root, step, tensors, dims, meta, keep, mesh)
+    if mesh.ctx.is_main:
+        save_checkpoint(root, step, tensors, meta, keep)
+    mesh.ctx.barrier()
+    return root / checkpoint_name(step)
+
+
+def read_checkpoint(path: Path, members: list[Any], mesh: Mesh) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(meta, tensors) of checkpoint `path` for this rank: its latent slices when the run or the checkpoint is
+    sharded, else the one-process checkpoint as written. The metric sums (`acc/`, saved summed over the data
+    group) go to the first rank of each data group, zeros to the others."""
+    if not mesh.sharded and not (path / INDEX).is_file():
+        ckpt = load_checkpoint(path)
+        meta, tensors = ckpt.meta, ckpt.tensors
+    else:
+        dims = {k: d for m in members for k, d in member_dims(m.name, m.model, m.optimizer).items()}
+        meta = json.loads((path / META).read_text())
+        tensors = read_slices(path, dims, mesh.tp_rank, mesh.tp)
+    if mesh.dp_rank:
+        tensors = {k: torch.zeros_like(v) if k.startswith("acc/") else v for k, v in tensors.items()}
+    return meta, tensors
 
 
 def save_sharded(

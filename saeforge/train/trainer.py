@@ -35,10 +35,7 @@ from saeforge.lock import one_writer
 from saeforge.sae.base import TrainStepInput
 from saeforge.train import metrics, state
 from saeforge.train.checkpoint import (
-    checkpoint_name,
     latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
 )
 from saeforge.train.config import TrainConfig
 from saeforge.train.data import (
@@ -57,7 +54,7 @@ from saeforge.train.optim import Adam
 from saeforge.train.results import TrainedSAE, export_results, non_finite
 from saeforge.train.runcard import data_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
-from saeforge.train.sharded import INDEX, member_dims, read_slices, save_sharded
+from saeforge.train.sharded import read_checkpoint, run_tensors, write_checkpoint
 from saeforge.train.signals import StopSignal
 from saeforge.train.specs import ResolvedSAE, resolve_specs
 from saeforge.train.state import check_resumable, loader_state
@@ -213,14 +210,11 @@ class _Run:
         return self.scale[0] if len(self.scale) == 1 else list(self.scale)
 
     def _restore(self) -> int:
-        meta, t = self._read_checkpoint()
+        meta, t = read_checkpoint(self.checkpoint, self.members, self.mesh)
         check_resumable(meta, self.cfg, self.stores, self.checkpoint)
         for m in self.members:
             m.acc = state.decode_member(t, m.name, m.model, m.optimizer, m.since_fired, self.device)
         self.input_acc = state.decode_input(t, self.input_acc, self.device)
-        if self.mesh.dp_rank:  # the metric sums were saved summed over the data group: one rank holds them
-            for acc in [self.input_acc, *(m.acc for m in self.members)]:
-                acc.update({k: torch.zeros_like(v) for k, v in acc.items()})
         saved = meta["activation_scale"]
         self.scale = tuple(saved) if isinstance(saved, list) else (saved,)
         self.elapsed_before = meta["elapsed_s"]
@@ -239,26 +233,9 @@ class _Run:
         log.info("resumed from %s at step %d", self.checkpoint, step)
         return step
 
-    def _read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """(meta, tensors) of the checkpoint to resume: this rank's latent slices when sharded (written or read)."""
-        if not self.mesh.sharded and not (self.checkpoint / INDEX).is_file():
-            ckpt = load_checkpoint(self.checkpoint)
-            return ckpt.meta, ckpt.tensors
-        dims = {k: d for m in self.members for k, d in member_dims(m.name, m.model, m.optimizer).items()}
-        meta = json.loads((self.checkpoint / "state.json").read_text())
-        return meta, read_slices(self.checkpoint, dims, self.mesh.tp_rank, self.mesh.tp)
-
     def _save(self, steps_done: int) -> Path:
         """Saves checkpoint `steps_done` (rank 0 writes, or each tensor rank its shard); returns its path."""
-        tensors: dict[str, Tensor] = {}
-        dims: dict[str, int] = {}
-        for m in self.members:
-            acc = {k: self.mesh.dp_sum_(v.clone()) for k, v in m.acc.items()}
-            tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.since_fired, acc))
-            dims.update(member_dims(m.name, m.model, m.optimizer))
-        tensors.update(
-            state.encode_input({k: self.mesh.dp_sum_(v.clone()) for k, v in self.input_acc.items()})
-        )
+        tensors, dims = run_tensors(self.members, self.input_acc, self.mesh)
         ranks = self.ctx.gather_objects(state.rank_state(self.source, self.device))
         meta = None
         if self.ctx.is_main:
@@ -276,14 +253,9 @@ class _Run:
                 "config": self.cfg.model_dump(mode="json"),
                 "resolved": {r.name: r.to_json() for r in self.resolved},
             }
-        if self.mesh.sharded:
-            return save_sharded(
-                self.ckpt_root, steps_done, tensors, dims, meta, self.cfg.keep_checkpoints, self.mesh
-            )
-        if self.ctx.is_main:
-            save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
-        self.ctx.barrier()
-        return self.ckpt_root / checkpoint_name(steps_done)
+        return write_checkpoint(
+            self.ckpt_root, steps_done, tensors, dims, meta, self.cfg.keep_checkpoints, self.mesh
+        )
 
     # -- the loop ---------------------------------------------------------------------------------------
 

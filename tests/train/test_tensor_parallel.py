@@ -65,7 +65,10 @@ def store(tmp_path_factory) -> Path:
 def test_bad_layouts_fail_before_any_work(store, tmp_path):
     base = dict(CONFIG, activations=str(store), out=str(tmp_path / "run"), tensor_parallel=2)
     cases = [
-        (dict(saes=[dict(name="st", architecture="standard", d_sae=32)]), "not standard; train this one with"),
+        (
+            dict(saes=[dict(name="st", architecture="standard", d_sae=32)]),
+            "not standard; train this one with",
+        ),
         (dict(saes=[dict(name="tk", architecture="topk", k=4, d_sae=33)]), "saes[0] (tk).d_sae: 33 latents"),
         ({}, "tensor_parallel: 2 does not divide the 1 torchrun ranks"),
     ]
@@ -119,11 +122,18 @@ def test_tensor_2_by_data_2_matches_one_process_and_resumes_on_one(store, tmp_pa
         training = card[name]["training"]
         assert training["tensor_parallel"] == 2 and training["world_size"] == 2
         assert training["state_bytes_per_rank"] < 0.6 * one_card[name]["training"]["state_bytes_per_rank"]
-        assert card[name]["final_metrics"]["l0"] == pytest.approx(one_card[name]["final_metrics"]["l0"], rel=1e-5)
+        assert card[name]["final_metrics"]["l0"] == pytest.approx(
+            one_card[name]["final_metrics"]["l0"], rel=1e-5
+        )
 
     ckpt = latest_checkpoint(tmp_path / "tp" / "checkpoints")
     files = sorted(p.name for p in ckpt.iterdir())
-    assert files == ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors", INDEX, "state.json"]
+    assert files == [
+        "shard-00000-of-00002.safetensors",
+        "shard-00001-of-00002.safetensors",
+        INDEX,
+        "state.json",
+    ]
     index = json.loads((ckpt / INDEX).read_text())["tensors"]
     assert index["sae/tk/W_enc"]["shape"] == [D_IN, 64] and index["sae/tk/W_enc"]["dim"] == 1
     assert len(index["optim/tk/1/exp_avg"]["pieces"]) == 2 and index["sae/tk/b_dec"]["dim"] is None
