@@ -61,9 +61,15 @@ def delphi(
 def neuronpedia(
     sae: Path = _SAE,
     activations: Path = _STORE,
-    out: Path = typer.Option(..., "--out", help="Export directory: features/, activations/, explanations/."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Export directory: features/, activations/, explanations/ and source, sourceset, model, release tables.",
+    ),
     model_id: str = typer.Option(..., "--model-id", help="Neuronpedia's id of the model, e.g. gpt2-small."),
-    source_id: str = typer.Option(..., "--source-id", help="Neuronpedia's id of this SAE, e.g. 6-res-team."),
+    source_id: str = typer.Option(
+        ..., "--source-id", help="Neuronpedia's id of this SAE: <layer>-<set>, e.g. 6-res-team."
+    ),
     model: Path = typer.Option(
         None, "--model", help="Local model directory whose tokenizer spells the tokens."
     ),
@@ -76,7 +82,13 @@ def neuronpedia(
 ) -> None:
     """Write Neuronpedia's export tables (features, activations, explanations) as gzipped JSON-lines batches."""
     from saeforge.export import export_neuronpedia
+    from saeforge.export.neuronpedia import SOURCE_ID
 
+    if not SOURCE_ID.match(source_id):
+        typer.echo(
+            f"error: --source-id {source_id!r} is not <layer>-<set name>: use e.g. 6-res-team", err=True
+        )
+        raise typer.Exit(2)
     sae_obj, store = _open(sae, activations)
     decode, interp = None, None
     if model is not None:

@@ -1,10 +1,14 @@
-"""Delphi's latent cache: what its explainers and scorers read (EleutherAI/delphi, `latents/cache.py`).
+"""Delphi's latent cache: what its explainers and scorers read (EleutherAI/delphi: `latents/cache.py` writes it,
+`latents/loader.py`'s `LatentDataset` reads it).
 
     OUT/<hookpoint>/<start>_<end>.safetensors    one file per latent range [start, end] (end inclusive)
-        locations    int32 [N, 3]: (sequence row in `tokens`, position, latent - start) of every non-zero latent
+        locations    uint16 [N, 3] (uint32 when a value does not fit): (sequence row in `tokens`, position,
+                     latent - start) of every non-zero latent, as Delphi narrows them
         activations  float16 [N]: its value
         tokens       int64 [n_seq, ctx_len]: the token ids of every sequence (the same table in every file)
-    OUT/<hookpoint>/config.json                  the cache config (model_name, cache_ctx_len, n_tokens, n_splits, ...)
+    OUT/<hookpoint>/config.json                  the cache config: Delphi's CacheConfig keys (dataset_repo,
+                     dataset_split, dataset_name, dataset_column, batch_size, cache_ctx_len and its older name
+                     ctx_len, n_tokens, n_splits) plus model_name (the tokenizer Delphi loads when given none)
 
 The ranges are Delphi's: boundaries linspace(0, d_sae, n_splits + 1) rounded down. The hookpoint is the SAE's
 canonical hook name. Rows that saeforge did not capture (special tokens) have no locations; their tokens are in
@@ -57,21 +61,27 @@ def export_delphi(
         keep = (locations[:, 2] >= start) & (locations[:, 2] < stop)
         part = locations[keep].clone()
         part[:, 2] -= start
+        narrow = part.numel() == 0 or int(part.max()) < 2**16
         tensors = {
-            "locations": part.to(torch.int32).contiguous(),
+            "locations": part.to(torch.uint16 if narrow else torch.uint32).contiguous(),
             "activations": activations[keep].half().contiguous(),
             "tokens": seqs.tokens.contiguous(),
         }
         write_with(folder / f"{start}_{stop - 1}.safetensors", lambda p, t=tensors: save_file(t, p))
     manifest = store.manifest
+    ctx_len = int(seqs.tokens.shape[1])
     config = {
-        "model_name": model_name or (manifest.model.path if manifest.model else None),
-        "hookpoint": hookpoint,
-        "cache_ctx_len": int(seqs.tokens.shape[1]),
+        "dataset_repo": ", ".join(c.source for c in manifest.corpus) or "saeforge-store",
+        "dataset_split": "all",
+        "dataset_name": "",
+        "dataset_column": "text",
+        "batch_size": rows,
+        "cache_ctx_len": ctx_len,
+        "ctx_len": ctx_len,
         "n_tokens": int(store.num_rows),
         "n_splits": n_splits,
-        "batch_size": rows,
-        "dataset_repo": [c.source for c in manifest.corpus] or None,
+        "model_name": model_name or (manifest.model.path if manifest.model else None),
+        "hookpoint": hookpoint,
         "d_sae": sae.d_sae,
         "saeforge_store": str(store.path),
     }

@@ -1,26 +1,32 @@
-"""Neuronpedia's export tables: one SAE ("source") of one model as the features, activations and explanations
-that Neuronpedia's database import reads (the layout its `convert-saedashboard-to-neuronpedia-export` utility
-writes).
+"""Neuronpedia's export tables: one SAE ("source") of one model as the rows Neuronpedia's database import reads,
+in the layout of the converters in Neuronpedia's repository (`utils/neuronpedia-utils`: one JSON object per
+line, gzipped batches, camelCase field names of its database models).
 
-    OUT/features/batch-<b>.jsonl.gz       one JSON object per latent: modelId, layer (the source id), index (a
-                                          string), maxActApprox, frac_nonzero, hookName, freq_hist_data_bar_* (a histogram of its values in those contexts)
-    OUT/activations/batch-<b>.jsonl.gz    one per (latent, context): modelId, layer, index, tokens [T] strings,
-                                          values [T] floats, maxValue, maxValueTokenIndex, minValue
-    OUT/explanations/batch-<b>.jsonl.gz   one per explained latent: modelId, layer, index, description,
-                                          typeName, explanationModelName
-    OUT/source.json                       modelId, layer, hookName, d_sae, the SAE's cfg
+    OUT/release.jsonl, model.jsonl, sourceset.jsonl, source.jsonl   one row each: the release, the model, the
+                                          source set (`<set>` of the source id `<layer>-<set>`) and the source
+    OUT/features/batch-<b>.jsonl.gz       one row per latent: modelId, layer (the source id), index (the latent
+                                          as a string), maxActApprox, frac_nonzero, hookName,
+                                          freq_hist_data_bar_heights/values (a histogram of its nonzero values in
+                                          its contexts), and the database's other columns empty
+    OUT/activations/batch-<b>.jsonl.gz    one row per (latent, context): id, modelId, layer, index, tokens [T]
+                                          strings, values [T] floats, maxValue, maxValueTokenIndex, minValue
+    OUT/explanations/batch-<b>.jsonl.gz   one row per explained latent: id, modelId, layer, index, description,
+                                          typeName, explanationModelName, authorId
 
 Batches hold `batch_size` consecutive latents. A latent's contexts are the stored sequences holding its top
 activations (one context per sequence, highest first); a context's values are the latent's activation at each
 of its tokens (0 where saeforge captured no row, e.g. special tokens). Explanations come from a saeforge
-interpretation (`saeforge interpret` with a judge), when one is given.
+interpretation (`saeforge interpret` with a judge), when one is given. Ids are deterministic (source id,
+latent, context), so a re-export writes the same rows.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,20 @@ from saeforge.interpret.records import Interpretation
 from saeforge.sae.base import SAE
 
 HIST_BINS = 20
+SOURCE_ID = re.compile(r"^(\d+)-([A-Za-z0-9][A-Za-z0-9_-]*)$")
+_EMPTY_FEATURE = {  # the feature table's columns saeforge does not compute
+    "hasVector": False, "vector": [], "vectorLabel": None, "topkCosSimIndices": [], "topkCosSimValues": [],
+    "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
+    "correlated_neurons_indices": [], "correlated_neurons_pearson": [], "correlated_neurons_l1": [],
+    "correlated_features_indices": [], "correlated_features_pearson": [], "correlated_features_l1": [],
+    "neg_str": [], "neg_values": [], "pos_str": [], "pos_values": [], "logits_hist_data_bar_heights": [],
+    "logits_hist_data_bar_values": [], "decoder_weights_dist": [],
+}  # fmt: skip
+_EMPTY_ACTIVATION = {
+    "dfaValues": [], "dfaTargetIndex": None, "dfaMaxValue": None, "lossValues": [], "logitContributions": None,
+    "binMin": None, "binMax": None, "binContains": None, "qualifyingTokenIndex": None, "dataIndex": None,
+    "dataSource": None,
+}  # fmt: skip
 
 
 def _top_sequences(
@@ -77,6 +97,23 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     write_with(path, lambda p: Path(p).write_bytes(gzip.compress(data, mtime=0)))
 
 
+def _metadata(model_id: str, source_id: str, hook: str, creator: str, created: str) -> dict[str, dict]:
+    """The one-row tables that name the release, the model, the source set and the source."""
+    layer, set_name = SOURCE_ID.match(source_id).groups()
+    who = {"creatorId": creator, "createdAt": created}
+    return {
+        "release": {"name": set_name, "description": f"{set_name} (saeforge)", "descriptionShort": set_name,
+                    "urls": [], "creatorNameShort": creator, "creatorName": creator, **who},
+        "model": {"id": model_id, "instruct": model_id.endswith("-it"), "displayNameShort": model_id,
+                  "displayName": model_id, **who, "updatedAt": created},
+        "sourceset": {"modelId": model_id, "name": set_name, "creatorName": creator, "releaseName": set_name,
+                      "description": f"{hook}, layer {layer}", "visibility": "PUBLIC", **who},
+        "source": {"modelId": model_id, "setName": set_name, "visibility": "PUBLIC", "dataset": "",
+                   "id": source_id, "num_prompts": None, "num_tokens_in_prompt": None, "hfRepoId": None,
+                   "hfFolderId": None, "creatorId": creator},
+    }  # fmt: skip
+
+
 def export_neuronpedia(
     sae: SAE,
     store: ActivationStore | str | Path,
@@ -88,12 +125,20 @@ def export_neuronpedia(
     contexts_per_latent: int = 10,
     batch_size: int = 128,
     rows: int = 8192,
+    creator: str = "saeforge",
 ) -> Path:
-    """Writes OUT/{features,activations,explanations}/batch-*.jsonl.gz and OUT/source.json; returns OUT.
+    """Writes OUT/{features,activations,explanations}/batch-*.jsonl.gz and the four one-row tables; returns OUT.
 
-    model_id / source_id: Neuronpedia's names for the model and for this SAE (e.g. "gpt2-small", "6-res-team").
+    model_id / source_id: Neuronpedia's names for the model and for this SAE (source ids are `<layer>-<set>`,
+        e.g. "gpt2-small" and "6-res-team").
     decode: token ids -> token strings (e.g. `saeforge.interpret.contexts.tokenizer_decode(tokenizer)`).
+    creator: the creator name and id written into every row.
     """
+    if not SOURCE_ID.match(source_id):
+        raise ValueError(
+            f"Neuronpedia source id {source_id!r} is not `<layer>-<set name>`: use e.g. 6-res-team "
+            "(the layer number, a dash, then letters, digits, - or _)"
+        )
     store = store if isinstance(store, ActivationStore) else ActivationStore.open(store)
     if store.d_in != sae.d_in:
         raise ValueError(
@@ -105,7 +150,9 @@ def export_neuronpedia(
     fires, tops, max_act = _top_sequences(seqs, sae, contexts_per_latent)
     values = _context_values(seqs, sae, tops)
     explained = {r.latent: r for r in interpretation.latents} if interpretation is not None else {}
+    created = datetime.now(timezone.utc).isoformat()
     base = {"modelId": model_id, "layer": source_id}
+    who = {"creatorId": creator, "createdAt": created}
     root = Path(out)
     for b, start in enumerate(range(0, sae.d_sae, batch_size)):
         latents = range(start, min(start + batch_size, sae.d_sae))
@@ -117,17 +164,20 @@ def export_neuronpedia(
                 {
                     **base,
                     "index": str(j),
+                    **who,
                     "hookName": hook,
                     "maxActApprox": float(max_act[j]),
                     "frac_nonzero": float(fires[j]) / max(store.num_rows, 1),
                     "freq_hist_data_bar_heights": heights.tolist() if nonzero else [],
                     "freq_hist_data_bar_values": ((edges[:-1] + edges[1:]) / 2).tolist() if nonzero else [],
+                    **_EMPTY_FEATURE,
                 }
             )
-            for r in tops[j]:
+            for n, r in enumerate(tops[j]):
                 v = values[(j, r)]
                 acts.append(
                     {
+                        "id": f"{source_id}-{j}-{n}",
                         **base,
                         "index": str(j),
                         "tokens": decode(seqs.tokens[r].tolist()),
@@ -135,21 +185,26 @@ def export_neuronpedia(
                         "maxValue": float(v.max()),
                         "maxValueTokenIndex": int(v.argmax()),
                         "minValue": float(v.min()),
+                        **who,
+                        **_EMPTY_ACTIVATION,
                     }
                 )
             rec = explained.get(j)
             if rec is not None and rec.explanation:
                 explanations.append(
                     {
+                        "id": f"{source_id}-{j}-explanation",
                         **base,
                         "index": str(j),
                         "description": rec.explanation,
                         "typeName": "saeforge-judge",
                         "explanationModelName": str(interpretation.meta.get("judge_model", "")),
+                        "authorId": creator,
+                        "createdAt": created,
                     }
                 )
         for table, data in (("features", features), ("activations", acts), ("explanations", explanations)):
             _write_jsonl(root / table / f"batch-{b}.jsonl.gz", data)
-    source = {**base, "hookName": hook, "d_sae": sae.d_sae, "cfg": sae.cfg.model_dump(mode="json")}
-    write_text(root / "source.json", json.dumps(source, indent=1) + "\n")
+    for name, row in _metadata(model_id, source_id, hook, creator, created).items():
+        write_text(root / f"{name}.jsonl", json.dumps(row) + "\n")
     return root

@@ -1,9 +1,19 @@
-"""Metric sinks. `metrics.jsonl` in the run directory always; TensorBoard, MLflow (sqlite backend) and
-Weights & Biases (offline unless WANDB_MODE says otherwise) when chosen. Their packages are imported only when
-chosen; `check_logger_packages` fails before training if one is missing.
+"""Metric sinks. `metrics.jsonl` in the run directory always; TensorBoard, MLflow and Weights & Biases when chosen.
+Their packages are imported only when chosen; `check_logger_packages` fails before training if one is missing.
 
 A record is {"step", "tokens", "tokens_per_s", "elapsed_s", "saes": {name: {"loss", <loss terms>, "l0", "fvu",
-"dead_fraction", "lr"}}}; the optional backends receive it flattened as "<name>/<metric>".
+"dead_fraction", "lr"}}}; the trackers receive it flattened as "<name>/<metric>" (undefined metrics, null in the
+JSONL, are left out).
+
+Where the trackers write, offline by default:
+- TensorBoard: `<run>/tensorboard/`.
+- MLflow: `$MLFLOW_TRACKING_URI` when set (a team server), else an sqlite store `<run>/mlflow.db` with artefacts
+  under `<run>/mlartifacts/`.
+- W&B: `<run>/wandb/`, in `$WANDB_MODE` when set, else offline (`wandb sync <run>/wandb/offline-run-*` uploads).
+
+A resumed run appends to the same tracker runs: their ids are kept in `<run>/trackers.json`, and records the
+trackers already received before the interruption (steps up to the last one in `metrics.jsonl` then) are not
+sent twice. At the end the run card, the curves and each SAE's card are attached as artefacts.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +29,7 @@ from saeforge.atomic import write_text
 from saeforge.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
+TRACKERS_FILE = "trackers.json"
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
@@ -32,9 +44,9 @@ def check_logger_packages(loggers: list[str]) -> None:
 
 
 def flatten(record: dict[str, Any]) -> dict[str, float]:
-    flat = {k: float(v) for k, v in record.items() if k not in ("saes", "step")}
+    flat = {k: float(v) for k, v in record.items() if k not in ("saes", "step") and v is not None}
     for name, metrics in record["saes"].items():
-        flat.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
+        flat.update({f"{name}/{k}": float(v) for k, v in metrics.items() if v is not None})
     return flat
 
 
@@ -54,32 +66,141 @@ def read_metrics(run_dir: Path, max_step: int | None = None) -> list[dict[str, A
     return records
 
 
-class MetricLoggers:
-    """Fans each record out to the chosen sinks. Only the main rank constructs one."""
+class _Mlflow:
+    """One MLflow run through the client API (no global active run, so a caller's own MLflow run is untouched)."""
 
-    def __init__(self, run_dir: Path, loggers: list[str], params: dict[str, Any], wandb_project: str):
-        self.run_dir = Path(run_dir)
-        self._jsonl = open(self.run_dir / METRICS_FILE, "a")
-        self._tb = self._mlflow = self._wandb = None
-        if "tensorboard" in loggers:
-            from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, run_dir: Path, params: dict[str, Any], known: dict[str, str] | None):
+        from mlflow.tracking import MlflowClient
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        if "mlflow" in loggers:
-            import mlflow
-
-            mlflow.set_tracking_uri(f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
-            mlflow.set_experiment("saeforge")
-            mlflow.start_run(run_name=self.run_dir.name)
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-            self._mlflow = mlflow
-        if "wandb" in loggers:
-            import wandb
-
-            os.environ.setdefault("WANDB_MODE", "offline")
-            self._wandb = wandb.init(
-                project=wandb_project, dir=str(self.run_dir), config=params, name=self.run_dir.name
+        uri = (known or {}).get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=uri)
+        if known:
+            self.run_id = known["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            experiment = self.client.get_experiment_by_name("saeforge")
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else self.client.create_experiment(
+                    "saeforge", artifact_location=(run_dir / "mlartifacts").resolve().as_uri()
+                )
             )
+            self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+            for key, value in params.items():
+                self.client.log_param(self.run_id, key, json.dumps(value)[:6000])
+        self.ids = {"run_id": self.run_id, "tracking_uri": uri}
+
+    def log(self, flat: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in flat.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def attach(self, paths: list[tuple[Path, str]]) -> None:
+        for path, folder in paths:
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder or None)
+
+    def close(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class _Wandb:
+    def __init__(self, run_dir: Path, params: dict[str, Any], project: str, known: dict[str, str] | None):
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE", "offline")
+        if known:
+            self.run = wandb.init(
+                project=known["project"], dir=str(run_dir), id=known["run_id"], resume="allow", mode=mode
+            )
+        else:
+            self.run = wandb.init(
+                project=project, dir=str(run_dir), config=params, name=run_dir.name, mode=mode
+            )
+        self.run_dir = run_dir
+        self.ids = {"run_id": self.run.id, "project": known["project"] if known else project}
+
+    def log(self, flat: dict[str, float], step: int) -> None:
+        self.run.log(flat, step=step)
+
+    def attach(self, paths: list[tuple[Path, str]]) -> None:
+        for path, _ in paths:
+            self.run.save(str(path.resolve()), base_path=str(self.run_dir.resolve()), policy="now")
+
+    def close(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+class _TensorBoard:
+    def __init__(self, run_dir: Path, params: dict[str, Any], resume_after: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(
+            log_dir=str(run_dir / "tensorboard"),
+            purge_step=None if resume_after is None else resume_after + 1,
+        )
+        if resume_after is None:
+            self.writer.add_text("config", "```\n" + json.dumps(params, indent=1) + "\n```", global_step=0)
+
+    def log(self, flat: dict[str, float], step: int) -> None:
+        for k, v in flat.items():
+            self.writer.add_scalar(k, v, global_step=step)
+
+    def attach(self, paths: list[tuple[Path, str]]) -> None:
+        for path, folder in paths:
+            tag = f"{folder}/{path.name}" if folder else path.name
+            if path.suffix == ".png":
+                from matplotlib.image import imread
+
+                self.writer.add_image(tag, imread(path)[..., :3], dataformats="HWC")
+            else:
+                self.writer.add_text(tag, "```\n" + path.read_text() + "\n```")
+
+    def close(self, status: str) -> None:
+        self.writer.close()
+
+
+class MetricLoggers:
+    """Fans each record out to the chosen sinks. Only the main rank constructs one.
+
+    resume_after: None for a fresh run; on resume, the last step the trackers received before the interruption
+        (records up to it are not sent again, and the trackers' runs of `trackers.json` are continued).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        loggers: list[str],
+        params: dict[str, Any],
+        wandb_project: str,
+        resume_after: int | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.resume_after = resume_after or 0
+        known = self._known_ids() if resume_after is not None else {}
+        self._jsonl = open(self.run_dir / METRICS_FILE, "a")
+        self._trackers: dict[str, Any] = {}
+        if "tensorboard" in loggers:
+            self._trackers["tensorboard"] = _TensorBoard(self.run_dir, params, resume_after)
+        if "mlflow" in loggers:
+            self._trackers["mlflow"] = _Mlflow(self.run_dir, params, known.get("mlflow"))
+        if "wandb" in loggers:
+            self._trackers["wandb"] = _Wandb(self.run_dir, params, wandb_project, known.get("wandb"))
+        ids = {name: t.ids for name, t in self._trackers.items() if hasattr(t, "ids")}
+        if ids:
+            write_text(self.run_dir / TRACKERS_FILE, json.dumps(ids, indent=1))
+
+    def _known_ids(self) -> dict[str, dict[str, str]]:
+        path = self.run_dir / TRACKERS_FILE
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); delete it to start new tracker runs") from e
 
     @staticmethod
     def truncate(run_dir: Path, max_step: int) -> list[dict[str, Any]]:
@@ -93,22 +214,21 @@ class MetricLoggers:
     def log(self, record: dict[str, Any]) -> None:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        if self._tb is None and self._mlflow is None and self._wandb is None:
+        step = record["step"]
+        if not self._trackers or step <= self.resume_after:
             return
-        flat, step = flatten(record), record["step"]
-        if self._tb is not None:
-            for k, v in flat.items():
-                self._tb.add_scalar(k, v, global_step=step)
-        if self._mlflow is not None:
-            self._mlflow.log_metrics(flat, step=step)
-        if self._wandb is not None:
-            self._wandb.log(flat, step=step)
+        flat = flatten(record)
+        for tracker in self._trackers.values():
+            tracker.log(flat, step)
 
-    def close(self) -> None:
+    def attach(self, paths: list[tuple[Path, str]]) -> None:
+        """Attaches files as artefacts: (path, folder in the tracker's artefact tree, "" for the top)."""
+        existing = [(p, folder) for p, folder in paths if Path(p).is_file()]
+        for tracker in self._trackers.values():
+            tracker.attach(existing)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """status: FINISHED, KILLED (interrupted, resumable) or FAILED."""
         self._jsonl.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._mlflow is not None:
-            self._mlflow.end_run()
-        if self._wandb is not None:
-            self._wandb.finish()
+        for tracker in self._trackers.values():
+            tracker.close(status)

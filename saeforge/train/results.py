@@ -9,7 +9,7 @@ from typing import Any
 
 from saeforge import sae as sae_api
 from saeforge.atomic import write_text
-from saeforge.report.card import write_sae_card
+from saeforge.report.card import CARD_FILENAME, write_sae_card
 from saeforge.report.figures import plot_curves
 from saeforge.sae.base import SAE
 from saeforge.train.runcard import run_card
@@ -87,6 +87,11 @@ def export_results(run: Any) -> list[TrainedSAE]:
             plot_curves(run.history, run.cfg.out / CURVES)
     run.ctx.barrier()
     return out
+
+
+def artefacts(out: Path, results: list[TrainedSAE]) -> list[tuple[Path, str]]:
+    """The files a tracker attaches to the run: (path, folder): the run card, the curves, each SAE's card."""
+    return [(out / RUN_CARD, ""), (out / CURVES, "")] + [(r.path / CARD_FILENAME, r.name) for r in results]
 
 
 def non_finite(

@@ -49,9 +49,9 @@ from saeforge.train.data import (
 )
 from saeforge.train.defaults import OptimSettings
 from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
-from saeforge.train.loggers import MetricLoggers, check_logger_packages
+from saeforge.train.loggers import MetricLoggers, check_logger_packages, read_metrics
 from saeforge.train.optim import Adam
-from saeforge.train.results import TrainedSAE, export_results, non_finite
+from saeforge.train.results import TrainedSAE, artefacts, export_results, non_finite
 from saeforge.train.runcard import data_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
 from saeforge.train.sharded import read_checkpoint, run_tensors, write_checkpoint
@@ -151,6 +151,7 @@ class _Run:
         self.total_steps = cfg.total_steps
         self.local_batch = cfg.batch_size // self.mesh.dp
         self.history: list[dict[str, Any]] = []
+        self.logged_through = 0  # the last step the trackers received before an interruption (resume)
         self.elapsed_before = 0.0
 
     def _build(self) -> None:
@@ -229,6 +230,7 @@ class _Run:
                 next(self.batches)
         state.restore_rng(t, self.ctx.rank, self.device)
         if self.ctx.is_main:
+            self.logged_through = max((r["step"] for r in read_metrics(self.cfg.out)), default=step)
             self.history = MetricLoggers.truncate(self.cfg.out, step)
         log.info("resumed from %s at step %d", self.checkpoint, step)
         return step
@@ -345,24 +347,22 @@ class _Run:
             start = self._restore()
         else:
             start, pending = 0, self._fresh_start()
-        loggers = None
-        if self.ctx.is_main:
-            cfg.out.mkdir(parents=True, exist_ok=True)
-            if self.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
-                MetricLoggers.truncate(cfg.out, 0)
-            resolved = {
-                "config": cfg.model_dump(mode="json"),
-                "resolved": {r.name: r.to_json() for r in self.resolved},
-            }
-            write_text(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
-            loggers = MetricLoggers(cfg.out, cfg.loggers, cfg.model_dump(mode="json"), cfg.wandb_project)
+        loggers = _open_outputs(self) if self.ctx.is_main else None
+        status = "FAILED"
         try:
             with StopSignal() as stop:
                 self._loop(start, pending, stop, loggers)
+            results = export_results(self)
+            if loggers is not None:
+                loggers.attach(artefacts(cfg.out, results))
+            status = "FINISHED"
+            return results
+        except TrainingInterrupted:
+            status = "KILLED"
+            raise
         finally:
             if loggers is not None:
-                loggers.close()
-        return export_results(self)
+                loggers.close(status)
 
     def _loop(
         self,
@@ -410,6 +410,27 @@ class _Run:
                     checkpoint=path,
                     signum=signum,
                 )
+
+
+def _open_outputs(run: _Run) -> MetricLoggers:
+    """Main rank: the run folder, its resolved config and the metric sinks (continuing the trackers' runs on
+    resume)."""
+    cfg = run.cfg
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if run.checkpoint is None:  # records of an earlier attempt that died before its first checkpoint
+        MetricLoggers.truncate(cfg.out, 0)
+    resolved = {
+        "config": cfg.model_dump(mode="json"),
+        "resolved": {r.name: r.to_json() for r in run.resolved},
+    }
+    write_text(cfg.out / RESOLVED_CONFIG, json.dumps(resolved, indent=1))
+    return MetricLoggers(
+        cfg.out,
+        cfg.loggers,
+        cfg.model_dump(mode="json"),
+        cfg.wandb_project,
+        resume_after=run.logged_through if run.checkpoint is not None else None,
+    )
 
 
 def _autocast(device: torch.device, mode: str):

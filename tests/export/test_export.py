@@ -59,6 +59,7 @@ def read_delphi(folder: Path) -> tuple[dict, dict[tuple[int, int, int], float], 
         start, end = map(int, f.stem.split("_"))
         data = load_file(str(f))
         assert data["locations"].shape[1] == 3 and len(data["locations"]) == len(data["activations"])
+        assert data["locations"].dtype in (np.uint16, np.uint32) and data["activations"].dtype == np.float16
         assert (data["locations"][:, 2] <= end - start).all()
         tokens = data["tokens"] if tokens is None else tokens
         assert (data["tokens"] == tokens).all()
@@ -77,7 +78,9 @@ def test_delphi_cache_holds_every_nonzero_latent(store, tmp_path):
         "26_39.safetensors",
     ]
     config, acts, tokens = read_delphi(folder)
-    assert config["n_splits"] == 3 and config["cache_ctx_len"] == tokens.shape[1] == 24
+    assert config["n_splits"] == 3 and config["cache_ctx_len"] == config["ctx_len"] == tokens.shape[1] == 24
+    for key in ("dataset_repo", "dataset_split", "dataset_name", "dataset_column", "model_name"):
+        assert isinstance(config[key], str), key  # what Delphi's LatentDataset reads
     direct = _direct(sae, store)
     seq_ids = sorted({s for s, _ in direct})
     assert tokens.shape[0] == len(seq_ids)
@@ -109,13 +112,37 @@ def test_delphi_cache_holds_every_nonzero_latent(store, tmp_path):
         assert tokens[row_of[s], p] == t
 
 
+# The columns Neuronpedia's converters (utils/neuronpedia-utils) write for each table.
+NP_COLUMNS = {
+    "features": {"modelId", "layer", "index", "creatorId", "createdAt", "maxActApprox", "hasVector", "vector",
+                 "vectorLabel", "hookName", "topkCosSimIndices", "topkCosSimValues", "neg_str", "neg_values",
+                 "pos_str", "pos_values", "frac_nonzero", "freq_hist_data_bar_heights",
+                 "freq_hist_data_bar_values", "logits_hist_data_bar_heights", "logits_hist_data_bar_values",
+                 "decoder_weights_dist"},
+    "activations": {"id", "tokens", "modelId", "layer", "index", "maxValue", "maxValueTokenIndex", "minValue",
+                    "values", "creatorId", "createdAt", "dfaValues", "dfaTargetIndex", "dfaMaxValue",
+                    "lossValues"},
+    "explanations": {"id", "modelId", "layer", "index", "description", "authorId", "typeName",
+                     "explanationModelName", "createdAt"},
+    "source": {"modelId", "setName", "visibility", "id", "creatorId"},
+    "sourceset": {"modelId", "name", "creatorId", "releaseName", "visibility"},
+    "model": {"id", "displayName", "creatorId"},
+    "release": {"name", "creatorName", "creatorId"},
+}  # fmt: skip
+
+
 def read_neuronpedia(root: Path) -> dict[str, list[dict]]:
     tables = {}
+    for table in ("source", "sourceset", "model", "release"):
+        tables[table] = [json.loads(line) for line in (root / f"{table}.jsonl").read_text().splitlines()]
     for table in ("features", "activations", "explanations"):
         rows = []
         for f in sorted((root / table).glob("batch-*.jsonl.gz")):
             rows += [json.loads(line) for line in gzip.decompress(f.read_bytes()).decode().splitlines()]
         tables[table] = rows
+    for table, rows in tables.items():
+        for row in rows:
+            assert NP_COLUMNS[table] <= set(row), (table, NP_COLUMNS[table] - set(row))
     return tables
 
 
@@ -153,10 +180,18 @@ def test_neuronpedia_tables_agree_with_the_sae(store, tmp_path):
         if contexts:
             assert max(a["maxValue"] for a in contexts) == pytest.approx(f["maxActApprox"], rel=1e-5)
             assert contexts[0]["maxValue"] >= contexts[-1]["maxValue"]
-    assert tables["explanations"] == [
-        {"modelId": "team-gpt2", "layer": "1-res-team", "index": "3", "description": "closing brackets",
-         "typeName": "saeforge-judge", "explanationModelName": "local-judge"}
-    ]  # fmt: skip
+    (explanation,) = tables["explanations"]
+    assert {k: explanation[k] for k in ("modelId", "layer", "index", "description", "explanationModelName")} == {
+        "modelId": "team-gpt2", "layer": "1-res-team", "index": "3", "description": "closing brackets",
+        "explanationModelName": "local-judge"}  # fmt: skip
+    ids = [a["id"] for a in tables["activations"]] + [explanation["id"]]
+    assert len(set(ids)) == len(ids)
+    (source,) = tables["source"]
+    (sourceset,) = tables["sourceset"]
+    assert (source["id"], source["setName"], source["modelId"]) == ("1-res-team", "res-team", "team-gpt2")
+    assert (sourceset["name"], tables["model"][0]["id"]) == ("res-team", "team-gpt2")
+    with pytest.raises(ValueError, match="is not `<layer>-<set name>`"):
+        export_neuronpedia(sae, store, tmp_path / "bad", "team-gpt2", "res team")
 
 
 def test_cli_exports_both(store, tmp_path, cli, tiny_model):
@@ -180,7 +215,7 @@ def test_cli_exports_both(store, tmp_path, cli, tiny_model):
         "2",
     )
     assert len(read_delphi(tmp_path / "d" / HOOK)[1]) > 0
-    args = ["--activations", store.path, "--out", tmp_path / "n", "--model-id", "m", "--source-id", "s"]
+    args = ["--activations", store.path, "--out", tmp_path / "n", "--model-id", "m", "--source-id", "1-res-s"]
     cli("export", "neuronpedia", "--sae", tmp_path / "sae", *args, "--model", tiny_model("gpt2"))
     tables = read_neuronpedia(tmp_path / "n")
     assert len(tables["features"]) == 16 and all(
