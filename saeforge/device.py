@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_DEVICE = "auto"
+DeviceMap = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        description="split a model too big for one device over several with accelerate: auto (its layers over the "
+        "GPUs this process may use, then CPU RAM; under torchrun each local rank gets its own group of GPUs), or "
+        "a JSON file {module name: device} (cpu, cuda:N, disk); default: the whole model on --device",
+    ),
+]
 Device = Annotated[
     str,
     Field(

@@ -343,6 +343,7 @@ def _run_pipeline(plan: StagePlan, progress: Progress) -> RunResult:
                     history=t.history,
                     density=density,
                     latents=latents,
+                    activations=str(held_stores[hook]),
                 )
             )
 

@@ -98,7 +98,7 @@ class _Model:
 def _open_model(cfg: CaptureConfig, role: str | None, path: str, rank: int, world: int) -> _Model:
     from saeforge.models import load_model, resolve_hook
 
-    loaded = load_model(path, dtype=cfg.model_dtype, device=cfg.device)
+    loaded = load_model(path, dtype=cfg.model_dtype, device=cfg.device, device_map=cfg.device_map)
     for h in cfg.hooks:
         resolve_hook(loaded.model, h)
     dirs = cfg.store_dirs()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from saeforge.device import DEFAULT_DEVICE, Device
+from saeforge.device import DEFAULT_DEVICE, Device, DeviceMap
 from saeforge.dtypes import StorageDtype
 from saeforge.hook_names import canonical_hook_name
 
@@ -63,6 +63,7 @@ class CaptureConfig(BaseModel):
     )
     seed: int = Field(default=0, description="seed of the corpus mixture draw")
     device: Device = DEFAULT_DEVICE
+    device_map: DeviceMap = None
     model_dtype: StorageDtype = Field(default="float32", description="dtype the model runs in")
 
     @field_validator("data", mode="before")
@@ -107,17 +108,22 @@ class CaptureConfig(BaseModel):
         }
 
     def resume_key(self) -> dict:
-        """The settings a store's content depends on (device and out do not count)."""
-        return self.model_dump(mode="json", exclude={"out", "device"})
+        """The settings a store's content depends on (device, device_map and out do not count)."""
+        return self.model_dump(mode="json", exclude={"out", "device", "device_map"})
 
 
 class PlanConfig(BaseModel):
-    """A planned capture of `tokens` rows at `hook` and the training of one SAE on them."""
+    """A planned capture of `tokens` rows at `hook` and the training of one SAE on them (without a model, only
+    the layouts of `saeforge.plan.layouts` are planned, from the width given there)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="local model directory")
-    hook: str = Field(description="hook name the SAE will read, e.g. layers.3.resid_post")
+    model: str | None = Field(
+        default=None, description="local model directory (times capture and a step here)"
+    )
+    hook: str | None = Field(
+        default=None, description="hook name the SAE will read, e.g. layers.3.resid_post"
+    )
     tokens: int = Field(gt=0, description="tokens to capture and train on")
     dtype: StorageDtype = Field(default="float32", description="stored dtype of the activations")
     expansion_factor: float = Field(default=16.0, gt=0, description="d_sae / d_in of the planned SAE")
@@ -127,3 +133,9 @@ class PlanConfig(BaseModel):
         default=None, description="where the store would go (to compare with free disk space)"
     )
     device: Device = DEFAULT_DEVICE
+
+    @model_validator(mode="after")
+    def _model_and_hook(self) -> PlanConfig:
+        if (self.model is None) != (self.hook is None):
+            raise ValueError("give --model and --hook together (the hook is read from the model)")
+        return self

@@ -36,14 +36,15 @@ def eval_command(
     transcoder is judged on its target site (--target-activations; with --model, spliced in place of the MLP's
     output), a crosscoder on every site (one --activations store per site, in its order).
     """
-    from rich.console import Console
-    from rich.table import Table
-
     with exit_codes():
         cfg = settings.build(out=out)
+    from rich.console import Console
+
+    from saeforge.cli.output import make_console, print_table
     from saeforge.eval import run_eval, write_eval_outputs
     from saeforge.eval.drift import drift_line
     from saeforge.report.evaluation import comparison_keys, comparison_rows
+    from saeforge.report.format import fmt
 
     err_console = Console(stderr=True)
     with exit_codes(failed=(ValueError, FileNotFoundError)), err_console.status("evaluating") as status:
@@ -54,21 +55,15 @@ def eval_command(
     keys = [
         k for k in comparison_keys(results) if any(row[k] is not None for row in rows)
     ]  # measured columns only
-    table = Table(title="SAE evaluation")
-    for key in keys:
-        text = key in ("name", "verdict")
-        table.add_column(
-            key, justify="left" if text else "right", no_wrap=text, min_width=len(key) if text else None
-        )
-    for row in rows:
-        table.add_row(
-            *(
-                "–" if row[k] is None else f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k])
-                for k in keys
-            )
-        )
-    console = Console()
-    console.print(table)
+    cells = [[fmt(row[k]) for k in keys] for row in rows]
+    console = make_console()
+    print_table(
+        console,
+        keys,
+        cells,
+        title="SAE evaluation",
+        left=[i for i, k in enumerate(keys) if k in ("name", "verdict")],
+    )
     for r in results:
         console.print(f"[bold]{r['name']}[/bold]: {r['verdict_evidence']}")
         if r.get("drift") is not None:

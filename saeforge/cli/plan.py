@@ -7,6 +7,8 @@ import typer
 from saeforge.activations.config import PlanConfig
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes
+from saeforge.errors import ConfigError
+from saeforge.plan.layouts import LayoutConfig
 
 
 def _size(n: float) -> str:
@@ -27,12 +29,29 @@ def _duration(s: float) -> str:
 
 @app.command()
 @config_options(PlanConfig, flags={"batch_size": ("--forward-batch-size", "--batch-size")})
-def plan(settings: Settings) -> None:
-    """Print disk, memory and time estimates for capturing TOKENS at HOOK and training an SAE on them."""
-    from saeforge.plan import plan as make_plan
-
+@config_options(LayoutConfig, flags={"layouts": "--layout"}, into="layout")
+def plan(settings: Settings, layout: Settings) -> None:
+    """Print disk, memory and time estimates for capturing TOKENS at HOOK and training an SAE on them (with
+    --model), and with --device-spec the per-rank memory, step time, wall time and cost of T x D layouts."""
     with exit_codes():
         cfg = settings.build()
+        lay = layout.build()
+        if cfg.model is None and lay.d_in is None:
+            raise ConfigError("give --model and --hook (estimates timed here) or --d-in (layouts only)")
+        if cfg.model is None and lay.device_spec is None:
+            raise ConfigError(
+                "without --model, give --device-spec (h100-80gb, h200-141gb, b200, cpu or a file)"
+            )
+    d_in = lay.d_in
+    if cfg.model is not None:
+        d_in = _machine(cfg).d_in
+    if lay.device_spec is not None:
+        _layouts(cfg, lay, d_in)
+
+
+def _machine(cfg):
+    from saeforge.plan import plan as make_plan
+
     with exit_codes(failed=(ValueError,)):
         p = make_plan(
             cfg.model,
@@ -70,4 +89,63 @@ def plan(settings: Settings) -> None:
     )
     typer.echo(
         f"  training time      {_duration(p.train_seconds)} ({p.train_tokens_per_s:,.0f} tokens/s, dense SAE step on {device})"
+    )
+    return p
+
+
+def _layouts(cfg, lay, d_in: int) -> None:
+    from saeforge.plan import device_spec, parse_layout, plan_layouts
+
+    d_sae = lay.d_sae or int(round(cfg.expansion_factor * d_in))
+    with exit_codes():
+        device = device_spec(lay.device_spec, lay.efficiency)
+        chosen = [parse_layout(t) for t in lay.layouts] or None
+        try:
+            plans = plan_layouts(
+                d_in,
+                d_sae,
+                lay.k,
+                lay.train_batch_size,
+                cfg.tokens,
+                device,
+                chosen,
+                lay.max_devices,
+                lay.price_per_device_hour,
+            )
+        except ValueError as e:
+            raise ConfigError(f"--layout: {e}") from None
+    rates = (
+        f"{device.gemm_flops / 1e12:.3g} TFLOP/s GEMM, {device.memory_bytes_per_s / 1e9:.3g} GB/s memory, "
+    )
+    rates += f"{device.link_bytes_per_s / 1e9:.3g} GB/s link"
+    source = "measured here" if device.measured else f"datasheet x {lay.efficiency:g}, not measured here"
+    typer.echo(
+        f"layouts for d_in {d_in}, d_sae {d_sae:,}, k {lay.k}, batch {lay.train_batch_size} tokens, "
+        f"{cfg.tokens:,} tokens on {device.name} ({_size(device.memory_bytes)}; {rates}; {source})"
+    )
+    cost = lay.price_per_device_hour is not None
+    head = f"  {'TxD':>5} {'weights':>10} {'Adam':>10} {'grads':>10} {'acts':>10} {'total':>10} {'fits':>4}"
+    head += f" {'step':>9} {'comm':>9} {'tokens/s':>11} {'wall':>8}" + (f" {'cost':>10}" if cost else "")
+    typer.echo(head)
+    for p in plans:
+        row = f"  {str(p.layout):>5}" + "".join(
+            f" {_size(b):>10}" for b in (p.weight_bytes, p.adam_bytes, p.grad_bytes, p.activation_bytes)
+        )
+        row += f" {_size(p.memory_bytes):>10} {'yes' if p.fits else 'NO':>4} {p.step_s * 1e3:>7.2f}ms"
+        row += f" {(p.tp_comm_s + p.dp_comm_s) * 1e3:>7.2f}ms {lay.train_batch_size / p.step_s:>11,.0f}"
+        row += f" {_duration(p.wall_s):>8}" + (f" {p.cost:>10,.2f}" if cost else "")
+        typer.echo(row)
+    fitting = [p for p in plans if p.fits]
+    if fitting:
+        best = min(fitting, key=lambda p: (p.wall_s, p.layout.devices))
+        cheapest = min(fitting, key=lambda p: (p.device_hours, p.wall_s))
+        typer.echo(
+            f"  fastest that fits: {best.layout} ({_duration(best.wall_s)}); "
+            f"fewest device-hours: {cheapest.layout} ({cheapest.device_hours:,.1f})"
+        )
+    else:
+        typer.echo("  no layout fits: add devices (--max-devices) or shrink d_sae or the batch")
+    typer.echo(
+        "  memory per rank (fp32 weights, Adam moments, gradients, one batch); times without overlap "
+        "(docs/training.md, Planning layouts)"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import typer
@@ -24,33 +26,47 @@ HELP = "\n\n".join(
 
 
 class _Bars:
-    """Draws one rich progress bar per pipeline stage."""
+    """One rich progress bar per pipeline stage in a terminal; elsewhere (a log, a pipe) one plain line as each
+    stage ends (its time and last word). Stopped before anything is printed after it."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+        from saeforge.cli.output import make_console
 
-        self.console = Console(stderr=True)
-        self.bar = Progress(
-            TextColumn("[bold]{task.description:<22}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=self.console,
-        )
+        self.console = make_console(stderr=True)
+        self.bar = None
         self.task = None
+        self._plain: tuple[str, float, str] | None = None  # stage name, start time, last info
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description:<22}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+            )
 
     def __enter__(self):
-        self.bar.start()
+        if self.bar is not None:
+            self.bar.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._finish()
-        self.bar.stop()
+        if self.bar is not None:
+            self.bar.stop()
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def _finish(self) -> None:
-        if self.task is not None:
+        if self._plain is not None:
+            name, t0, info = self._plain
+            self._line(f"{name}: done in {time.monotonic() - t0:.0f} s" + (f"  ({info})" if info else ""))
+            self._plain = None
+        if self.bar is not None and self.task is not None:
             t = self.bar.tasks[self.task]
             if t.total is not None:
                 self.bar.update(self.task, completed=t.total)
@@ -59,14 +75,22 @@ class _Bars:
 
     def stage(self, name: str, total: float | None = None) -> None:
         self._finish()
-        self.task = self.bar.add_task(name, total=total, info="")
+        if self.bar is None:
+            self._plain = (name, time.monotonic(), "")
+        else:
+            self.task = self.bar.add_task(name, total=total, info="")
 
     def advance(self, done: float, info: str = "") -> None:
-        if self.task is not None:
+        if self._plain is not None:
+            self._plain = (*self._plain[:2], info or self._plain[2])
+        elif self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=done, info=info)
 
     def note(self, text: str) -> None:
-        self.bar.console.print(f"  [dim]{text}[/dim]")
+        if self.bar is None:
+            self._line(f"  {text}")
+        else:
+            self.console.print(f"  [dim]{text}[/dim]")
 
 
 @app.command("run", help=HELP)
@@ -76,37 +100,44 @@ def run(
     ),
     out: Path | None = typer.Option(None, "--out", help="run directory (overrides the config's `out`)"),
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    from saeforge.cli.output import make_console, print_table
     from saeforge.lock import FolderInUse
     from saeforge.pipeline import ConfigError, load_run_config, run_pipeline
+    from saeforge.train import TrainingInterrupted
 
-    console = Console()
+    console = make_console()
     try:
         plan = load_run_config(config, out=out)
     except (ConfigError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     label = str(config) if config else "the built-in example (MiniLM, layers.3.resid_post, TopK k=32 x16)"
-    console.print(f"saeforge run: {label} -> {plan.run.out}")
+    console.print(f"saeforge run: {label} -> {plan.run.out}", markup=False)
     try:
-        with _Bars() as bars:
+        with _Bars() as bars:  # stopped (its last frame drawn) before the messages below
             result = run_pipeline(plan, progress=bars)
     except FolderInUse as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(1) from None
+    except TrainingInterrupted as e:
+        typer.echo(
+            f"stopped by {signal.Signals(e.signum).name} while training (step {e.step}); checkpoint saved at "
+            f"{e.checkpoint}; rerun the same command to continue",
+            err=True,
+        )
+        raise typer.Exit(128 + e.signum) from None
 
-    table = Table(title="held-out evaluation")
-    for col in ("SAE", "FVU", "L0", "dead %", "verdict"):
-        table.add_column(col, justify="left" if col in ("SAE", "verdict") else "right")
-    for m in result.metrics:
-        table.add_row(
+    rows = [
+        [
             str(m.get("name")),
             f"{m['fvu']:.4f}",
             f"{m['l0']:.1f}",
             f"{100 * m['dead_fraction']:.1f}",
             str(m.get("verdict_evidence") or m.get("verdict", "")),
-        )
-    console.print(table)
-    console.print(f"report: {result.report.resolve()}  ({result.seconds:.0f} s)")
+        ]
+        for m in result.metrics
+    ]
+    print_table(
+        console, ["SAE", "FVU", "L0", "dead %", "verdict"], rows, title="held-out evaluation", left=(0, 4)
+    )
+    console.print(f"report: {result.report.resolve()}  ({result.seconds:.0f} s)", markup=False)

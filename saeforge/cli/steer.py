@@ -57,7 +57,7 @@ def steer(
     from saeforge.models import HookError, load_model
 
     try:
-        loaded = load_model(cfg.model, device=cfg.device)
+        loaded = load_model(cfg.model, device=cfg.device, device_map=cfg.device_map)
         plain_ids, plain = generate(loaded, prompt, n_new)
         if clamp is not None:
             with clamping(loaded, hook, sae_obj, latent, clamp):

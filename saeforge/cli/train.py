@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,9 @@ HELP = "\n\n".join(
         "OUT/run_card.json and OUT/checkpoints/. SIGTERM or Ctrl-C saves a checkpoint and exits; rerun the same "
         "command with --resume to continue.",
         "Data parallel: torchrun --nproc_per_node N -m saeforge train ...; latent-sharded: add "
-        "--tensor-parallel T (N = T x D: each SAE's latents split over T ranks, the batch over D).",
+        "--tensor-parallel T (N = T x D: each SAE's latents split over T ranks, the batch over D); with "
+        "distribute_hooks: true in CONFIG (one store per hook in activations) each rank trains the saes of its "
+        "hooks instead.",
     ]
 )
 
@@ -35,14 +38,62 @@ def _is_main_rank() -> bool:
 
 
 class _Display:
-    """A rich progress bar (tokens, tokens/s) over a table of each SAE's latest metrics."""
+    """Training progress on stderr. In a terminal: a live bar (tokens, tokens/s) over a table of each SAE's
+    latest metrics. Elsewhere (a log, a pipe): plain lines at the first record and each tenth of the run.
+    A context manager: the live display is stopped before anything is printed after it."""
+
+    COLUMNS = ("L0", "FVU", "dead %", "lr")
 
     def __init__(self) -> None:
-        from rich.console import Console, Group
+        from saeforge.cli.output import make_console
+
+        self.console = make_console(stderr=True)
+        self.live = None
+        self.progress = None
+        self.task = None
+        self.metrics: dict[str, dict[str, float]] = {}
+        self._next_tenth = 0
+
+    def __enter__(self) -> _Display:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    @staticmethod
+    def _cells(m: dict[str, float], terms: list[str]) -> list[str]:
+        return [
+            f"{m['loss']:.4g}",
+            *(f"{m.get(t, float('nan')):.4g}" for t in terms),
+            f"{m['l0']:.1f}",
+            f"{m['fvu']:.4f}",
+            f"{100 * m['dead_fraction']:.1f}",
+            f"{m['lr']:.2e}",
+        ]
+
+    def _terms(self) -> list[str]:
+        return sorted({k for m in self.metrics.values() for k in m if k.startswith("loss_")})
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        terms = self._terms()
+        for col in ["SAE", "loss", *(t.removeprefix("loss_") for t in terms), *self.COLUMNS]:
+            table.add_column(col, justify="left" if col == "SAE" else "right", no_wrap=True)
+        for name, m in self.metrics.items():
+            table.add_row(name, *self._cells(m, terms))
+        return table
+
+    def _start_live(self, label: str, total: int) -> None:
         from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -51,46 +102,41 @@ class _Display:
             TimeRemainingColumn(),
             console=self.console,
         )
-        self.task = None
-        self.metrics: dict[str, dict[str, float]] = {}
-        self._group = Group
+        self.task = self.progress.add_task(label, total=total, rate="")
         self.live = Live(console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
 
-    def _table(self):
-        from rich.table import Table
-
-        table = Table(box=None, pad_edge=False)
-        terms = sorted({k for m in self.metrics.values() for k in m if k.startswith("loss_")})
-        for col in ["SAE", "loss", *(t.removeprefix("loss_") for t in terms), "L0", "FVU", "dead %", "lr"]:
-            table.add_column(col, justify="left" if col == "SAE" else "right")
+    def _plain(self, event, label: str) -> None:
+        """One progress line, then one line per SAE (every metric named), when a record crosses a tenth."""
+        done = event.tokens / max(event.total_tokens, 1)
+        if not event.metrics or (done * 10 < self._next_tenth and event.step != event.total_steps):
+            return
+        self._next_tenth = int(done * 10) + 1
+        rate = f"  {event.tokens_per_s:,.0f} tokens/s" if event.tokens_per_s else ""
+        lines = [f"{label}: step {event.step}/{event.total_steps}  {event.tokens}/{event.total_tokens} "
+                 f"tokens ({done:.0%}){rate}"]  # fmt: skip
+        terms = self._terms()
+        names = ["loss", *(t.removeprefix("loss_") for t in terms), *self.COLUMNS]
         for name, m in self.metrics.items():
-            table.add_row(
-                name,
-                f"{m['loss']:.4g}",
-                *(f"{m.get(t, float('nan')):.4g}" for t in terms),
-                f"{m['l0']:.1f}",
-                f"{m['fvu']:.4f}",
-                f"{100 * m['dead_fraction']:.1f}",
-                f"{m['lr']:.2e}",
-            )
-        return table
-
-    def _render(self):
-        return self._group(self.progress, self._table())
+            pairs = "  ".join(f"{k} {v}" for k, v in zip(names, self._cells(m, terms), strict=True))
+            lines.append(f"  {name}: {pairs}")
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, event) -> None:
-        if self.task is None:
-            label = f"train (resumed at step {event.start_step})" if event.start_step else "train"
-            self.task = self.progress.add_task(label, total=event.total_tokens, rate="")
-            self.live.start()
-        self.progress.update(
-            self.task,
-            completed=event.tokens,
-            rate=f"{event.tokens_per_s:,.0f}/s" if event.tokens_per_s else "",
-        )
+        label = f"train (resumed at step {event.start_step})" if event.start_step else "train"
         if event.metrics:
             self.metrics = event.metrics
-        self.live.update(self._render())
+        if not self.console.is_terminal:
+            self._plain(event, label)
+            return
+        if self.live is None:
+            self._start_live(label, event.total_tokens)
+        rate = f"{event.tokens_per_s:,.0f}/s" if event.tokens_per_s else ""
+        self.progress.update(self.task, completed=event.tokens, rate=rate)
+        from rich.console import Group
+
+        self.live.update(Group(self.progress, self._table()))
 
 
 # Fields of a run given as flags (the one SAE's own come from SAESpec); --logger adds sinks to jsonl.
@@ -143,29 +189,41 @@ def train_command(
     with exit_codes():
         cfg = _config(config, settings, spec)
     from saeforge.lock import FolderInUse
-    from saeforge.train import NonFiniteError, TrainingInterrupted, train
+    from saeforge.train import NonFiniteError, TrainingInterrupted, train, train_hooks
 
     display = _Display() if _is_main_rank() else None
+    per_hook = None
     try:
-        with exit_codes(failed=(NonFiniteError, FolderInUse)):
-            results = train(cfg, progress=display)
+        # The display is stopped (its last frame drawn) before an error or the interruption is printed.
+        with exit_codes(failed=(NonFiniteError, FolderInUse)), display or contextlib.nullcontext():
+            if cfg.distribute_hooks:
+                per_hook = train_hooks(cfg, progress=display)
+            else:
+                results = train(cfg, progress=display)
     except TrainingInterrupted as e:
         if _is_main_rank():
             typer.echo(str(e), err=True)
         raise typer.Exit(128 + e.signum) from None
-    finally:
-        if display is not None:
-            display.live.stop()
 
+    if per_hook is not None:  # every rank reports the hooks it trained
+        for hook, results in per_hook.items():
+            typer.echo(f"{hook} (rank {os.environ.get('RANK', '0')}):")
+            _report(results)
+        return
     if not _is_main_rank():
         return
+    _report(results)
+    typer.echo(f"metrics: {cfg.out / 'metrics.jsonl'}  curves: {cfg.out / 'curves.png'}")
+    sys.stdout.flush()
+
+
+def _report(results) -> None:
     for r in results:
         m = r.metrics
         typer.echo(
             f"{r.name}: FVU {m.get('fvu', float('nan')):.4f}  L0 {m.get('l0', float('nan')):.1f}  "
             f"dead {100 * m.get('dead_fraction', float('nan')):.1f}%  -> {r.path}"
         )
-    typer.echo(f"metrics: {cfg.out / 'metrics.jsonl'}  curves: {cfg.out / 'curves.png'}")
     sys.stdout.flush()
 
 

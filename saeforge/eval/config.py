@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from saeforge.device import DEFAULT_DEVICE, Device
+from saeforge.device import DEFAULT_DEVICE, Device, DeviceMap
 
 # Largest d_sae for which stability across seeds runs the Hungarian match (O(d_sae^3)).
 HUNGARIAN_MAX_LATENTS = 8192
@@ -65,6 +65,7 @@ class EvalConfig(BaseModel):
     )
     downstream_batch_size: int = Field(default=8, gt=0, description="contexts per model forward pass")
     device: Device = DEFAULT_DEVICE
+    device_map: DeviceMap = None
     hungarian_max_latents: int = Field(
         default=HUNGARIAN_MAX_LATENTS,
         gt=0,

@@ -104,7 +104,7 @@ def _downstream(cfg: EvalConfig, store: Any, model: Path | None, extra_data: Seq
     from saeforge.models import load_model
 
     say(f"loading model {model}")
-    loaded = load_model(str(model), device=cfg.device)
+    loaded = load_model(str(model), device=cfg.device, device_map=cfg.device_map)
     context_size = cfg.context_size or store.manifest.context_size or 128
     if cfg.data:
         contexts = contexts_from_source(cfg.data, loaded.tokenizer, context_size, cfg.contexts)

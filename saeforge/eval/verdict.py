@@ -1,12 +1,15 @@
 """One word per SAE (good, deceptively-good, dead, duplicated, noisy) and the numbers behind it.
 
-The rules are written out in docs/evaluation.md; the thresholds are the constants below.
+The rules are written out in docs/evaluation.md; the thresholds are the constants below. Metrics are named
+and rounded as every table shows them (`saeforge.report.metrics`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from saeforge.report.metrics import metric_text
 
 VERDICTS = ("good", "deceptively-good", "dead", "duplicated", "noisy")
 
@@ -45,11 +48,11 @@ def verdict(m: Mapping[str, Any]) -> tuple[str, str]:
     dense = m.get("dense_fraction_30") or 0.0
     l0, d_in = m.get("l0"), m.get("d_in")
 
-    recon = [f"FVU {fvu:.3g}" if fvu is not None else "FVU undefined"]
+    recon = [metric_text("fvu", fvu) if fvu is not None else "FVU undefined"]
     if ce is not None:
-        recon.append(f"CE score {ce:.3g}")
+        recon.append(metric_text("ce_loss_score", ce))
     if pooled is not None:
-        recon.append(f"pooled-cosine score {pooled:.3g}")
+        recon.append(metric_text("pooled_cosine_score", pooled))
     poor = fvu is None or fvu > FVU_GOOD or any(s is not None and s < CE_SCORE_GOOD for s in (ce, pooled))
 
     problems = []

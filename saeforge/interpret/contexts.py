@@ -43,23 +43,31 @@ def _wordpiece_prefix(tokenizer) -> str | None:
     return None
 
 
+# WordPiece ids carry no spacing, and BERT's pre-tokenizer splits punctuation off words: these attach to the
+# word before them, and the word after an opening bracket or an apostrophe attaches to it ("(gc)", "doesn't").
+_NO_SPACE_BEFORE = frozenset(".,;:!?)]}%'’")
+_NO_SPACE_AFTER = frozenset("([{'’")
+
+
 def tokenizer_decode(tokenizer) -> Decode:
     """Per-token display strings from a Hugging Face tokenizer, so that joining them reads like the text.
 
     Byte-level BPE: each id decoded alone (its leading space included). WordPiece (BERT): a word-initial piece
-    gets a leading space and a continuation piece loses its "##", since WordPiece ids carry no spacing.
+    gets a leading space and a continuation piece loses its "##"; punctuation attaches as in written text
+    (`_NO_SPACE_BEFORE`, `_NO_SPACE_AFTER`); special tokens ([CLS], [SEP]) are returned as they are.
     """
     prefix = _wordpiece_prefix(tokenizer)
     special = set(tokenizer.all_special_tokens)
 
+    def piece(i: int) -> str:
+        raw = tokenizer.convert_ids_to_tokens(i)
+        if raw in special:
+            return raw
+        return raw[len(prefix) :] if raw.startswith(prefix) else " " + raw
+
     def one(i: int) -> str:
         if i < 0:
             return "?"
-        if prefix is not None and i < len(tokenizer):
-            raw = tokenizer.convert_ids_to_tokens(i)
-            if raw in special:
-                return raw
-            return raw[len(prefix) :] if raw.startswith(prefix) else " " + raw
         text = tokenizer.decode([i])
         if text and "\ufffd" not in text:
             return text
@@ -67,8 +75,18 @@ def tokenizer_decode(tokenizer) -> Decode:
         raw = tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else None
         return raw or f"<{i}>"
 
+    def wordpiece(ids: list[int]) -> list[str]:
+        out: list[str] = []
+        for i in ids:
+            p = piece(i) if 0 <= i < len(tokenizer) else one(i)
+            prev = out[-1] if out else ""
+            if p.startswith(" ") and (p[1:] in _NO_SPACE_BEFORE or prev.lstrip() in _NO_SPACE_AFTER):
+                p = p[1:]
+            out.append(p)
+        return out
+
     def decode(ids: list[int]) -> list[str]:
-        return [one(i) for i in ids]
+        return wordpiece(ids) if prefix is not None else [one(i) for i in ids]
 
     return decode
 

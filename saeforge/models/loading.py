@@ -13,6 +13,7 @@ import torch
 
 from saeforge.device import resolve_device
 from saeforge.dtypes import STORAGE_DTYPES, torch_dtype
+from saeforge.models.device_map import input_device, resolve_device_map
 
 # Encoder-only model types loaded with AutoModel (no LM head); everything else must be a causal LM.
 ENCODER_TYPES = frozenset(
@@ -75,7 +76,9 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the first device of a device map (accelerate moves tensors between the others),
+        else the parameters' device."""
+        return input_device(self.model)
 
 
 def _check_path(path: str | Path) -> Path:
@@ -100,13 +103,22 @@ def _check_path(path: str | Path) -> Path:
     raise ModelLoadError(f"model directory {text!r} does not exist")
 
 
-def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> LoadedModel:
     """Loads the model and tokenizer in local directory PATH (local files only), in eval mode on DEVICE.
 
     dtype: "float32", "float16" or "bfloat16". Encoder types (BERT, RoBERTa, ...) load as the bare encoder;
-    other types as a causal LM.
+    other types as a causal LM. device_map (instead of DEVICE, see `device_map.py`): "auto", a JSON file, or a
+    dict {module name: device}; modules mapped to "disk" are offloaded to `offload_folder` (default: a
+    temporary folder removed at exit).
     """
     local = _check_path(path)
+    placement = resolve_device_map(device_map, offload_folder)
     if dtype not in STORAGE_DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -119,14 +131,14 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     kind = "encoder" if config.model_type in ENCODER_TYPES else "causal"
     loader = AutoModel if kind == "encoder" else AutoModelForCausalLM
     try:
-        model = loader.from_pretrained(local, local_files_only=True, dtype=torch_dtype(dtype))
+        model = loader.from_pretrained(local, local_files_only=True, dtype=torch_dtype(dtype), **placement)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{local}: could not load the {config.model_type} model: {e}") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise ModelLoadError(f"{local}: no usable tokenizer files in the model directory: {e}") from e
-    model = model.to(resolve_device(device)).eval()
+    model = (model if placement else model.to(resolve_device(device))).eval()
     text_config = config.get_text_config()
     return LoadedModel(
         model=model,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from saeforge.atomic import write_text
 from saeforge.report.format import fmt
+from saeforge.report.tokens import context_text, is_marker
 
 if TYPE_CHECKING:  # the records are read as plain attributes: rendering imports no stage
     from saeforge.interpret.records import Interpretation, LatentRecord, TokenContext
@@ -45,7 +46,11 @@ td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.hidden { display: none; }
 .ctx { font: 13px/1.9 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; padding: 4px 8px;
        border-bottom: 1px solid #eef1f4; white-space: pre-wrap; word-break: break-word; }
-.ctx .v { display: inline-block; min-width: 52px; color: var(--muted); font-size: 11px; }
+.ctx .v { display: inline-block; min-width: 72px; color: var(--muted); font-size: 11px; }
+.ctx.head { color: var(--muted); font: 11px -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
+.sp { color: var(--muted); font-size: 10px; border: 1px solid var(--line); border-radius: 3px; padding: 0 3px;
+      margin: 0 3px; }
+code { font-size: 12px; background: var(--bg); padding: 0 3px; overflow-wrap: anywhere; }
 .t { border-radius: 3px; padding: 1px 0; }
 .t.c { outline: 1.5px solid #cf222e; }
 .chip { display: inline-block; font: 12px ui-monospace, Menlo, monospace; background: var(--bg);
@@ -53,6 +58,9 @@ tr.hidden { display: none; }
         white-space: pre; }
 .chip.up { border-color: #1a7f37; } .chip.down { border-color: #cf222e; }
 .cols { display: grid; grid-template-columns: 1fr 1fr; gap: 24px; }
+.cols > div { min-width: 0; }
+td { overflow-wrap: anywhere; }
+@media (max-width: 900px) { .cols { grid-template-columns: 1fr; } main { padding: 16px; } }
 .band { color: var(--muted); font-size: 12px; margin: 10px 0 2px; }
 .empty { color: var(--muted); }
 svg .bar { fill: #4493f8; }
@@ -100,22 +108,44 @@ def _show(tok: str) -> str:
 
 
 def _token_span(tok: str, a: float | None, max_act: float, centre: bool) -> str:
-    shown = _show(tok)
+    if is_marker(tok):
+        return f"<span class='sp' title='special token'>{_show(tok.strip())}</span>"
+    space = " " if tok.startswith(" ") else ""  # the word is shaded, not the space before it
+    shown = _show(tok.removeprefix(" "))
     if a is None:
-        return f"<span class='t' title='no activation stored'>{shown}</span>"
+        return f"{space}<span class='t' title='no activation stored'>{shown}</span>"
     alpha = 0.0 if max_act <= 0 else max(0.0, min(1.0, a / max_act))
     style = f" style='background: rgba(255,140,0,{alpha * 0.85:.3f})'" if alpha > 0 else ""
     cls = "t c" if centre else "t"
-    return f"<span class='{cls}'{style} title='{a:.4g}'>{shown}</span>"
+    return f"{space}<span class='{cls}'{style} title='activation {a:.4g}'>{shown}</span>"
+
+
+CONTEXT_HEAD = (
+    "<div class='ctx head'><span class='v'>activation</span>context (the outlined token's activation; "
+    "shading: activation / the latent's max; hover a token for its value)</div>"
+)
 
 
 def context_html(ctx: TokenContext, max_act: float) -> str:
-    """One window as a line of tokens shaded by activation (centre token outlined)."""
+    """One window as a line of tokens shaded by activation (centre token outlined), read as text."""
     spans = "".join(
         _token_span(t, a, max_act, i == ctx.center)
-        for i, (t, a) in enumerate(zip(ctx.tokens, ctx.acts, strict=True))
+        for i, (t, a) in enumerate(zip(context_text(ctx.tokens), ctx.acts, strict=True))
     )
-    return f"<div class='ctx'><span class='v'>{ctx.activation:.3g}</span>{spans}</div>"
+    return f"<div class='ctx'><span class='v' title='activation at the outlined token'>{ctx.activation:.3g}</span>{spans}</div>"
+
+
+def _contexts(contexts, max_act: float) -> str:
+    return CONTEXT_HEAD + "".join(context_html(c, max_act) for c in contexts) if contexts else ""
+
+
+def judge_command(meta: dict, out_dir: Path | str, latents: list[int]) -> str:
+    """The exact `saeforge interpret` line that adds a judge's explanations to this dashboard."""
+    ids = ",".join(map(str, latents))
+    return (
+        f"saeforge interpret --sae {meta.get('sae') or 'SAE'} --activations {meta.get('activations') or 'ACTIVATIONS'} "
+        f"--latent-ids {ids} --out {out_dir} --judge-url http://HOST:PORT/v1 --judge-model MODEL"
+    )
 
 
 def histogram_svg(rec: LatentRecord, width: int = 520, height: int = 120) -> str:
@@ -137,7 +167,11 @@ def histogram_svg(rec: LatentRecord, width: int = 520, height: int = 120) -> str
         f"<text x='{width / 2}' y='{height - 4}' font-size='11' fill='#656d76' text-anchor='middle'>{hi / 2:.3g}</text>"
         f"<text x='{width}' y='{height - 4}' font-size='11' fill='#656d76' text-anchor='end'>{hi:.3g}</text>"
     )
-    return f"<svg width='{width}' height='{height}' role='img' aria-label='activation histogram'>{bars}{axis}</svg>"
+    return (
+        f"<svg viewBox='0 0 {width} {height}' width='100%' style='max-width:{width}px' role='img' "
+        f"aria-label='activation histogram'>{bars}{axis}</svg><div class='band'>activation (SAE latent units) "
+        "on the rows where the latent is active; bar height: rows</div>"
+    )
 
 
 def _chips(scores, cls: str) -> str:
@@ -146,10 +180,28 @@ def _chips(scores, cls: str) -> str:
     return "".join(f"<span class='chip {cls}' title='{s.value:.4g}'>{escape(s.token)}</span>" for s in scores)
 
 
-def latent_page(rec: LatentRecord, sub: str) -> str:
+def _logits(rec: LatentRecord) -> str:
+    if not rec.promoted and not rec.suppressed:
+        return (
+            "<h2>Logits</h2><p class='empty'>not computed (an encoder model has no unembedding, or the run "
+            "skipped them with --no-logits)</p>"
+        )
+    return (
+        f"<h2>Logits the decoder direction promotes</h2>{_chips(rec.promoted, 'up')}"
+        f"<h2>… and suppresses</h2>{_chips(rec.suppressed, 'down')}"
+    )
+
+
+def latent_page(rec: LatentRecord, sub: str, judge_line: str = "") -> str:
+    """One latent's page; `judge_line`: the command that explains it (shown when it has no explanation)."""
     det = rec.detection
     if rec.explanation is None and not rec.unclear:
-        expl = "<p class='expl unclear'>not explained (run with --judge-url)</p>"
+        how = (
+            f": <code>{escape(judge_line)}</code>"
+            if judge_line
+            else " (run saeforge interpret with --judge-url)"
+        )
+        expl = f"<p class='expl unclear'>not explained yet; to have a judge LLM explain it, run{how}</p>"
     elif rec.unclear:
         expl = "<p class='expl unclear'>the judge found no clear pattern</p>"
     else:
@@ -158,7 +210,7 @@ def latent_page(rec: LatentRecord, sub: str) -> str:
         ("density", f"{rec.density:.3%}"),
         ("active rows", f"{rec.n_active:,} / {rec.n_rows:,}"),
         ("max activation", _num(rec.max_activation)),
-        ("mean when active", _num(rec.mean_activation)),
+        ("mean activation when active", _num(rec.mean_activation)),
     ]
     if det is not None:
         stats += [
@@ -167,20 +219,19 @@ def latent_page(rec: LatentRecord, sub: str) -> str:
             ("unparseable", f"{det.n_unparseable} / {det.n}"),
         ]
     stat_html = "".join(f"<div class='stat'><b>{v}</b><span>{k}</span></div>" for k, v in stats)
-    top = "".join(context_html(c, rec.max_activation) for c in rec.top) or "<p class='empty'>never active</p>"
+    top = _contexts(rec.top, rec.max_activation) or "<p class='empty'>never active</p>"
     bands = []
     for b in sorted({c.band for c in rec.quantiles if c.band is not None}):
         lo = rec.quantile_edges[b] if b < len(rec.quantile_edges) else None
         hi = rec.quantile_edges[b + 1] if b + 1 < len(rec.quantile_edges) else None
         bands.append(f"<div class='band'>band {b + 1} (activation {_num(lo)} – {_num(hi)})</div>")
-        bands += [context_html(c, rec.max_activation) for c in rec.quantiles if c.band == b]
-    neg = "".join(context_html(c, rec.max_activation) for c in rec.negatives[:5])
+        bands.append(_contexts([c for c in rec.quantiles if c.band == b], rec.max_activation))
+    neg = _contexts(rec.negatives[:5], rec.max_activation)
     body = (
         f"<h2 style='border:0;font-size:22px;margin-top:4px'>Latent {rec.latent}</h2>{expl}"
         f"<div class='stats'>{stat_html}</div>"
         f"<div class='cols'><div><h2>Activation histogram (active rows)</h2>{histogram_svg(rec)}</div>"
-        f"<div><h2>Logits the decoder direction promotes</h2>{_chips(rec.promoted, 'up')}"
-        f"<h2>… and suppresses</h2>{_chips(rec.suppressed, 'down')}</div></div>"
+        f"<div>{_logits(rec)}</div></div>"
         f"<h2>Top activating contexts</h2>{top}"
         f"<h2>Samples across activation quantiles</h2>{''.join(bands) or '<p class=empty>none</p>'}"
         f"<h2>Non-activating contexts</h2>{neg or '<p class=empty>none</p>'}"
@@ -188,7 +239,7 @@ def latent_page(rec: LatentRecord, sub: str) -> str:
     return _page(f"Latent {rec.latent}", body, "../", sub)
 
 
-def index_page(interp: Interpretation, sub: str) -> str:
+def index_page(interp: Interpretation, sub: str, judge_line: str = "") -> str:
     rows = []
     for r in interp.latents:
         toks = " ".join(escape(repr(t.strip()) if t.strip() else repr(t)) for t in r.top_tokens(5))
@@ -215,12 +266,17 @@ def index_page(interp: Interpretation, sub: str) -> str:
             f"<div class='stat'><b>{_num(judge.get('mean_balanced_accuracy'), 2)}</b>"
             "<span>mean detection bal. acc.</span></div>"
         )
+    if judge_line and not any(r.explanation or r.unclear for r in interp.latents):
+        attr += (
+            "<p class='unclear'>No explanations yet. To have a judge LLM explain every latent (any "
+            f"OpenAI-compatible endpoint), run: <code>{escape(judge_line)}</code></p>"
+        )
     body = (
         f"<div class='stats'><div class='stat'><b>{len(interp.latents)}</b><span>latents</span></div>"
         f"<div class='stat'><b>{meta.get('n_rows', 0):,}</b><span>rows read</span></div>{jline}</div>{attr}"
         "<input id='q' type='search' placeholder='Filter by explanation, token or latent id…' autofocus>"
         "<div id='count' class='empty'></div>"
-        "<table><thead><tr><th>latent</th><th>density</th><th>max</th><th>explanation</th>"
+        "<table><thead><tr><th>latent</th><th>density</th><th>max activation</th><th>explanation</th>"
         "<th>top tokens</th><th>promotes</th><th>detection</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
@@ -256,10 +312,11 @@ def write_dashboard(interp: Interpretation, out_dir: Path) -> Path:
     """Writes the dashboard into out_dir (index.html, latents/*.html, attribution.html). Returns index.html."""
     out_dir = Path(out_dir)
     sub = str(interp.meta.get("sae", ""))
+    line = judge_command(interp.meta, out_dir, [r.latent for r in interp.latents])
     for rec in interp.latents:
-        write_text(out_dir / "latents" / f"{rec.latent}.html", latent_page(rec, sub))
+        write_text(out_dir / "latents" / f"{rec.latent}.html", latent_page(rec, sub, line))
     if interp.attributions:
         write_text(out_dir / "attribution.html", attribution_page(interp, sub))
     index = out_dir / "index.html"
-    write_text(index, index_page(interp, sub))
+    write_text(index, index_page(interp, sub, line))
     return index

@@ -9,6 +9,7 @@ from typing import Any
 
 from saeforge.report.figures import density_histogram_figure, figure_png_bytes, pareto_figure
 from saeforge.report.format import fmt, plain
+from saeforge.report.metrics import label
 
 COMPARISON_KEYS = (
     "name",
@@ -20,6 +21,7 @@ COMPARISON_KEYS = (
     "ce_loss_score",
     "kl_div_score",
     "pooled_cosine",
+    "pooled_cosine_score",
     "dead_fraction",
     "dense_fraction_10",
     "duplication",
@@ -48,17 +50,42 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def _th(key: str) -> str:
+    """A header cell showing the metric's label (`report.metrics`), its metrics.json key on hover."""
+    name = label(key)
+    title = f' title="{html.escape(key)}"' if name != key else ""
+    return f"<th{title}>{html.escape(name)}</th>"
+
+
+SIDEWAYS_MAX_SAES = 6  # up to this many SAEs the table has one column per SAE (it fits a narrow window)
+
+
+def comparison_table_html(results: Sequence[Mapping[str, Any]]) -> str:
+    """The comparison table of measured columns: one row per metric and a column per SAE for a few SAEs (fits
+    an 800 px window), one row per SAE for more."""
+    rows, keys = comparison_rows(results), comparison_keys(results)
+    keys = [k for k in keys if k == "name" or any(row[k] is not None for row in rows)]
+    if len(rows) <= SIDEWAYS_MAX_SAES:
+        head = "<th>metric</th>" + "".join(f"<th>{html.escape(fmt(row['name']))}</th>" for row in rows)
+        body = "".join(
+            "<tr>" + _th(k) + "".join(f"<td>{html.escape(fmt(row[k]))}</td>" for row in rows) + "</tr>"
+            for k in keys
+            if k != "name"
+        )
+    else:
+        head = "".join(_th(k) for k in keys)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(fmt(row[k]))}</td>" for k in keys) + "</tr>" for row in rows
+        )
+    return f'<table class="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def evaluation_section_html(results: Sequence[Mapping[str, Any]]) -> str:
     """A self-contained HTML <section> (table, verdicts with evidence, embedded PNG plots) for report.html."""
-    rows, keys = comparison_rows(results), comparison_keys(results)
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(fmt(row[k]))}</td>" for k in keys) + "</tr>" for row in rows
-    )
     parts = [
         '<section class="evaluation">',
-        "<h2>Evaluation</h2>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+        "<h2>Evaluation (held-out activations)</h2>",
+        comparison_table_html(results),
         "<ul>",
         *(
             f"<li><b>{html.escape(str(r['name']))}</b>: {html.escape(str(r.get('verdict_evidence', '')))}</li>"

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saeforge.device import DEFAULT_DEVICE, Device
+from saeforge.device import DEFAULT_DEVICE, Device, DeviceMap
 
 
 class ServeConfig(BaseModel):
@@ -45,6 +45,7 @@ class ServeConfig(BaseModel):
         default=5.0, ge=0, le=1000, description="group-commit window of the audit log"
     )
     device: Device = DEFAULT_DEVICE
+    device_map: DeviceMap = None
     dtype: str = Field(default="float32", description="model dtype (float32, float16, bfloat16)")
     max_batch_size: int = Field(default=8, ge=1, le=256, description="sequences per generation batch")
     max_body_bytes: int = Field(default=1 << 20, gt=0, description="largest request body (413 beyond)")

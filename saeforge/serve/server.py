@@ -112,7 +112,9 @@ def build_state(cfg: ServeConfig) -> ServerState:
     from saeforge.device import resolve_device
 
     device = str(resolve_device(cfg.device))
-    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device)
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device, device_map=cfg.device_map)
+    if cfg.device_map is not None:
+        device = str(loaded.device)
     saes = _load_saes(cfg, loaded, device)
     variants = load_variants(cfg.variants, saes, cfg.max_coefficient) if cfg.variants else {}
     backend = HFBackend(loaded, saes)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from saeforge.device import DEFAULT_DEVICE, Device
+from saeforge.device import DEFAULT_DEVICE, Device, DeviceMap
 
 
 class SteerConfig(BaseModel):
@@ -32,6 +32,7 @@ class SteerConfig(BaseModel):
         default=None, description="write the direction to DIR/latent_<i>.npy and .safetensors"
     )
     device: Device = DEFAULT_DEVICE
+    device_map: DeviceMap = None
 
     @property
     def generating(self) -> bool:

@@ -17,5 +17,6 @@ lazy_exports(
         "TrainedSAE": "saeforge.train.results",
         "TrainingInterrupted": "saeforge.train.trainer",
         "train": "saeforge.train.trainer",
+        "train_hooks": "saeforge.train.sweep",
     },
 )

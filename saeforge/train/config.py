@@ -120,6 +120,11 @@ class TrainConfig(_Strict):
     crosscoder: bool = Field(
         default=False, description="train crosscoders over the sites of `activations` (one latent space)"
     )
+    distribute_hooks: bool = Field(
+        default=False,
+        description="activations lists one store per hook: train the saes on each store separately, into "
+        "out/<store folder name>/; under torchrun hook i goes to rank i mod N, which reads only its hooks' stores",
+    )
     verify: bool = Field(
         default=True,
         description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
@@ -173,13 +178,24 @@ class TrainConfig(_Strict):
             raise ValueError(
                 "a crosscoder reconstructs its own sites; give activations only, not target_activations"
             )
-        if len(stores) > 1 and not self.crosscoder:
+        if self.distribute_hooks and (self.crosscoder or self.target_activations is not None):
+            raise ValueError(
+                "distribute_hooks trains SAEs on one store per hook; it does not combine with crosscoder or "
+                "target_activations (run those as separate configs)"
+            )
+        if len(stores) > 1 and not (self.crosscoder or self.distribute_hooks):
             raise ValueError(
                 f"activations: {len(stores)} stores given; pass crosscoder: true (--crosscoder) to train a "
-                "crosscoder over them, or give one store (and target_activations for a transcoder)"
+                "crosscoder over them, distribute_hooks: true to train the saes on each store separately, or "
+                "give one store (and target_activations for a transcoder)"
             )
         if self.crosscoder and len(stores) == 1:
             raise ValueError("crosscoder: give two or more activation stores (one per site)")
+        if self.distribute_hooks and self.tensor_parallel > 1:
+            raise ValueError(
+                "distribute_hooks places whole SAEs on ranks; it does not combine with tensor_parallel > 1 "
+                "(latent sharding): set tensor_parallel: 1, or train the hooks as separate runs"
+            )
         if self.tokens < self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
         return self

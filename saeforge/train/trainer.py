@@ -457,6 +457,8 @@ def train(
     TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT, FolderInUse at once when another process
     is writing into cfg.out.
     """
+    if cfg.distribute_hooks:
+        raise ConfigError("a distribute_hooks run trains one run per hook: call saeforge.train.train_hooks")
     check_logger_packages(cfg.loggers)
     ctx = DistContext.from_env(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
     try:

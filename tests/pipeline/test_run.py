@@ -75,7 +75,10 @@ def test_cli_run_writes_the_run_directory(tmp_path, tiny_model, cli):
     assert f"{metrics['fvu']:.4f}" in proc.stdout
 
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") >= 4  # curves and density histogram
+    # Loss and FVU curves and one density histogram; TopK's L0 is constant, so it is a number, not a plot
+    # (issue 13: no plot that carries no information, no figure twice).
+    assert report.count("data:image/png;base64,") == 3 + ("dead fraction (of latents): 0 at" not in report)
+    assert "L0 (active latents per token): 8 at every logged step (topk)" in report
     assert report.count('class="latent"') == 3
     assert "verdict" in report
 

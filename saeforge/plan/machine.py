@@ -2,8 +2,7 @@
 
 Times come from a short timed run here: a few truncated forward passes of the model to the hook, and a few
 training steps of a real dense SAE of the planned size (the `standard` architecture and the trainer's Adam).
-The dense step is an upper bound for TopK with a sparse decoder. The planner sits after train/ in the stage
-order (it uses models, activations, sae and train), beside pipeline.py.
+The dense step is an upper bound for TopK with a sparse decoder.
 """
 
 from __future__ import annotations
@@ -47,14 +46,20 @@ def _timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def time_sae_step(d_in: int, d_sae: int, batch: int = _TRAIN_BATCH, repeats: int = 2) -> float:
-    """Seconds of one training step of a real dense SAE (the `standard` architecture: encode, ReLU, decode,
-    L1 penalty, backward, the trainer's Adam) on a [batch, d_in] batch."""
+def time_sae_step(
+    d_in: int, d_sae: int, batch: int = _TRAIN_BATCH, repeats: int = 2, k: int | None = None
+) -> float:
+    """Seconds of one training step of a real SAE (encode, activation, decode, loss, backward, the trainer's
+    Adam) on a [batch, d_in] batch: the dense `standard` architecture (ReLU, L1 penalty), or with `k` the
+    `topk` architecture and its sparse kernels."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    sae = create_training_sae(
-        {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "sparsity_coefficient": 1.0}
+    sparsity = (
+        {"architecture": "standard", "sparsity_coefficient": 1.0}
+        if k is None
+        else {"architecture": "topk", "k": k}
     )
+    sae = create_training_sae({"d_in": d_in, "d_sae": d_sae, **sparsity})
     params = [p for p in sae.parameters() if p.requires_grad]
     opt = Adam(params, lr=1e-4)
     x = torch.randn(batch, d_in, generator=g)
