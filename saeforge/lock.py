@@ -10,6 +10,9 @@ file's text (who holds it) is informational only. The holder unlinks the file be
 that locked a file which was unlinked meanwhile sees that its inode is no longer the path's and retries, so
 two holders can never coexist. flock is reliable on local filesystems; on NFS it depends on the server.
 
+Taking the lock sweeps the temporaries that killed writers left in the folder (saeforge.atomic.sweep_stale),
+so no `.tmp-*` folder or `.*.tmp` file outlives the next run.
+
 Re-entrant within a process (`run` holds the run folder while capture and train hold their own). Under
 torch.distributed only rank 0 takes the lock and every rank learns the outcome, so one run holds one lock.
 """
@@ -26,6 +29,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from saeforge.atomic import sweep_stale
 
 LOCK_FILE = ".saeforge-lock"
 
@@ -117,6 +122,7 @@ def one_writer(folder: str | Path, command: str) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         try:
             fd = _acquire(folder / LOCK_FILE, command)
+            sweep_stale(folder, LOCK_FILE)
         except FolderInUse as e:
             refused = str(e)
         except OSError as e:

@@ -243,7 +243,8 @@ def _train(cfg: TrainConfig, hook: str, progress: Progress) -> list[TrainedSAE]:
         if ev.metrics:
             name, m = next(iter(ev.metrics.items()))
             if m:
-                info = f"{name}: fvu {m.get('fvu', float('nan')):.3f} l0 {m.get('l0', float('nan')):.1f}"
+                fvu = "n/a" if m.get("fvu") is None else f"{m['fvu']:.3f}"
+                info = f"{name}: fvu {fvu} l0 {m.get('l0', float('nan')):.1f}"
         progress.advance(ev.tokens, info)
 
     return train(cfg, progress=on_step)

@@ -4,8 +4,8 @@ Stores are aligned when they were captured together: the hooks of one capture (`
 same hook of two models run over the same contexts (paired capture, `--model BASE --model FINETUNED`). Then
 row r of every store carries the same token id and the same (sequence, position), and `check_aligned` proves
 it by comparing those columns row by row (equal row counts alone prove nothing: another corpus, seed or context
-size gives as many rows). Capture's outlier filter (`--drop-outliers`) drops rows per hook, so the hooks of
-such a capture are not aligned and are refused.
+size gives as many rows). Capture's outlier filter (`--drop-outliers`, on by default) drops rows per hook: the hooks
+of a capture where it dropped a row at one hook only are not aligned and are refused.
 
 AlignedLoader draws one permutation per epoch, exactly as ActivationLoader does for one store (it holds one
 ActivationLoader per store and takes the row schedule of the first), and gathers the same global rows from every
@@ -86,7 +86,7 @@ def check_aligned(stores: Sequence[ActivationStore | str | Path]) -> list[Activa
                     f"stores were not captured together: row {start + i} is {_describe(tok, pos, i)} in "
                     f"{_where(other, start + i)} but {_describe(ref_tok, ref_pos, i)} in {_where(ref, start + i)}. "
                     "Capture them in one `saeforge capture` (several --hook, or --model BASE --model FINETUNED) "
-                    "with the same corpus, --tokens, --context-size and --seed, and without --drop-outliers"
+                    "with the same corpus, --tokens, --context-size and --seed, and --drop-outliers 0"
                 )
         if ref.num_rows != other.num_rows:
             raise StoreError(

@@ -16,6 +16,11 @@ from saeforge.hook_names import canonical_hook_name
 # The two models of a paired capture, in --model order; their stores go to out/<role>/<hook>.
 ROLES = ("base", "finetuned")
 
+# Default outlier filter: a row whose norm exceeds this multiple of its context's median norm is dropped. Loose on
+# purpose: meant to keep the large-norm rows of attention-sink tokens ("massive activations", Sun et al. 2024)
+# and drop rows of overflowed or corrupted values (1e30 among rows of norm ~10). See docs/formats.md.
+OUTLIER_FACTOR = 1000.0
+
 
 class CorpusSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -58,8 +63,9 @@ class CaptureConfig(BaseModel):
     exclude_special: bool = Field(default=True, description="leave BOS/EOS/PAD/CLS/SEP positions out")
     drop_outliers: float | None = Field(
         default=None,
-        gt=1,
-        description="drop rows whose norm exceeds this multiple of their context's median norm",
+        ge=0,
+        description=f"drop rows whose norm exceeds this multiple of their context's median norm; 0 turns the "
+        f"filter off. Default: {OUTLIER_FACTOR:g} for a single model, off for a paired capture",
     )
     seed: int = Field(default=0, description="seed of the corpus mixture draw")
     device: Device = DEFAULT_DEVICE
@@ -84,12 +90,29 @@ class CaptureConfig(BaseModel):
                 raise ValueError(f"hook name {h!r} cannot name a directory (it may not contain '/')")
         return v
 
+    @field_validator("drop_outliers")
+    @classmethod
+    def _factor(cls, v: float | None) -> float | None:
+        if v is not None and 0 < v <= 1:
+            raise ValueError(
+                f"drop_outliers must be 0 (off) or above 1, got {v:g} (it would drop typical rows)"
+            )
+        return v
+
+    @property
+    def outlier_factor(self) -> float | None:
+        """The outlier filter's factor in effect (None: off): `drop_outliers`, or by default OUTLIER_FACTOR for a
+        single model and off for a paired capture (each model would drop other rows)."""
+        if self.drop_outliers is None:
+            return OUTLIER_FACTOR if self.finetuned_model is None else None
+        return self.drop_outliers or None
+
     @model_validator(mode="after")
     def _paired_rows_stay_aligned(self) -> CaptureConfig:
-        if self.finetuned_model is not None and self.drop_outliers is not None:
+        if self.finetuned_model is not None and self.drop_outliers:
             raise ValueError(
                 "drop_outliers cannot be used in a paired capture (two --model): each model would drop other "
-                "rows and the stores would no longer be aligned; leave --drop-outliers out"
+                "rows and the stores would no longer be aligned; leave --drop-outliers out (it is off by default there)"
             )
         return self
 
@@ -108,8 +131,12 @@ class CaptureConfig(BaseModel):
         }
 
     def resume_key(self) -> dict:
-        """The settings a store's content depends on (device, device_map and out do not count)."""
-        return self.model_dump(mode="json", exclude={"out", "device", "device_map"})
+        """The settings a store's content depends on (device, device_map and out do not count; the outlier
+        filter as in effect, so a store captured before it was on by default resumes only with
+        `--drop-outliers 0`)."""
+        key = self.model_dump(mode="json", exclude={"out", "device", "device_map"})
+        key["drop_outliers"] = self.outlier_factor
+        return key
 
 
 class PlanConfig(BaseModel):

@@ -109,7 +109,8 @@ class HookWriter:
         cand = batch.candidate.reshape(-1).nonzero()[:, 0]
         flat = acts.reshape(n * t, -1)
         keep = torch.ones(len(cand), dtype=torch.bool)
-        if self.cfg.drop_outliers is not None:
+        factor = self.cfg.outlier_factor
+        if factor is not None:
             norms = acts.float().norm(dim=-1)
             med = torch.stack(
                 [
@@ -117,7 +118,7 @@ class HookWriter:
                     for i in range(n)
                 ]
             )
-            over = norms > self.cfg.drop_outliers * med[:, None]
+            over = norms > factor * med[:, None]
             keep = ~over.reshape(-1)[cand]
         ordinal = torch.arange(len(cand))
         if batch.index == self.state.next_batch:
@@ -266,12 +267,12 @@ def build_manifest(
             + (" starting with BOS (CLS for encoders)" if cfg.prepend_bos else "")
             + ("; special-token positions excluded" if cfg.exclude_special else "")
             + (
-                f"; rows with norm > {cfg.drop_outliers} x their context's median norm dropped"
-                if cfg.drop_outliers
+                f"; rows with norm > {cfg.outlier_factor:g} x their context's median norm dropped"
+                if cfg.outlier_factor
                 else ""
             )
         ),
-        outlier_threshold=cfg.drop_outliers,
+        outlier_threshold=cfg.outlier_factor,
         tokens=counts if (complete or exhausted) else None,
         contexts="shard",
         capture=cfg.resume_key(),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from saeforge.activations.shards import as_tensor
+from saeforge.activations.stats import F32_MAX, unusable_rows
 from saeforge.activations.store import ActivationStore, StoreError
 from saeforge.dtypes import SAFETENSORS_NAMES
 
@@ -79,6 +80,41 @@ def rows_source(store: ActivationStore, rows: np.ndarray) -> list[tuple[str, lis
     return out
 
 
+class UnusableRows(ValueError):
+    """The store holds rows with NaN/inf values or a float32 squared norm that overflows; names them."""
+
+
+def find_unusable_rows(store: ActivationStore, limit: int = 10) -> list[tuple[str, int]]:
+    """Up to `limit` (shard path, row inside the shard) of rows that `unusable_rows` rejects, in store order."""
+    found: list[tuple[str, int]] = []
+    for s in range(store.num_shards):
+        acts = store.shard(s)["activations"]
+        for start in range(0, acts.shape[0], 65536):
+            bad = unusable_rows(acts[start : start + 65536]).nonzero()[:, 0] + start
+            found += [(str(store.shard_path(s)), int(r)) for r in bad[: limit - len(found)]]
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def check_stats_usable(store: ActivationStore) -> None:
+    """Raises UnusableRows, naming the rows, when the manifest's statistics show a NaN/inf row or one whose
+    squared norm overflows float32 (E||x||^2 above float32's max implies one row above it)."""
+    stats = store.stats
+    if stats is None:
+        return
+    if math.isfinite(stats.mean_sq_norm) and stats.mean_sq_norm <= F32_MAX:
+        return
+    rows = find_unusable_rows(store)
+    where = "; ".join(f"{p} row {r}" for p, r in rows) or "no single row (the statistics themselves are bad)"
+    raise UnusableRows(
+        f"{store.path}: its statistics give E||x||^2 = {stats.mean_sq_norm:.3g}, beyond float32 (max "
+        f"{F32_MAX:.3g}): rows with NaN/inf or overflowing values: {where}. Training on them would report "
+        "meaningless metrics. Recapture with the outlier filter on (`--drop-outliers`, default "
+        "1000), or remove those rows."
+    )
+
+
 class ActivationLoader:
     """Infinite iterator of training batches [batch_size // world_size, d_in] from an activation store.
 
@@ -119,6 +155,7 @@ class ActivationLoader:
             )
         if verify:
             store.check_shards()  # a corrupted shard fails here, before training
+        check_stats_usable(store)
         self.store = store
         self.batch_size = batch_size
         self.local_batch_size = batch_size // world_size

@@ -2,21 +2,61 @@
 
 Only `d_in`, `dtype`, `hook` and `shards` ([{"path", "rows", "sha256"}]) are required, so stores written by
 other tools load; everything else is saeforge's record of how the data was made (see docs/formats.md).
+
+A shard path is a normalised relative path (no `..`, `.`, `\\` or leading `/`), refused when read otherwise,
+so a manifest cannot name a file outside its store (symlinks are checked against the directory by the store).
+From format version 2 the manifest also records `total_rows` and `shards_digest`, the sha256 of its shard list
+(each shard's path, rows and sha256, in order): a shard entry deleted, duplicated or reordered, hence a row lost
+or repeated, no longer matches. `write` fills both in, so every writer records them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import posixpath
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from saeforge.atomic import write_bytes
 from saeforge.dtypes import StorageDtype
+from saeforge.errors import format_validation_error
 
-FORMAT_VERSION = 1
+# 2: `total_rows` and `shards_digest` are written (and then required); 1 and unversioned stores load without.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """manifest.json is not valid JSON or not a manifest; the message names the file and the problem."""
+
+
+def check_shard_path(path: str) -> str:
+    """Returns `path` if it is a normalised relative path inside its store; raises ValueError naming it."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or posixpath.normpath(path) != path
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise ValueError(
+            f"shard path {path!r} is not a normalised relative path inside the store directory (no '..', "
+            "no leading '/', no '.' parts); the manifest may have been edited or written by a broken tool"
+        )
+    return path
+
+
+def shards_digest(shards: list[ShardEntry]) -> str:
+    """sha256 hex digest over the shard list: one JSON line [path, rows, sha256] per shard, in order."""
+    digest = hashlib.sha256()
+    for s in shards:
+        digest.update(json.dumps([s.path, s.rows, s.sha256]).encode() + b"\n")
+    return digest.hexdigest()
 
 
 class _Lenient(BaseModel):
@@ -28,6 +68,11 @@ class ShardEntry(_Lenient):
     path: str = Field(description="shard file name, relative to the store directory")
     rows: int = Field(ge=0, description="number of activation rows in the shard")
     sha256: str | None = Field(default=None, description="sha256 hex digest of the whole file")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_store(cls, v: str) -> str:
+        return check_shard_path(v)
 
 
 class Stats(_Lenient):
@@ -94,6 +139,10 @@ class Manifest(_Lenient):
     hook: str
     shards: list[ShardEntry]
     format_version: int | None = None
+    total_rows: int | None = Field(default=None, description="rows of all shards (format version 2)")
+    shards_digest: str | None = Field(
+        default=None, description="sha256 over the shard list: [path, rows, sha256] per shard, in order"
+    )
     complete: bool = True
     exhausted: bool = Field(default=False, description="the corpus ended before --tokens were captured")
     stats: Stats | None = None
@@ -117,15 +166,51 @@ class Manifest(_Lenient):
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
+        """Reads and validates `path`; raises ManifestError naming the file and what is wrong."""
         path = Path(path)
         try:
-            return cls.model_validate(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); the store's manifest is damaged") from e
+            raw = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ManifestError(
+                f"{path} is not valid JSON ({e}): the store's manifest is damaged. Restore it, or recapture "
+                "the store into a new --out"
+            ) from None
+        if not isinstance(raw, dict):
+            raise ManifestError(f"{path} holds a JSON {type(raw).__name__}, not a manifest object")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            raise ManifestError(format_validation_error(e, f"manifest {path}")) from None
 
     def write(self, path: Path) -> None:
-        """Writes atomically (temp file, fsync, rename)."""
-        write_bytes(Path(path), (self.model_dump_json(indent=1, exclude_none=True) + "\n").encode())
+        """Writes atomically (temp file, fsync, rename), with `total_rows` and `shards_digest` filled in."""
+        sealed = self.model_copy(
+            update={"total_rows": self.num_rows, "shards_digest": shards_digest(self.shards)}
+        )
+        write_bytes(Path(path), (sealed.model_dump_json(indent=1, exclude_none=True) + "\n").encode())
+
+    def list_problems(self) -> list[str]:
+        """What is wrong with the shard list itself (duplicates, a row count or digest that does not match it);
+        [] when sound. A manifest before format version 2 has no digest to check."""
+        problems = []
+        seen: set[str] = set()
+        for i, s in enumerate(self.shards):
+            if s.path in seen:
+                problems.append(f"shard {i} ({s.path}) is listed twice")
+            seen.add(s.path)
+        versioned = (self.format_version or 0) >= 2
+        if self.total_rows is None and versioned:
+            problems.append("no total_rows (required from format version 2)")
+        elif self.total_rows is not None and self.total_rows != self.num_rows:
+            problems.append(f"total_rows is {self.total_rows} but the shards hold {self.num_rows} rows")
+        if self.shards_digest is None and versioned:
+            problems.append("no shards_digest (required from format version 2)")
+        elif self.shards_digest is not None and self.shards_digest != shards_digest(self.shards):
+            problems.append(
+                "shards_digest does not match the shard list (a shard entry was deleted, duplicated, reordered "
+                "or edited)"
+            )
+        return problems
 
     @property
     def num_rows(self) -> int:

@@ -1,10 +1,33 @@
-"""Normalisation statistics accumulated in float64 while rows are written."""
+"""Normalisation statistics accumulated in float64 while rows are written, and the test of an unusable row.
+
+A row is unusable when its values are NaN/inf or its squared norm overflows float32 (||x||^2 > 3.4e38, e.g. one
+value above 1.8e19): every SAE loss squares it, so such a row makes the loss inf or, averaged through the
+activation scale, silently swamps every other row.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from saeforge.activations.manifest import Stats
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def centred_sum_sq(sum_sq: float, sum_x_sq_norm: float, n: float) -> float | None:
+    """sum_r ||x_r - mean||^2 = sum_sq - ||sum_r x_r||^2 / n from float64 sums, or None where it is undefined:
+    fewer than two rows, or no variance beyond float64 rounding (below 1e-10 of sum_sq). Every FVU divides by
+    it, so degenerate data gives an undefined FVU (null in JSON), never a 0.0 or a huge number."""
+    if n < 2:
+        return None
+    total = sum_sq - sum_x_sq_norm / n
+    return total if total > 1e-10 * sum_sq else None
+
+
+def unusable_rows(x: torch.Tensor) -> torch.Tensor:
+    """Bool [n] of rows x [n, d] whose values are not finite or whose float32 squared norm overflows."""
+    x = x.float()
+    return ~torch.isfinite((x * x).sum(dim=-1))
 
 
 class RunningStats:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,31 @@ class StoreError(ValueError):
     """The directory is not a usable activation store; the message says why and what to do."""
 
 
+class UnsealedManifestWarning(UserWarning):
+    """The manifest predates format version 2: it has no `shards_digest`, so a deleted, duplicated or
+    reordered shard entry cannot be detected (see docs/reliability.md)."""
+
+
+def escaping_shards(path: Path, manifest: Manifest) -> list[str]:
+    """One line per shard entry whose file resolves outside the store directory `path` (through a symlink of
+    it or of a directory on its way), checked without opening any file."""
+    root = Path(path).resolve()
+    bad = []
+    for i, entry in enumerate(manifest.shards):
+        target = (root / entry.path).resolve()
+        if not target.is_relative_to(root):
+            bad.append(
+                f"shard {i} ({entry.path}) resolves to {target}, outside the store {root}: refusing to open it"
+            )
+    return bad
+
+
+def manifest_problems(path: Path, manifest: Manifest) -> list[str]:
+    """What makes the manifest unusable before any shard is read: entries escaping the store, duplicates, a
+    total_rows or shards_digest that does not match the shard list. [] when sound."""
+    return escaping_shards(path, manifest) + manifest.list_problems()
+
+
 def _verified_key(file: Path, sha256: str) -> tuple:
     st = file.stat()
     return (str(file.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, sha256)
@@ -49,8 +75,10 @@ def find_stores(path: Path) -> list[Path]:
 
 def verify_shards(path: Path, manifest: Manifest) -> list[str]:
     """Checks each shard of `manifest` under `path` (header against the manifest, then sha256 when recorded);
-    returns one line per bad shard ("path: reason"), in manifest order."""
-    bad = []
+    returns one line per problem: the manifest's own (`manifest_problems`, then no shard is opened), else one
+    per bad shard ("path: reason"), in manifest order."""
+    if bad := manifest_problems(path, manifest):
+        return [f"{path / MANIFEST}: {line}" for line in bad]
     for i, entry in enumerate(manifest.shards):
         try:
             ActivationStore._check_header(path, manifest, i)
@@ -112,7 +140,22 @@ class ActivationStore:
             raise StoreError(f"{path} holds {len(stores)} stores (one per hook); open one of: {names}")
         path = stores[0]
         manifest = Manifest.read(path / MANIFEST)
+        if escaping := escaping_shards(path, manifest):
+            raise StoreError(f"{path / MANIFEST}: " + "; ".join(escaping))
         headers = [cls._check_header(path, manifest, i) for i in range(len(manifest.shards))]
+        if problems := manifest.list_problems():
+            raise StoreError(
+                f"{path / MANIFEST}: " + "; ".join(problems) + ". The shard list no longer matches what was "
+                f"written: check the store with `saeforge verify {path}`, then restore the manifest or recapture."
+            )
+        if manifest.shards_digest is None:
+            warnings.warn(
+                f"{path / MANIFEST} has no shards_digest (written before format version 2, or by another "
+                "tool): a deleted, duplicated or reordered shard entry cannot be detected. Recapture, or "
+                f"seal it after checking: `saeforge verify --seal {path}`",
+                UnsealedManifestWarning,
+                stacklevel=2,
+            )
         if verify != "off" and (unlisted := [s.path for s in manifest.shards if s.sha256 is None]):
             raise StoreError(
                 f"{path}: {len(unlisted)} of {len(manifest.shards)} shards list no sha256 in the manifest "

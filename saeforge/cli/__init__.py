@@ -6,8 +6,6 @@ Command options come from the stages' typed configs (`saeforge.cli.options`); er
 
 from __future__ import annotations
 
-import os
-
 from saeforge.cli.app import app
 
 __all__ = ["app", "main"]
@@ -19,8 +17,5 @@ def _register() -> None:
 
 
 def main() -> None:
-    # Before torch starts: back large CPU tensors with transparent huge pages (fewer page faults on the
-    # [batch, d_sae] pre-activations; 12-14% of a TopK step on the project's CPU machine, docs/benchmarks.md).
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     _register()
     app()

@@ -130,7 +130,7 @@ def run(
     rows = [
         [
             str(m.get("name")),
-            f"{m['fvu']:.4f}",
+            "n/a" if m.get("fvu") is None else f"{m['fvu']:.4f}",
             f"{m['l0']:.1f}",
             f"{100 * m['dead_fraction']:.1f}",
             str(m.get("verdict_evidence") or m.get("verdict", "")),

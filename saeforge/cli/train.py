@@ -71,7 +71,7 @@ class _Display:
             f"{m['loss']:.4g}",
             *(f"{m.get(t, float('nan')):.4g}" for t in terms),
             f"{m['l0']:.1f}",
-            f"{m['fvu']:.4f}",
+            "n/a" if m.get("fvu") is None else f"{m['fvu']:.4f}",
             f"{100 * m['dead_fraction']:.1f}",
             f"{m['lr']:.2e}",
         ]
@@ -220,8 +220,9 @@ def train_command(
 def _report(results) -> None:
     for r in results:
         m = r.metrics
+        fvu = "n/a" if m.get("fvu") is None else f"{m['fvu']:.4f}"
         typer.echo(
-            f"{r.name}: FVU {m.get('fvu', float('nan')):.4f}  L0 {m.get('l0', float('nan')):.1f}  "
+            f"{r.name}: FVU {fvu}  L0 {m.get('l0', float('nan')):.1f}  "
             f"dead {100 * m.get('dead_fraction', float('nan')):.1f}%  -> {r.path}"
         )
     sys.stdout.flush()

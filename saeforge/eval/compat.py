@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeforge.activations.stats import centred_sum_sq
 from saeforge.sae.base import SAE
 
 COMPAT_MODES = ("saeforge", "saelens")
@@ -90,8 +91,10 @@ class SAELensAccumulator:
             raise ValueError("no activations were evaluated: the batches were empty")
         out = {k: float(torch.cat(v).mean()) for k, v in self.per_token.items()}
         out["relative_reconstruction_bias"] = sum(self.per_batch) / len(self.per_batch)
-        total_var = self.sum_sq / self.n - float((self.sum_x / self.n).pow(2).sum())
-        out["explained_variance"] = 1 - (self.sum_err / self.n) / total_var
+        total = centred_sum_sq(self.sum_sq, float(self.sum_x.pow(2).sum()), self.n)
+        out["explained_variance"] = None if total is None else 1 - self.sum_err / total
+        if total is None:  # per-token 1 - err / ||x - mean||^2 divides by zero as well
+            out["explained_variance_legacy"] = None
         return {PREFIX + k: v for k, v in out.items()}
 
 

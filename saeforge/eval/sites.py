@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saeforge.activations.stats import centred_sum_sq
 from saeforge.eval.downstream import Forward, Replace, ablations, downstream_scores
 from saeforge.sae.base import SAE
 
@@ -41,8 +42,8 @@ class _FVU:
     def fvu(self) -> float | None:
         if self.n == 0:
             return None
-        total = self.sq - float(self.sum.pow(2).sum()) / self.n
-        return self.err / total if total > 0 else None
+        total = centred_sum_sq(self.sq, float(self.sum.pow(2).sum()), self.n)
+        return None if total is None else self.err / total
 
 
 def _l0(z: Tensor) -> Tensor:

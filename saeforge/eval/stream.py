@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saeforge.activations.stats import centred_sum_sq
 from saeforge.sae.base import SAE
 
 # A latent is "dead" if it never fired in the tokens seen. That only means something if a latent of density
@@ -133,9 +134,8 @@ class StreamAccumulator:
             raise ValueError("no activations were evaluated: the batches were empty")
         s = self.sums.tolist()
         sum_x_sq, sum_err, sum_xh_sq, sum_dot, sum_cos, sum_l2r, sum_nl2, sum_legacy, sum_l1 = s
-        mean = self.sum_x / n
-        total_var = sum_x_sq / n - float(mean.pow(2).sum())
-        fvu = (sum_err / n) / total_var if total_var > 0 else None
+        total = centred_sum_sq(sum_x_sq, float(self.sum_x.pow(2).sum()), n)
+        fvu = None if total is None else sum_err / total
         density = self.density()
         d_sae = self.sae.d_sae
         dead = int((self.fires == 0).sum())

@@ -81,6 +81,23 @@ class LoadedModel:
         return input_device(self.model)
 
 
+def _check_safetensors(local: Path) -> None:
+    """Refuses a model folder whose weights are pickle files only (pytorch_model.bin, *.pt): unpickling can run
+    code, so saeforge reads safetensors only."""
+    names = [p.name for p in local.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth")))
+    if pickled:
+        raise ModelLoadError(
+            f"{local} holds its weights only as pickle files ({', '.join(pickled[:3])}); saeforge loads "
+            "safetensors only, since unpickling a file can run code. Convert the model once, on a machine and "
+            'from a source you trust: python -c "import transformers as t; '
+            f"t.AutoModel.from_pretrained('{local}').save_pretrained('{local}-safetensors')\" (AutoModelForCausalLM "
+            "for a causal LM; copy the tokenizer files too), then pass that folder."
+        )
+
+
 def _check_path(path: str | Path) -> Path:
     text = str(path)
     local = Path(text).expanduser()
@@ -93,6 +110,7 @@ def _check_path(path: str | Path) -> Path:
             raise ModelLoadError(
                 f"{local} has no config.json; a model directory is what save_pretrained writes"
             )
+        _check_safetensors(local)
         return local
     if _HUB_ID.fullmatch(text) and not text.startswith("."):
         raise ModelLoadError(
@@ -131,7 +149,9 @@ def load_model(
     kind = "encoder" if config.model_type in ENCODER_TYPES else "causal"
     loader = AutoModel if kind == "encoder" else AutoModelForCausalLM
     try:
-        model = loader.from_pretrained(local, local_files_only=True, dtype=torch_dtype(dtype), **placement)
+        model = loader.from_pretrained(
+            local, local_files_only=True, dtype=torch_dtype(dtype), use_safetensors=True, **placement
+        )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{local}: could not load the {config.model_type} model: {e}") from e
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saeforge.atomic import write_text
-from saeforge.report.format import fmt
+from saeforge.report.format import fmt, no_controls
 from saeforge.report.tokens import context_text, is_marker
 
 if TYPE_CHECKING:  # the records are read as plain attributes: rendering imports no stage
@@ -89,7 +89,7 @@ apply();
 
 def _page(title: str, body: str, root: str, sub: str = "", script: str = "") -> str:
     js = f"<script>{script}</script>" if script else ""
-    return (
+    return no_controls(
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
         f"<style>{CSS}</style></head><body><header><h1><a href='{root}index.html'>saeforge features</a></h1>"

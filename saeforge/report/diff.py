@@ -16,7 +16,7 @@ import numpy as np
 
 from saeforge.report.dashboard import CSS
 from saeforge.report.figures import pyplot
-from saeforge.report.format import fmt
+from saeforge.report.format import fmt, no_controls
 from saeforge.report.html import _png
 
 MAX_TABLE_ROWS = 5000
@@ -208,7 +208,7 @@ def render_diff_report(
         f"<div id='count' class='empty'></div>{''.join(sections)}<h2>All live latents</h2>"
         f"{_table(latents, {j: explanations.get(j) for ids in shown.values() for j in ids})}"
     )
-    return (
+    return no_controls(
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>saeforge diff</title>"
         f"<style>{CSS}{_EXTRA_CSS}</style></head><body><header><h1>saeforge diff</h1></header>"
         f"<main>{body}</main><script>{FILTER_JS}</script></body></html>\n"

@@ -19,6 +19,16 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+# C0 controls but tab and newline, DEL and C1 controls: shown as the text \xNN, never sent raw to a browser.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+
+
+def no_controls(page: str) -> str:
+    """`page` (a finished HTML document) with every control character but tab and newline written as the
+    visible text `\\xNN`: token text and judge explanations can hold any character, the page holds none."""
+    return page.translate(_CONTROLS)
+
+
 def plain(v: Any) -> Any:
     """A JSON-able scalar: numpy scalars as Python ones, NaN/inf as None."""
     if isinstance(v, np.generic):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from saeforge.report.figures import pyplot
-from saeforge.report.format import fmt
+from saeforge.report.format import fmt, no_controls
 from saeforge.report.tokens import context_text, is_marker
 
 
@@ -243,7 +243,7 @@ def render_report(
     flat = "".join(f"<li>{html.escape(f)}</li>" for f in _flat_facts(reports))
     flat = f'<ul class="facts">{flat}</ul>' if flat else ""
     latents = "\n".join(_latents_html(r) for r in reports)
-    return f"""<!doctype html>
+    return no_controls(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><h1>{html.escape(title)}</h1><div class="sub">{head}</div>
@@ -252,4 +252,4 @@ def render_report(
 <section id="training"><h2>Training</h2><div class="plots">{imgs}</div>{flat}</section>
 <section id="latents"><h2>Latents</h2>{latents}</section>
 </body></html>
-"""
+""")

@@ -125,6 +125,22 @@ class _GatherPreacts(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+class _SelectedPreacts(_GatherPreacts):
+    """Like _GatherPreacts, from the selected pre-activations themselves instead of the dense [B, d_sae]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, vals: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, idx)
+        ctx.d_sae = W_enc.shape[1]
+        return vals.clone()
+
+
+def selected_preacts(x: Tensor, W_enc: Tensor, b_enc: Tensor, vals: Tensor, idx: Tensor) -> Tensor:
+    """vals [B, w] = (x @ W_enc + b_enc)[b, idx[b, j]] computed elsewhere (no grad) -> the same values, with
+    `gather_preacts`' gradients w.r.t. x [B, d_in], W_enc [d_in, d_sae] and b_enc [d_sae]."""
+    return _SelectedPreacts.apply(x, W_enc, b_enc, vals.detach(), idx)
+
+
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, idx: Tensor, vals: Tensor, W_dec: Tensor) -> Tensor:

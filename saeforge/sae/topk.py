@@ -9,15 +9,19 @@ AuxK: the k_aux (default d_in // 2) largest pre-activations among dead latents r
 x - x_hat. Decoder rows are unit norm (the gradient component parallel to each row is removed before the step,
 rows are renormalised after it); W_enc starts as W_dec.T; b_dec starts at the geometric median of a sample.
 Selection runs without autograd; `kernels.gather_preacts` and `kernels.sparse_decode` carry the gradient through
-the k selected latents only.
+the k selected latents only. `screen: bf16` finds the top k through the certified bf16 screen instead of the
+dense fp32 pre-activations (`saeforge.sae.screen`: the same latents, fp32 values; steps with dead latents, which
+AuxK reads from the dense pre-activations, stay exact).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from torch import Tensor
 
+from saeforge.sae import screen
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import TopKFamilySAE
@@ -42,8 +46,16 @@ class TopKSAE(SAE):
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
 
+class ScreenFields(BaseModel):
+    screen: Literal["off", "bf16"] = Field(
+        default="off",
+        description="topk: select through the certified bf16 screen (exact selection; docs/benchmarks.md)",
+    )
+
+
 class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
     architecture = "topk"
+    config_fields = ScreenFields
     inference_architecture = "topk"
     description = "top-k latents per token, AuxK loss on dead latents"
 
@@ -53,9 +65,14 @@ class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         y = inp.y
         xc = inp.x - self.b_pre
-        pre = self._pre_no_grad(xc)
-        idx = self._topk(pre, self.cfg.k)[1]
-        vals = self._gather(xc, pre, idx).relu()
+        if self.cfg.screen == "bf16" and (inp.dead_mask is None or not bool(inp.dead_mask.any())):
+            sel = screen.screened_topk(xc.detach(), self.W_enc.detach(), self.b_enc.detach(), self.cfg.k)
+            pre, idx = None, sel.indices
+            vals = self._gather(xc, sel.values, idx, selected=True).relu()
+        else:
+            pre = self._pre_no_grad(xc)
+            idx = self._topk(pre, self.cfg.k)[1]
+            vals = self._gather(xc, pre, idx).relu()
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
         mse = (x_hat - y).pow(2).sum(-1).mean()
         auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)

@@ -386,15 +386,17 @@ class TopKFamilySAE(TrainingSAE):
         """xc [B, d_in] (x - b_dec) -> [B, d_sae] pre-activations without autograd history."""
         return torch.addmm(self.b_enc, xc, self.W_enc)
 
-    def _gather(self, xc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-        """[B, w] differentiable pre-activations of the selected latents.
+    def _gather(self, xc: Tensor, pre: Tensor, idx: Tensor, selected: bool = False) -> Tensor:
+        """[B, w] differentiable pre-activations of the selected latents (pre [B, d_sae], or with `selected`
+        the selected values [B, w] themselves).
 
         b_dec's gradient through xc = x - b_dec is -sum_b d/dxc[b] = -W_enc @ (b_enc's gradient): it is routed
         through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
         product as large as the encoder's weight gradient.
         """
         b_enc = self.b_enc - self.b_pre @ self.W_enc.detach()
-        return kernels.gather_preacts(xc.detach(), self.W_enc, b_enc, pre, idx)
+        gather = kernels.selected_preacts if selected else kernels.gather_preacts
+        return gather(xc.detach(), self.W_enc, b_enc, pre, idx)
 
     def _decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:
         """idx, vals [B, w] -> [B, d_in] (without b_dec)."""

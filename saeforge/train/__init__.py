@@ -14,6 +14,7 @@ lazy_exports(
         "TrainConfig": "saeforge.train.config",
         "NonFiniteError": "saeforge.train.results",
         "ProgressEvent": "saeforge.train.trainer",
+        "StepEvent": "saeforge.train.trainer",
         "TrainedSAE": "saeforge.train.results",
         "TrainingInterrupted": "saeforge.train.trainer",
         "train": "saeforge.train.trainer",

@@ -55,7 +55,11 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoint directories under root, oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / META).is_file()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(PREFIX) and (p / META).is_file() and _inside(root, p)
+    ]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -92,12 +96,26 @@ def save_checkpoint(
     return final
 
 
+def _inside(root: Path, path: Path) -> bool:
+    """Whether `path` resolves (symlinks followed) to a directory directly inside `root`."""
+    return path.resolve().parent == root.resolve()
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint `latest` names, or the newest complete one if `latest` is missing or stale."""
+    """The checkpoint `latest` names, or the newest complete one if `latest` is missing or stale.
+
+    Raises ValueError when `latest` names anything but a checkpoint directory inside `root` (a path, `..`, a
+    symlink out): that file was not written by saeforge, and nothing it points to is opened."""
     pointer = root / LATEST
     if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if candidate.name.startswith(PREFIX) and (candidate / META).is_file():
+        name = pointer.read_text(errors="replace").strip()
+        candidate = root / name
+        if not name.startswith(PREFIX) or Path(name).name != name or not _inside(root, candidate):
+            raise ValueError(
+                f"{pointer} names {name!r}, which is not a checkpoint directory inside {root} (it must be a "
+                f"plain {PREFIX}NNNNNNNNN name); delete {pointer} to resume from the newest checkpoint there"
+            )
+        if (candidate / META).is_file():
             return candidate
     complete = list_checkpoints(root)
     return complete[-1] if complete else None

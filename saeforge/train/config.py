@@ -31,6 +31,7 @@ OPERATIONAL_FIELDS = frozenset(
         "resume",
         "device",
         "checkpoint_every",
+        "final_checkpoint",
         "keep_checkpoints",
         "loggers",
         "log_every",
@@ -144,6 +145,10 @@ class TrainConfig(_Strict):
         description="expected_norm: scale inputs so that E||x|| = sqrt(d_in) (folded away at export)",
     )
     checkpoint_every: int | None = Field(default=None, gt=0, description="save a checkpoint every N steps")
+    final_checkpoint: bool = Field(
+        default=True,
+        description="save a checkpoint after the last step (to extend or resume the run); false skips it",
+    )
     keep_checkpoints: int = Field(default=3, ge=1, description="checkpoints kept on disk (newest)")
     loggers: list[LoggerName] = Field(
         default_factory=lambda: ["jsonl"],

@@ -78,8 +78,11 @@ def data_fingerprint(stores: list[Any]) -> str | None:
 
 
 def describe_batch(source: Any, store: Any) -> str:
-    """Where the last batch came from: the shards and rows holding NaN/inf when the store can tell, else the
+    """Where the last batch came from: the shards and rows holding NaN/inf or float32-overflowing values
+    (`unusable_rows`) when the store can tell, else the
     source's own `last_source()`."""
+    from saeforge.activations.stats import unusable_rows
+
     fn = getattr(source, "last_source", None)
     if not callable(fn):
         return "the in-memory batch source"
@@ -90,16 +93,22 @@ def describe_batch(source: Any, store: Any) -> str:
     bad = []
     for path, rows in where:
         acts = store.shard(index[str(path)])["activations"][rows]
-        bad_rows = [r for r, ok in zip(rows, torch.isfinite(acts).all(-1).tolist(), strict=True) if not ok]
+        bad_rows = [r for r, bad in zip(rows, unusable_rows(acts).tolist(), strict=True) if bad]
         if bad_rows:
-            bad.append(f"shard {path} rows {bad_rows[:10]}")
+            finite = bool(torch.isfinite(acts).all())
+            note = " (finite values whose squared norm overflows float32: inf in the loss)" if finite else ""
+            bad.append(f"shard {path} rows {bad_rows[:10]}{note}")
     return "; ".join(bad) or "shards " + ", ".join(str(p) for p, _ in where)
 
 
-def check_shapes(
+def check_batch(
     parts, step: int, local_batch: int, widths, batch_size: int, world_size: int, d_in: int
-) -> None:
-    """Raises ValueError unless every part of the step's batch is [local_batch, width]."""
+) -> Tensor:
+    """Raises ValueError unless every part of the step's batch is [local_batch, width]; returns a bool scalar
+    tensor (no host sync): whether a row is unusable (NaN/inf, or a float32 squared norm that overflows).
+    Checked before scaling, which could shrink an overflowing row back into range."""
+    from saeforge.activations.stats import unusable_rows
+
     shapes = tuple((local_batch, w) for w in widths)
     if tuple(tuple(x.shape) for x in parts) != shapes:
         got = [tuple(x.shape) for x in parts]
@@ -108,6 +117,7 @@ def check_shapes(
             f"{' and '.join(f'[{b}, {w}]' for b, w in shapes)} (batch_size {batch_size} / "
             f"{world_size} ranks, d_in {d_in})"
         )
+    return torch.stack([unusable_rows(x).any() for x in parts]).any()
 
 
 def activation_scales(samples, source: Any, mode: str) -> tuple[float, ...]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saeforge.activations.stats import centred_sum_sq
+
 INPUT_KEYS = ("sum", "sum_sq", "rows")
 SAE_KEYS = ("steps", "sse", "l0", "loss")
 
@@ -45,7 +47,8 @@ def add_step(acc: dict[str, Tensor], step_metrics: dict[str, Tensor]) -> None:
 def reduce_sums(
     input_acc: dict[str, Tensor], accs: list[dict[str, Tensor]], all_reduce
 ) -> list[dict[str, float]]:
-    """One all-reduce of every sum; returns per SAE {"loss", "l0", "loss_<term>", ..., "fvu"}."""
+    """One all-reduce of every sum; returns per SAE {"loss", "l0", "loss_<term>", ..., "fvu"} (fvu None on
+    degenerate input: one row, or zero variance)."""
     keys = [sorted(acc) for acc in accs]
     flat = torch.cat(
         [input_acc["sum"], input_acc["sum_sq"].view(1), input_acc["rows"].view(1)]
@@ -53,7 +56,7 @@ def reduce_sums(
     )
     flat = all_reduce(flat).cpu()
     d = input_acc["sum"].numel()
-    total_sq = flat[d] - flat[:d].pow(2).sum() / flat[d + 1]
+    total_sq = centred_sum_sq(float(flat[d]), float(flat[:d].pow(2).sum()), float(flat[d + 1]))
     offset, out = d + 2, []
     for ks in keys:
         vals = dict(zip(ks, flat[offset : offset + len(ks)].tolist(), strict=True))
@@ -61,7 +64,7 @@ def reduce_sums(
         n = vals.pop("steps")
         sse = vals.pop("sse")
         metrics = {k: v / n for k, v in vals.items()}
-        metrics["fvu"] = sse / max(float(total_sq), 1e-30)
+        metrics["fvu"] = None if total_sq is None else sse / total_sq
         out.append(metrics)
     return out
 

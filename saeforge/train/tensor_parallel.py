@@ -172,6 +172,11 @@ def check_shardable(resolved: list[Any], tensor_parallel: int) -> None:
                 f"{where}: tensor_parallel {tensor_parallel} shards the latents of {', '.join(SHARDABLE)} SAEs, "
                 f"not {arch if kind == 'sae' else kind + 's'}; train this one with tensor_parallel: 1"
             )
+        if getattr(r.sae_cfg, "screen", "off") != "off":
+            raise ConfigError(
+                f"{where}.options.screen: the bf16 screen selects over one rank's latents; "
+                "set screen: off to train with tensor_parallel > 1"
+            )
         if r.d_sae % tensor_parallel:
             raise ConfigError(
                 f"{where}.d_sae: {r.d_sae} latents do not split over tensor_parallel {tensor_parallel} ranks; "

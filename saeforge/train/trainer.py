@@ -6,7 +6,9 @@
         stop here if x or any loss is NaN/inf (nothing is updated, no checkpoint is written)
         for each SAE: average gradients over ranks; before_optimizer_step(); clip; Adam step at lr_at(step);
                       after_optimizer_step(); update dead-latent counters (in tokens)
-        log every `log_every` steps; checkpoint every `checkpoint_every` steps and on SIGTERM/SIGINT
+        on_step(StepEvent) when given (every rank)
+        log every `log_every` steps; checkpoint every `checkpoint_every` steps, after the last step (unless
+        final_checkpoint is false) and on SIGTERM/SIGINT
 
 `train` returns one `TrainedSAE` per SAE: the exported inference SAE, its folder and its metric history.
 """
@@ -40,7 +42,7 @@ from saeforge.train.checkpoint import (
 from saeforge.train.config import TrainConfig
 from saeforge.train.data import (
     activation_scales,
-    check_shapes,
+    check_batch,
     data_fingerprint,
     describe_batch,
     open_loader,
@@ -48,6 +50,7 @@ from saeforge.train.data import (
     source_widths,
 )
 from saeforge.train.defaults import OptimSettings
+from saeforge.train.events import ProgressEvent, StepEvent
 from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
 from saeforge.train.loggers import MetricLoggers, check_logger_packages, read_metrics
 from saeforge.train.optim import Adam
@@ -75,23 +78,6 @@ class TrainingInterrupted(RuntimeError):
 
 
 @dataclass
-class ProgressEvent:
-    """Passed to the `progress` callback after every step (main rank only).
-
-    start_step: the step this process started from (non-zero after a resume).
-    metrics: per SAE name, the metrics of the record logged at this step (None on steps without a record).
-    """
-
-    step: int
-    total_steps: int
-    start_step: int
-    tokens: int
-    total_tokens: int
-    tokens_per_s: float
-    metrics: dict[str, dict[str, float]] | None = None
-
-
-@dataclass
 class _Member:
     """One SAE of the sweep and its training state."""
 
@@ -114,9 +100,14 @@ class _Member:
 
 class _Run:
     def __init__(
-        self, cfg: TrainConfig, source: Iterable[Tensor] | None, progress: Callable | None, ctx: DistContext
+        self,
+        cfg: TrainConfig,
+        source: Iterable[Tensor] | None,
+        progress: Callable | None,
+        ctx: DistContext,
+        on_step: Callable[[StepEvent], None] | None = None,
     ):
-        self.cfg, self.progress, self.ctx = cfg, progress, ctx
+        self.cfg, self.progress, self.ctx, self.on_step = cfg, progress, ctx, on_step
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.dtype = getattr(torch, cfg.dtype)
         self.stores = open_stores(cfg, source)
@@ -172,15 +163,16 @@ class _Run:
 
     def _next_batch(self, step: int) -> Parts:
         try:
-            parts = as_parts(next(self.batches))
+            parts = tuple(x.reshape(-1, x.shape[-1]) for x in as_parts(next(self.batches)))
         except StopIteration:
             raise RuntimeError(
                 f"the batch source ended at step {step} of {self.total_steps}; it must yield batches until "
                 "the run ends (activation loaders repeat epochs)"
             ) from None
-        widths, world = self.layout.widths, self.mesh.dp
-        check_shapes(parts, step, self.local_batch, widths, self.cfg.batch_size, world, self.d_in)
-        return tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
+        parts = tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
+        widths, world, batch = self.layout.widths, self.mesh.dp, self.cfg.batch_size
+        self.raw_bad = check_batch(parts, step, self.local_batch, widths, batch, world, self.d_in)
+        return parts
 
     def _scaled(self, parts: Parts) -> tuple[Tensor, Tensor | None]:
         """(x, target) of scaled parts (see train/layout.py)."""
@@ -269,14 +261,11 @@ class _Run:
 
         Returns each SAE's step metrics and the float64 column sums of the target [d_out]."""
         autocast = _autocast(self.device, self.cfg.autocast)
-        # The float64 column sums feed the input statistics and double as an exact finiteness check: a NaN or
-        # inf propagates into its column's sum, and float32 values cannot overflow a float64 sum of a batch.
+        # The float64 column sums feed the input statistics; every part was checked unscaled by check_batch
+        # (NaN/inf, float32 overflow of a row's squared norm), and a finite scale keeps finite values finite.
         y = x if target is None else target
         y_sum = y.sum(0, dtype=torch.float64)
-        input_bad = ~torch.isfinite(y_sum).all()
-        if target is not None:
-            input_bad = input_bad | ~torch.isfinite(x.sum(dtype=torch.float64))
-        results, flags = [], [input_bad]
+        results, flags = [], [self.raw_bad | ~torch.isfinite(y_sum).all()]
         for m in self.members:
             inp = TrainStepInput(
                 x=x,
@@ -378,6 +367,8 @@ class _Run:
             results, y_sum = self._forward_backward(step, x, target)
             self._update(step, results, x if target is None else target, y_sum)
             done = step + 1
+            if self.on_step is not None:
+                self.on_step(StepEvent(done, x, {m.name: m.model for m in self.members}))
             tokens_per_s = (done - start) * cfg.batch_size / max(time.perf_counter() - t_loop, 1e-9)
             record = None
             if done % cfg.log_every == 0 or done == self.total_steps:
@@ -385,21 +376,9 @@ class _Run:
                 self.history.append(record)
                 if loggers is not None:
                     loggers.log(record)
-            saved = None
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == self.total_steps:
-                saved = self._save(done)
+            saved = self._save(done) if _checkpoint_due(cfg, done, self.total_steps) else None
             if self.progress is not None and self.ctx.is_main:
-                self.progress(
-                    ProgressEvent(
-                        step=done,
-                        total_steps=self.total_steps,
-                        start_step=start,
-                        tokens=done * cfg.batch_size,
-                        total_tokens=self.total_steps * cfg.batch_size,
-                        tokens_per_s=tokens_per_s,
-                        metrics=record["saes"] if record else None,
-                    )
-                )
+                self.progress(_progress(cfg, done, self.total_steps, start, tokens_per_s, record))
             if self.ctx.any(stop.signum is not None, self.device) and done < self.total_steps:
                 path = saved or self._save(done)
                 signum = stop.signum or signal.SIGTERM
@@ -433,6 +412,28 @@ def _open_outputs(run: _Run) -> MetricLoggers:
     )
 
 
+def _progress(
+    cfg: TrainConfig, done: int, total: int, start: int, tokens_per_s: float, record: dict | None
+) -> ProgressEvent:
+    return ProgressEvent(
+        step=done,
+        total_steps=total,
+        start_step=start,
+        tokens=done * cfg.batch_size,
+        total_tokens=total * cfg.batch_size,
+        tokens_per_s=tokens_per_s,
+        metrics=record["saes"] if record else None,
+    )
+
+
+def _checkpoint_due(cfg: TrainConfig, done: int, total_steps: int) -> bool:
+    """Whether a checkpoint is saved after step `done`: every `checkpoint_every` steps, and after the last one
+    unless `final_checkpoint` is false."""
+    if done == total_steps:
+        return cfg.final_checkpoint
+    return bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0
+
+
 def _autocast(device: torch.device, mode: str):
     return (
         torch.autocast(device.type, dtype=torch.bfloat16) if mode == "bfloat16" else contextlib.nullcontext()
@@ -443,6 +444,7 @@ def train(
     cfg: TrainConfig,
     source: Iterable[Tensor] | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
 ) -> list[TrainedSAE]:
     """Trains every SAE of `cfg` on the same batches and returns them, exported, with their metric history.
 
@@ -450,8 +452,10 @@ def train(
         `load_state_dict()` (exact resume), `activation_scale`, `d_in`, `manifest` and `last_source()`;
         by default the shuffling loader of the store at `cfg.activations`. For a crosscoder (`cfg.crosscoder`)
         or a transcoder, batches are tuples of aligned [batch_size / world_size, d_i] tensors: one per site, or
-        (input, target); the source may have `scales`, `d_ins` and `sites` (see train/layout.py).
+        (input, target); the source may have `scales`, `d_ins` and `sites` (see train/layout.py). A batch may
+        have any leading shape ([..., d_in], e.g. [sequences, positions, d_in]): it is flattened to rows.
     progress: called on the main rank after every step with a `ProgressEvent`.
+    on_step: called on every rank after each optimiser step, before logging, with a `StepEvent`.
 
     Raises ConfigError before any work on a bad configuration, NonFiniteError on NaN/inf, and
     TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT, FolderInUse at once when another process
@@ -463,6 +467,6 @@ def train(
     ctx = DistContext.from_env(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
     try:
         with one_writer(cfg.out, "train"):
-            return _Run(cfg, source, progress, ctx).run()
+            return _Run(cfg, source, progress, ctx, on_step).run()
     finally:
         ctx.close()

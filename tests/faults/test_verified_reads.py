@@ -10,7 +10,7 @@ import torch
 
 from saeforge.activations import store as store_mod
 from saeforge.activations.loader import ActivationLoader
-from saeforge.activations.manifest import MANIFEST
+from saeforge.activations.manifest import MANIFEST, Manifest, shards_digest
 from saeforge.activations.shards import ShardError
 from saeforge.activations.store import ActivationStore, StoreError
 from saeforge.activations.writer import write_store
@@ -49,7 +49,9 @@ def damaged(tmp_path, acts, store_tools, saes, request):
         data[-7] ^= 0x10  # same size, one bit inside the activations: headers still match
         (store / name).write_bytes(bytes(data))
     else:
+        # edited consistently (shards_digest recomputed), so only the shard's own hash can tell
         manifest["shards"][1]["sha256"] = "0" * 64
+        manifest["shards_digest"] = shards_digest(Manifest.model_validate(manifest).shards)
         (store / MANIFEST).write_text(json.dumps(manifest))
     return store, sae, name
 

@@ -1,0 +1,1 @@
+"""The peer harness: saeforge's training loop timed beside SAELens, sparsify and dictionary_learning."""

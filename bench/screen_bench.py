@@ -1,0 +1,109 @@
+"""`python -m bench.screen_bench --store DIR`: the bf16 TopK screen (saeforge.sae.screen) against the exact fp32
+selection on real activations, interleaved, with the fallback rate; and the GEMM rates it rests on.
+
+The store is e.g. MiniLM's layer 3 (`saeforge capture --model <builtin MiniLM> --data builtin:train --hook
+layers.3.resid_post --tokens 16384 --out DIR`). The SAE is saeforge's TopK at initialisation and after
+`--train-steps` steps of `saeforge.train.train` on the same store (the screen's margin depends on how peaked
+the pre-activations are, so both are reported).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from bench.harness import machine_info  # noqa: E402
+from saeforge.sae.screen import exact_topk, screened_topk  # noqa: E402
+
+
+def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
+    out = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
+def measure(x: torch.Tensor, sae, k: int, margin: int, repeats: int) -> dict:
+    """x [B, d_in] raw activations; sae an exported TopK SAE. Times the exact and screened selections and the
+    fp32 / bf16 GEMMs, interleaved; returns medians, min/max, the speed-up and the fallback rate."""
+    xc = (x - sae.b_dec).detach()
+    W, b = sae.W_enc.detach().t().contiguous().t(), sae.b_enc.detach()
+    xb, Wb = xc.bfloat16(), W.bfloat16()
+    result = {}
+    fns = {
+        "exact_topk": lambda: exact_topk(xc, W, b, k),
+        "screened_topk": lambda: result.__setitem__("last", screened_topk(xc, W, b, k, margin)),
+        "gemm_fp32": lambda: torch.addmm(b, xc, W),
+        "gemm_bf16": lambda: xb @ Wb,
+    }
+    times = _interleaved(fns, repeats)
+    got, ref = result["last"], exact_topk(xc, W, b, k)
+    same = torch.equal(got.indices.sort(1).values, ref.indices.sort(1).values)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    return {
+        "seconds": {n: {"median": med[n], "min": min(t), "max": max(t)} for n, t in times.items()},
+        "screen_speedup": med["exact_topk"] / med["screened_topk"],
+        "bf16_gemm_speedup": med["gemm_fp32"] / med["gemm_bf16"],
+        "fallback_rows": got.fallback,
+        "rows": x.shape[0],
+        "fallback_rate": got.fallback / x.shape[0],
+        "selection_equal": same,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from saeforge.activations.store import ActivationStore
+    from saeforge.train import TrainConfig, train
+
+    p = argparse.ArgumentParser(prog="python -m bench.screen_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--d-sae", type=int, default=24576)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--margin", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    store = ActivationStore.open(a.store)
+    x = store.shard(0)["activations"][: a.batch].float()
+    out = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(a).items()}, "saes": {}}
+    for steps in (1, a.train_steps):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig.parse(
+                {
+                    "activations": str(a.store),
+                    "tokens": steps * a.batch,
+                    "batch_size": a.batch,
+                    "out": tmp,
+                    "plots": False,
+                    "final_checkpoint": False,
+                    "saes": [{"name": "topk", "architecture": "topk", "d_sae": a.d_sae, "k": a.k}],
+                }
+            )
+            sae = train(cfg)[0].sae
+        out["saes"][f"after_{steps}_steps"] = measure(x, sae, a.k, a.margin, a.repeats)
+        print(json.dumps({f"after_{steps}_steps": out["saes"][f"after_{steps}_steps"]}, indent=1), flush=True)
+    out["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
