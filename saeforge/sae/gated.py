@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, Scales, _affine, capped
+from saeforge.sae.training import PenaltySAE, Scales, _affine, capped, scaled_lr
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -73,9 +73,10 @@ class GatedTrainingSAE(GatedSAE, PenaltySAE):
 
     @staticmethod
     def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
-        # Rajamanoharan et al. 2024 (arXiv 2404.16014): Adam betas (0, 0.999), lr 3e-4.
+        # Rajamanoharan et al. 2024 (arXiv 2404.16014): Adam betas (0, 0.999); lr: Gao et al.'s d_sae-scaled
+        # rule (3e-4, the paper's, at d_sae 7,300; docs/architectures.md).
         return dict(
-            lr=3e-4,
+            lr=scaled_lr(d_sae),
             betas=(0.0, 0.999),
             eps=1e-8,
             lr_schedule="constant",
@@ -94,6 +95,9 @@ class GatedTrainingSAE(GatedSAE, PenaltySAE):
         W_mag = self.W_enc * self.r_mag.exp()
         pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_pre @ self.W_enc)
         return pi_gate, _affine(x, W_mag, self.b_mag - self.b_pre @ W_mag)
+
+    def firing_pre(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
+        return self._paths(x)[0], self.b_gate, 0.0
 
     @torch.no_grad()
     def _inference_state(self, s: Scales) -> dict[str, Tensor]:

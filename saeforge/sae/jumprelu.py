@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, Scales, capped
+from saeforge.sae.training import PenaltySAE, Scales, capped, scaled_lr
 from saeforge.sparsity import setting
 
 if TYPE_CHECKING:
@@ -56,20 +56,22 @@ class JumpReLUFunction(torch.autograd.Function):
 
 
 class StepFunction(torch.autograd.Function):
-    """pre [..., d_sae], threshold [d_sae] -> H(pre - threshold), with the threshold STE (no gradient to pre)."""
+    """pre [..., d_sae], threshold [d_sae] -> H(pre - threshold), with the threshold STE; with `to_pre` the
+    pre-activations get the mirrored estimate +(1 / epsilon) K((pre - theta) / epsilon) (the paper: none)."""
 
     @staticmethod
-    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float, to_pre: bool = False) -> Tensor:
         ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.to_pre = bandwidth, to_pre
         return (pre > threshold).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         pre, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_threshold = -(1.0 / eps) * rectangle((pre - threshold) / eps) * grad
-        return None, grad_threshold.reshape(-1, pre.shape[-1]).sum(0), None
+        local = (1.0 / eps) * rectangle((pre - threshold) / eps) * grad
+        grad_pre = local if ctx.to_pre else None
+        return grad_pre, -local.reshape(-1, pre.shape[-1]).sum(0), None, None
 
 
 class JumpReLUSAE(SAE):
@@ -88,6 +90,11 @@ class JumpReLUSAE(SAE):
 class JumpReLUFields(BaseModel):
     bandwidth: float = setting("bandwidth", default=0.05)
     initial_threshold: float = Field(default=0.05, ge=0, description="jumprelu: initial per-latent threshold")
+    l0_pre_gradient: bool = Field(
+        default=False,
+        description="jumprelu: the L0 penalty's straight-through gradient also reaches the pre-activations "
+        "(the encoder), not only the thresholds (false: the paper's estimator)",
+    )
 
 
 class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
@@ -95,7 +102,7 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
     inference_architecture = "jumprelu"
     description = "JumpReLU thresholds with an L0 penalty (straight-through estimator)"
     config_fields = JumpReLUFields
-    sparsity_settings = (*PenaltySAE.sparsity_settings, "bandwidth", "initial_threshold")
+    sparsity_settings = (*PenaltySAE.sparsity_settings, "bandwidth", "initial_threshold", "l0_pre_gradient")
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
@@ -110,9 +117,11 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
     @staticmethod
     def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
         # Rajamanoharan et al. 2024 (arXiv 2407.14435) / Gemma Scope: Adam betas (0, 0.999), eps 1e-8,
-        # lr 7e-5 with a 1,000-step warm-up, sparsity coefficient warmed up linearly over 10,000 steps.
+        # a 1,000-step lr warm-up, sparsity coefficient warmed up linearly over 10,000 steps. Their lr 7e-5 is
+        # for billions of tokens: Adam moves a threshold ~lr per step, and in a 4.9 M-token run it cannot follow
+        # the controller (docs/architectures.md); the lr is Gao et al.'s d_sae-scaled TopK rule instead.
         return dict(
-            lr=7e-5,
+            lr=scaled_lr(d_sae),
             betas=(0.0, 0.999),
             eps=1e-8,
             lr_schedule="constant",
@@ -121,6 +130,9 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
             sparsity_warmup_steps=capped(10_000, total_steps, 0.1),
             grad_clip_norm=0.0,
         )
+
+    def firing_pre(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.pre_acts(x), self.b_enc, self.threshold.detach()
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -134,7 +146,8 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
         z = JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
         x_hat = self.decode(z)
         mse = (x_hat - inp.y).pow(2).sum(-1).mean()
-        l0_term = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        l0_term = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth, self.cfg.l0_pre_gradient)
+        l0_term = l0_term.sum(-1).mean()
         losses = {"mse": mse, "l0": self._lambda(inp) * l0_term}
         return self._output(inp, x_hat, z, losses)
 

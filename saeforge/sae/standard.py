@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE
+from saeforge.sae.training import PenaltySAE, scaled_lr
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
@@ -41,10 +41,11 @@ class StandardTrainingSAE(StandardSAE, PenaltySAE):
 
     @staticmethod
     def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
-        # Anthropic, "Circuits Updates - April 2024": Adam (0.9, 0.999), lr 5e-5, lambda warmed up over the
-        # first 5% of training, lr decayed linearly to zero over the last 20%, gradient norm clipped to 1.
+        # Anthropic, "Circuits Updates - April 2024": Adam (0.9, 0.999), lambda warmed up over the first 5% of
+        # training, lr decayed linearly to zero over the last 20%, gradient norm clipped to 1. Their lr 5e-5 is
+        # for billions of tokens; the lr is Gao et al.'s d_sae-scaled rule (docs/architectures.md).
         return dict(
-            lr=5e-5,
+            lr=scaled_lr(d_sae),
             betas=(0.9, 0.999),
             eps=1e-8,
             lr_schedule="linear",

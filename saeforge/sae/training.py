@@ -58,6 +58,11 @@ def capped(paper_steps: int, total_steps: int, fraction: float) -> int:
     return min(paper_steps, int(total_steps * fraction))
 
 
+def scaled_lr(d_sae: int) -> float:
+    """Gao et al. 2024 (arXiv 2406.04093): lr 2e-4 at 2^14 latents, scaled by 1 / sqrt(d_sae / 2^14)."""
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
 @dataclass(frozen=True)
 class Scales:
     """The training space's activation scales, float64, one per dimension: x_s = x * s.x [d_x], y_s = y * s.y."""
@@ -247,6 +252,11 @@ class PenaltyFields(BaseModel):
     initial_sparsity_coefficient: float | None = Field(
         default=None, gt=0, description="target_l0: starting lambda (architecture default if None)"
     )
+    init_firing_rate: bool = Field(
+        default=True,
+        description="target_l0: shift each latent's encoder bias at init so that it fires on target_l0 / d_sae "
+        "of the first batch's tokens (L0 starts at the target)",
+    )
 
 
 class PenaltySAE(TrainingSAE):
@@ -265,6 +275,7 @@ class PenaltySAE(TrainingSAE):
         "target_l0",
         "l0_controller_rate",
         "initial_sparsity_coefficient",
+        "init_firing_rate",
     )
 
     @classmethod
@@ -287,6 +298,26 @@ class PenaltySAE(TrainingSAE):
     @staticmethod
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def firing_pre(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
+        """(pre [N, d_sae], bias [d_sae], point): latent i fires where pre[:, i] > point; bias shifts pre."""
+        return self.pre_acts(x), self.b_enc, 0.0
+
+    @torch.no_grad()
+    def init_from_data(self, x_sample: Tensor, target_sample: Tensor | None = None) -> None:
+        """b_dec as every SAE; then, with target_l0 and `init_firing_rate`, adds to each latent's encoder bias
+        point - q_i, q_i the (1 - target_l0 / d_sae) quantile of its pre-activations on x_sample [N, d_in]: each
+        latent fires on target_l0 / d_sae of the sample, so L0 starts at the target instead of ~d_sae / 2, which
+        neither the penalty nor the controller could undo in a short run (Adam moves a bias ~lr per step)."""
+        super().init_from_data(x_sample, target_sample)
+        if self.cfg.target_l0 is None or not self.cfg.init_firing_rate:
+            return
+        pre, bias, point = self.firing_pre(x_sample[:8192].to(self.b_dec.dtype))
+        n = pre.shape[0]
+        keep = min(max(1, round(n * self.cfg.target_l0 / self.d_sae)), n)
+        top = pre.topk(min(keep + 1, n), dim=0).values  # q: between the keep-th and next largest
+        q = (top[keep - 1] + top[keep]) / 2 if keep < n else top[-1] - 1e-3
+        bias.add_(point - q)
 
     def _lambda(self, inp: TrainStepInput) -> Tensor:
         """The penalty weight for this step (no grad)."""
@@ -350,7 +381,7 @@ class TopKFamilySAE(TrainingSAE):
         # Gao et al. 2024 (arXiv 2406.04093): lr 2e-4 at 2^14 latents, scaled by 1/sqrt(d_sae / 2^14);
         # Adam eps 6.25e-10; constant lr after a short warm-up.
         return dict(
-            lr=2e-4 / math.sqrt(d_sae / 2**14),
+            lr=scaled_lr(d_sae),
             betas=(0.9, 0.999),
             eps=6.25e-10,
             lr_schedule="constant",

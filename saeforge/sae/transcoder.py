@@ -148,10 +148,10 @@ class TranscoderTraining(TrainingSAE):
             raise ValueError(
                 "a transcoder initialises b_dec from a sample of its targets: pass target_sample"
             )
-        super().init_from_data(x_sample, target_sample)
         if x_sample.ndim != 2 or x_sample.shape[1] != self.d_in:
             raise ValueError(f"x_sample must be [N, d_in={self.d_in}], got {list(x_sample.shape)}")
-        self.b_in.copy_(self._centre(x_sample))
+        self.b_in.copy_(self._centre(x_sample))  # first: the penalty SAEs' firing-rate init reads b_pre
+        super().init_from_data(x_sample, target_sample)
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         if not self.cfg.skip_connection:

@@ -19,6 +19,7 @@ from saeforge.errors import ConfigError, format_validation_error
 from saeforge.sparsity import SparsitySettings
 
 LrSchedule = Literal["constant", "cosine", "linear"]
+OptimizerName = Literal["adam", "signum_sf"]
 LoggerName = Literal["jsonl", "tensorboard", "mlflow", "wandb"]
 
 # Fields of TrainConfig that may change between a run and its resumption (they do not change the weights; a moved
@@ -68,6 +69,10 @@ class SAESpec(SparsitySettings, _Strict):
         default_factory=dict, description="further fields of the architecture's TrainingSAEConfig"
     )
     seed: int = Field(default=0, description="seed of this SAE's initialisation")
+    optimizer: OptimizerName | None = Field(
+        default=None,
+        description="adam, or signum_sf (schedule-free sign descent, as sparsify trains; betas/eps unused)",
+    )
     lr: float | None = Field(default=None, gt=0, description="peak learning rate")
     betas: tuple[float, float] | None = Field(default=None, description="Adam (beta1, beta2)")
     eps: float | None = Field(default=None, gt=0, description="Adam epsilon")
@@ -137,8 +142,11 @@ class TrainConfig(_Strict):
     saes: list[SAESpec] = Field(min_length=1, description="the SAEs trained on the same batches")
     seed: int = Field(default=0, description="seed of the data order and of training randomness")
     resume: bool = Field(default=False, description="continue from the latest checkpoint in out/checkpoints")
-    dead_tokens: int = Field(
-        default=10_000_000, gt=0, description="a latent is dead after this many tokens without firing"
+    dead_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="a latent is dead (and AuxK trains it) after this many tokens without firing; default "
+        "10,000,000 (Gao et al. 2024), capped at a twentieth of a shorter run so that AuxK acts in it",
     )
     normalize_activations: Literal["expected_norm", "none"] = Field(
         default="expected_norm",
@@ -220,6 +228,13 @@ class TrainConfig(_Strict):
     def activation_paths(self) -> list[Path]:
         """Every store the run reads, in order: `activations`, then `target_activations`."""
         return [*self.input_paths, *([self.target_activations] if self.target_activations else [])]
+
+    @property
+    def dead_after(self) -> int:
+        """`dead_tokens`, or its default for this run: min(10M, tokens / 20), at least one batch."""
+        if self.dead_tokens is not None:
+            return self.dead_tokens
+        return max(self.batch_size, min(10_000_000, self.tokens // 20))
 
     @property
     def total_steps(self) -> int:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from saeforge import sae as sae_api
 from saeforge.sae.training import TrainingSAE
-from saeforge.train.config import LrSchedule, SAESpec
+from saeforge.train.config import LrSchedule, OptimizerName, SAESpec
 
 
 class OptimSettings(BaseModel):
@@ -19,6 +19,7 @@ class OptimSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    optimizer: OptimizerName
     lr: float
     betas: tuple[float, float]
     eps: float
@@ -34,12 +35,17 @@ def architecture_defaults(architecture: str, d_sae: int, total_steps: int) -> di
     """The paper defaults of `architecture` for an SAE of d_sae latents trained for total_steps steps."""
     cls = sae_api.TRAINING_ARCHITECTURES.get(architecture)
     defaults = getattr(cls, "optim_defaults", TrainingSAE.optim_defaults)
-    return defaults(d_sae, total_steps)
+    return {"optimizer": "adam", **defaults(d_sae, total_steps)}
 
 
 def resolve_optim(spec: SAESpec, architecture: str, d_sae: int, total_steps: int) -> OptimSettings:
     """The spec's settings, each unset field filled from the defaults of `architecture` (its canonical name)."""
     values = architecture_defaults(architecture, d_sae, total_steps)
+    family = getattr(sae_api.TRAINING_ARCHITECTURES.get(architecture), "family", "")
+    if family == "penalty" and spec.sparsity_coefficient is None:
+        # target_l0 (the default): L0 starts at the target (init_firing_rate) and the controller adapts lambda
+        # from step 0; a warm-up from lambda = 0 would first let L0 run up to ~d_sae / 4 (docs/architectures.md).
+        values["sparsity_warmup_steps"] = 0
     for key in OptimSettings.model_fields:
         given = getattr(spec, key)
         if given is not None:

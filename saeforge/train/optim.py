@@ -87,3 +87,73 @@ class Adam(torch.optim.Adam):
             for name, value in state.items():
                 if isinstance(value, Tensor) and value.shape == p.shape and value.stride() != p.stride():
                     state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+class ScheduleFreeSignum(torch.optim.Optimizer):
+    """Schedule-free sign descent: Defazio et al. 2024, "The Road Less Scheduled" (arXiv 2405.15682), with
+    the sign of the gradient as the base step (signSGD, Bernstein et al. 2018), as EleutherAI's sparsify trains
+    SAEs by default.
+
+    Three sequences per parameter: the parameter holds y_t, where the gradient g_t is taken; the state holds the
+    base iterate z_t and the average x_t (what is evaluated and exported, `use_average`):
+
+        z_{t+1} = z_t - lr_t * sign(g_t)
+        c_{t+1} = lr_t^2 / sum_{i<=t} lr_i^2                  (1 / (t + 1) at a constant lr)
+        x_{t+1} = (1 - c_{t+1}) x_t + c_{t+1} z_{t+1}
+        y_{t+1} = (1 - beta) z_{t+1} + beta x_{t+1}
+
+    z_0 = x_0 = y_0. Every state entry is a tensor of the parameter's dtype (checkpoints keep tensors, and
+    torch casts them to it on load: a resumed run continues bit for bit), z and x in the parameter's layout.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, beta: float = 0.95):
+        if not 0 <= beta < 1:
+            raise ValueError(f"schedule-free beta must lie in [0, 1), got {beta}")
+        super().__init__(params, dict(lr=lr, beta=beta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, beta = group["lr"], group["beta"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["z"], st["x"] = p.detach().clone(), p.detach().clone()
+                    st["weight_sum"] = torch.zeros((), dtype=p.dtype, device=p.device)
+                z, x = st["z"], st["x"]
+                z.add_(p.grad.sign(), alpha=-lr)
+                st["weight_sum"] += lr * lr
+                total = float(st["weight_sum"])
+                x.lerp_(z, lr * lr / total if total > 0 else 1.0)
+                p.copy_(z).lerp_(x, beta)
+
+    @torch.no_grad()
+    def use_average(self) -> None:
+        """Sets every parameter to its average x (for evaluation and export; training does not continue)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "x" in self.state[p]:
+                    p.copy_(self.state[p]["x"])
+
+    def load_state_dict(self, state_dict) -> None:
+        """Loads like torch.optim.Optimizer, then gives z and x their parameter's memory layout."""
+        super().load_state_dict(state_dict)
+        for p, st in self.state.items():
+            for name in ("z", "x"):
+                if name in st and st[name].stride() != p.stride():
+                    st[name] = torch.empty_like(p).copy_(st[name])
+
+
+OPTIMIZERS = ("adam", "signum_sf")
+
+
+def make_optimizer(name: str, params, lr: float, betas: tuple[float, float], eps: float):
+    """The optimiser `name` (one of OPTIMIZERS) over params; betas and eps are Adam's, the schedule-free
+    interpolation beta of signum_sf is 0.95."""
+    if name == "adam":
+        return Adam(params, lr=lr, betas=betas, eps=eps)
+    if name == "signum_sf":
+        return ScheduleFreeSignum(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")

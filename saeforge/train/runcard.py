@@ -74,7 +74,12 @@ def run_card(
             "batch_size": cfg.batch_size,
             "batch_size_per_rank": cfg.batch_size // world_size,
             "world_size": world_size,
-            "optimizer": {"name": "adam", "lr": optim.lr, "betas": list(optim.betas), "eps": optim.eps},
+            "optimizer": {
+                "name": optim.optimizer,
+                "lr": optim.lr,
+                "betas": list(optim.betas),
+                "eps": optim.eps,
+            },
             "schedule": {
                 "lr_schedule": optim.lr_schedule,
                 "lr_warmup_steps": optim.lr_warmup_steps,
@@ -83,7 +88,7 @@ def run_card(
                 "sparsity_warmup_steps": optim.sparsity_warmup_steps,
             },
             "grad_clip_norm": optim.grad_clip_norm,
-            "dead_tokens": cfg.dead_tokens,
+            "dead_tokens": cfg.dead_after,
             "normalize_activations": cfg.normalize_activations,
             "activation_scale": activation_scale,
             "data_seed": cfg.seed,

@@ -53,7 +53,7 @@ from saeforge.train.defaults import OptimSettings
 from saeforge.train.events import ProgressEvent, StepEvent
 from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
 from saeforge.train.loggers import MetricLoggers, check_logger_packages, read_metrics
-from saeforge.train.optim import Adam
+from saeforge.train.optim import ScheduleFreeSignum, make_optimizer
 from saeforge.train.results import TrainedSAE, artefacts, export_results, non_finite
 from saeforge.train.runcard import data_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
@@ -151,7 +151,7 @@ class _Run:
             torch.manual_seed(r.spec.seed)
             model = self.mesh.build(r.sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = Adam(params, lr=r.optim.lr, betas=r.optim.betas, eps=r.optim.eps)
+            opt = make_optimizer(r.optim.optimizer, params, r.optim.lr, r.optim.betas, r.optim.eps)
             since = torch.zeros(r.d_sae // self.mesh.tp, dtype=torch.long, device=self.device)
             self.members.append(_Member(r, model, opt, params, since))
         self._reset_acc()
@@ -271,7 +271,7 @@ class _Run:
                 x=x,
                 target=target,
                 step=step,
-                dead_mask=m.since_fired >= self.cfg.dead_tokens,
+                dead_mask=m.since_fired >= self.cfg.dead_after,
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
                 collectives=self.mesh.collectives,
             )
@@ -315,7 +315,7 @@ class _Run:
         reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.mesh.dp_sum_)
         saes = {}
         for m, values in zip(self.members, reduced, strict=True):
-            values["dead_fraction"] = self.mesh.dead_fraction(m.since_fired, self.cfg.dead_tokens)
+            values["dead_fraction"] = self.mesh.dead_fraction(m.since_fired, self.cfg.dead_after)
             values["lr"] = lr_at(steps_done - 1, self.total_steps, m.optim)
             saes[m.name] = {**values, **metrics.scalar_extras(m.extras)}
         self._reset_acc()
@@ -341,6 +341,10 @@ class _Run:
         try:
             with StopSignal() as stop:
                 self._loop(start, pending, stop, loggers)
+            for m in self.members:  # schedule-free: the average x is the trained SAE (checkpoints keep y, z)
+                if isinstance(m.optimizer, ScheduleFreeSignum):
+                    m.optimizer.use_average()
+                    m.model.after_optimizer_step()
             results = export_results(self)
             if loggers is not None:
                 loggers.attach(artefacts(cfg.out, results))

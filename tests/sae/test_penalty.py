@@ -144,3 +144,22 @@ def test_gated_magnitude_path_is_tied_through_r_mag():
     mag = (xc @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag).relu()
     expected = ((xc @ sae.W_enc + sae.b_gate) > 0) * mag
     torch.testing.assert_close(sae.encode(x), expected)
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "gated"])
+def test_firing_rate_init_starts_at_target_l0(arch):
+    """init_from_data shifts each latent's encoder bias so that it fires on target_l0 / d_sae of the sample:
+    every latent at the same rate, L0 = target on the sample and (within 20%) on fresh tokens."""
+    data = SyntheticActivations(SyntheticConfig(d_in=16, n_features=48, l0=3, seed=2))
+    sample = 2.0 * data.sample(2048)
+    sae = create_training_sae(dict(architecture=arch, d_in=16, d_sae=40, target_l0=5))
+    off = create_training_sae(dict(architecture=arch, d_in=16, d_sae=40, target_l0=5, init_firing_rate=False))
+    sae.init_from_data(sample)
+    off.init_from_data(sample)
+    with torch.no_grad():
+        fires = sae.encode(sample) > 0
+        fresh = float((sae.encode(2.0 * data.sample(4096)) > 0).sum(1).float().mean())
+        untouched = float((off.encode(sample) > 0).sum(1).float().mean())
+    assert fires.sum(0).tolist() == [round(2048 * 5 / 40)] * 40
+    assert 4 <= fresh <= 6, fresh
+    assert untouched > 10, untouched  # without it L0 starts near d_sae / 2

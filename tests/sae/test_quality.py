@@ -20,7 +20,9 @@ SETTINGS = {
     "standard": {},
     "topk": {"k": 3, "aux_coefficient": 0.25},
     "batchtopk": {"k": 3, "aux_coefficient": 0.25},
-    "jumprelu": {},
+    # this loop warms lambda up from 0 over half the run (not the trainer's default): the firing-rate init,
+    # made for the controller started at step 0, leaves 3 of 48 latents dead here
+    "jumprelu": {"init_firing_rate": False},
     "gated": {},
     "matryoshka": {"k": 3, "aux_coefficient": 0.25, "group_sizes": [40, 8]},
 }

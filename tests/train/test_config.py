@@ -96,15 +96,22 @@ def test_architecture_defaults_follow_papers():
     assert topk.lr == pytest.approx(2e-4) and topk.eps == 6.25e-10
     wide = resolve_optim(SAESpec(name="a", architecture="topk", k=4), "topk", d_sae=2**16, total_steps=10_000)
     assert wide.lr == pytest.approx(1e-4)  # 2e-4 / sqrt(4)
-    jr = resolve_optim(
-        SAESpec(name="b", architecture="jumprelu"), "jumprelu", d_sae=1024, total_steps=1_000_000
-    )
-    assert (jr.lr, jr.betas, jr.sparsity_warmup_steps) == (7e-5, (0.0, 0.999), 10_000)
-    short = resolve_optim(
-        SAESpec(name="b", architecture="jumprelu"), "jumprelu", d_sae=1024, total_steps=2_000
-    )
+    # a fixed lambda warms up as in the paper; with target_l0 (the default) the controller starts at step 0
+    fixed = dict(name="b", architecture="jumprelu", sparsity_coefficient=0.5)
+    jr = resolve_optim(SAESpec(**fixed), "jumprelu", d_sae=1024, total_steps=1_000_000)
+    # the penalty architectures take Gao et al.'s d_sae-scaled lr (measured in docs/architectures.md)
+    assert (jr.lr, jr.betas, jr.sparsity_warmup_steps) == (pytest.approx(8e-4), (0.0, 0.999), 10_000)
+    assert jr.optimizer == "adam"
+    short = resolve_optim(SAESpec(**fixed), "jumprelu", d_sae=1024, total_steps=2_000)
     assert short.sparsity_warmup_steps == 200  # capped at 10% of a short run
-    std = resolve_optim(SAESpec(name="c", architecture="relu"), "standard", d_sae=1024, total_steps=1000)
+    controlled = resolve_optim(SAESpec(name="b", architecture="jumprelu"), "jumprelu", 1024, 2_000)
+    assert controlled.sparsity_warmup_steps == 0
+    std = resolve_optim(
+        SAESpec(name="c", architecture="relu", sparsity_coefficient=1.0),
+        "standard",
+        d_sae=1024,
+        total_steps=1000,
+    )
     assert (std.lr_schedule, std.lr_decay_steps, std.sparsity_warmup_steps) == ("linear", 200, 50)
     mine = resolve_optim(
         SAESpec(name="d", architecture="jumprelu", lr=1e-3, betas=(0.5, 0.9), lr_schedule="cosine"),

@@ -76,3 +76,36 @@ def test_a_changed_torch_method_is_refused(monkeypatch):
             Adam([torch.nn.Parameter(torch.zeros(2))])
     finally:
         optim.check_torch_adam.cache_clear()
+
+
+def test_schedule_free_signum_matches_float64_reference():
+    """Three steps of ScheduleFreeSignum (varying lr, a column-major parameter) equal the paper's recursion
+    written out naively in float64, and use_average hands over x."""
+    g = torch.Generator().manual_seed(3)
+    init = [torch.randn(6, 5, generator=g).t(), torch.randn(4, generator=g)]
+    params = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = optim.ScheduleFreeSignum(params, lr=0.1, beta=0.9)
+    ref = [{"y": t.double().clone(), "z": t.double().clone(), "x": t.double().clone()} for t in init]
+    weight_sum = 0.0
+    for lr in (0.05, 0.1, 0.2):
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        for p, gr in zip(params, grads, strict=True):
+            p.grad = gr.clone()
+        opt.param_groups[0]["lr"] = lr
+        opt.step()
+        weight_sum += lr * lr
+        c = lr * lr / weight_sum
+        for r, gr in zip(ref, grads, strict=True):
+            r["z"] = r["z"] - lr * torch.sign(gr.double())
+            r["x"] = (1 - c) * r["x"] + c * r["z"]
+            r["y"] = 0.1 * r["z"] + 0.9 * r["x"]
+    for p, r in zip(params, ref, strict=True):
+        torch.testing.assert_close(p.double(), r["y"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["z"].double(), r["z"], rtol=0, atol=1e-6)
+    assert params[0].stride() == init[0].stride()
+    restored = optim.ScheduleFreeSignum(params, lr=0.1, beta=0.9)
+    restored.load_state_dict(opt.state_dict())
+    assert restored.state[params[0]]["z"].stride() == params[0].stride()
+    opt.use_average()
+    for p, r in zip(params, ref, strict=True):
+        torch.testing.assert_close(p.double(), r["x"], rtol=0, atol=1e-6)

@@ -1,0 +1,63 @@
+"""Issue 14's training defaults through `train`: schedule-free Signum trains, resumes bit for bit and exports its
+average; dead_tokens scales with short runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saeforge.train import TrainConfig, TrainingInterrupted, train
+from saeforge.train.checkpoint import latest_checkpoint
+from tests.train._support import SyntheticSource
+
+
+def _sf_cfg(out, **over):
+    return TrainConfig.parse(
+        dict(
+            tokens=64 * 12,
+            batch_size=64,
+            out=str(out),
+            log_every=4,
+            checkpoint_every=5,
+            plots=False,
+            saes=[dict(name="sf", architecture="topk", k=4, d_sae=32, optimizer="signum_sf", lr=3e-3)],
+            **over,
+        )  # fmt: skip
+    )
+
+
+def test_signum_sf_resumes_bit_identically_and_exports_the_average(tmp_path):
+    train(_sf_cfg(tmp_path / "a"), source=SyntheticSource(16, 64))
+
+    def term_at_7(event):
+        if event.step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        train(_sf_cfg(tmp_path / "b"), source=SyntheticSource(16, 64), progress=term_at_7)
+    [resumed] = train(_sf_cfg(tmp_path / "b", resume=True), source=SyntheticSource(16, 64))
+    a, b = (load_file(str(latest_checkpoint(p / "checkpoints") / "state.safetensors")) for p in (tmp_path / "a",
+                                                                                                 tmp_path / "b"))  # fmt: skip
+    assert a.keys() == b.keys() and any(k.endswith("/z") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the exported decoder is the schedule-free average x (rows renormalised), not the last iterate y
+    x_rows = [
+        v for k, v in a.items() if k.startswith("optim/sf/") and k.endswith("/x") and v.shape == (32, 16)
+    ]
+    y = a["sae/sf/W_dec"]
+    assert len(x_rows) == 1 and not torch.allclose(x_rows[0], y)
+    exported = resumed.sae.W_dec.detach()
+    cos = torch.nn.functional.cosine_similarity(exported, x_rows[0], dim=1)
+    assert cos.min() > 1 - 1e-5
+
+
+def test_dead_tokens_default_scales_with_short_runs(tmp_path):
+    base = dict(batch_size=64, out=str(tmp_path), saes=[dict(name="a", architecture="topk")])
+    assert TrainConfig.parse({**base, "tokens": 10**9}).dead_after == 10_000_000
+    assert TrainConfig.parse({**base, "tokens": 4_900_000}).dead_after == 245_000
+    assert TrainConfig.parse({**base, "tokens": 640}).dead_after == 64
+    assert TrainConfig.parse({**base, "tokens": 640, "dead_tokens": 7}).dead_after == 7
