@@ -140,6 +140,17 @@ class LatentShard:
     def decode(self, z: Tensor) -> Tensor:
         return _SumForward.apply(z @ self.W_dec, self.tp_group) + self.b_dec
 
+    def init_from_data(self, *args, **kwargs) -> None:
+        """The firing-rate initialisation aims each latent at target_l0 / d_sae of the whole SAE: with this
+        shard's d_sae / T latents, its share of target_l0 gives the same rate."""
+        cfg = self.cfg
+        if getattr(cfg, "target_l0", None) is not None:
+            self.cfg = cfg.model_copy(update={"target_l0": cfg.target_l0 / self.tp})
+        try:
+            super().init_from_data(*args, **kwargs)
+        finally:
+            self.cfg = cfg
+
     def training_forward(self, inp):
         out = super().training_forward(inp)
         out.l0 = self._sum(out.l0)
