@@ -93,12 +93,22 @@ def _rank() -> tuple[int, object | None]:
     return 0, None
 
 
+def _missing(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @contextmanager
 def one_writer(folder: str | Path, command: str) -> Iterator[Path]:
     """Holds the single-writer lock of `folder` (created if missing) for the block; yields the folder.
 
-    Raises FolderInUse at once when another process holds it. A folder this call created is removed again
-    on exit if nothing but the lock was written into it (a run refused by validation leaves no trace).
+    Raises FolderInUse at once when another process holds it. The folders this call created (`folder` and any
+    missing parents) are removed again on exit while nothing but the lock was written into them (a run refused
+    by validation, or failing before it wrote anything, leaves no trace).
     """
     folder = Path(folder)
     key = folder.resolve()
@@ -116,9 +126,9 @@ def one_writer(folder: str | Path, command: str) -> Iterator[Path]:
             with _held_guard:
                 _held[key] -= 1
         return
-    fd, created, refused = None, False, None
+    fd, created, refused = None, [], None
     if rank == 0:
-        created = not folder.exists()
+        created = _missing(folder)
         folder.mkdir(parents=True, exist_ok=True)
         try:
             fd = _acquire(folder / LOCK_FILE, command)
@@ -143,5 +153,7 @@ def one_writer(folder: str | Path, command: str) -> Iterator[Path]:
         if fd is not None:
             (folder / LOCK_FILE).unlink(missing_ok=True)
             os.close(fd)
-            if created and not any(folder.iterdir()):
-                folder.rmdir()
+            for made in created:  # deepest first; stops at the first that holds something
+                if any(made.iterdir()):
+                    break
+                made.rmdir()

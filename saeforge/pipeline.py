@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saeforge.activations import ActivationStore, CaptureConfig, capture
 from saeforge.atomic import write_text
-from saeforge.errors import ConfigError
+from saeforge.errors import ConfigError, read_yaml_mapping
 from saeforge.eval import EvalConfig, run_eval, write_eval_outputs
 from saeforge.hook_names import canonical_hook_name
 from saeforge.lock import one_writer
@@ -114,14 +114,7 @@ def _err(e: ValidationError, section: str) -> ConfigError:
 def load_run_config(path: str | Path | None = None, out: str | Path | None = None) -> StagePlan:
     """Reads a run YAML (the built-in example when None), applies `out`, and resolves every stage config."""
     src = Path(path) if path is not None else builtin_config_path()
-    if not src.is_file():
-        raise ConfigError(f"config file {src} does not exist: give a YAML run config (see saeforge/examples)")
-    try:
-        raw = yaml.safe_load(src.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{src} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{src} must hold a mapping of config keys, not {type(raw).__name__}")
+    raw = read_yaml_mapping(src, "model, data, hooks, out, train, ...; see saeforge/examples")
     if out is not None:
         raw["out"] = str(out)
     try:

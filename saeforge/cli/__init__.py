@@ -6,7 +6,7 @@ Command options come from the stages' typed configs (`saeforge.cli.options`); er
 
 from __future__ import annotations
 
-from saeforge.cli.app import app
+from saeforge.cli.app import add_version_options, app
 
 __all__ = ["app", "main"]
 
@@ -14,6 +14,8 @@ __all__ = ["app", "main"]
 def _register() -> None:
     # Each command module adds itself to `app`; importing them is all registration takes.
     from saeforge.cli import commands  # noqa: F401
+
+    add_version_options()
 
 
 def main() -> None:

@@ -12,9 +12,10 @@ import os
 import typer
 
 from saeforge.activations.config import CaptureConfig
+from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes, fail
-from saeforge.errors import EXIT_FAILED
+from saeforge.errors import EXIT_FAILED, EXIT_USAGE
 
 
 def _weights(mix: str | None, n: int) -> list[float]:
@@ -73,8 +74,12 @@ def capture(
             data=sources,
             exclude_special=not include_special,
         )
+        for m in model:
+            checks.model_dir(m)
+        checks.corpora(data)
     from saeforge.activations.capture import CaptureError, capture, store_status
     from saeforge.lock import FolderInUse
+    from saeforge.models import HookError, ModelLoadError
 
     out, tokens = cfg.out, cfg.tokens
     rank = int(os.environ.get("RANK", "0"))
@@ -97,6 +102,8 @@ def capture(
         ) as bar:
             task = bar.add_task("capture", total=tokens)
             dirs = capture(cfg, progress=lambda done, total: bar.update(task, completed=done))
+    except (HookError, ModelLoadError) as e:  # the input must change (saeforge.errors)
+        fail(str(e), EXIT_USAGE)
     except (CaptureError, FolderInUse, ValueError) as e:
         fail(str(e), EXIT_FAILED)
     if rank == 0:

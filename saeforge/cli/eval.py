@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes
 from saeforge.eval.config import EvalConfig
@@ -38,6 +39,7 @@ def eval_command(
     """
     with exit_codes():
         cfg = settings.build(out=out)
+        _check_files(cfg)
     from rich.console import Console
 
     from saeforge.cli.output import make_console, print_table
@@ -69,3 +71,19 @@ def eval_command(
         if r.get("drift") is not None:
             console.print(drift_line(r))
     console.print(f"metrics and plots in {cfg.out} ({len(paths)} files)")
+
+
+def _check_files(cfg: EvalConfig) -> None:
+    """The SAEs, stores, models and corpora exist and fit each other (before torch loads)."""
+    for m in (cfg.model, cfg.compare_model):
+        if m is not None:
+            checks.model_dir(m, "--model" if m is cfg.model else "--compare-model")
+    stores = [*cfg.activations, *[s for s in (cfg.target_activations, cfg.compare_activations) if s]]
+    for store in stores:
+        checks.store_manifest(store)
+    for sae in cfg.saes:
+        if len(cfg.activations) == 1:
+            checks.sae_fits_store(sae, cfg.activations[0])
+        else:
+            checks.sae_cfg(sae)
+    checks.corpora([s for s in (cfg.data, *cfg.extra_data) if s], "--data")

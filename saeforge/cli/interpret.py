@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes, fail, writing
 from saeforge.errors import EXIT_FAILED, ConfigError
@@ -55,6 +56,9 @@ def interpret(
 def _interpret(cfg: InterpretConfig) -> None:
     """Describes (and, with a judge, explains) the latents of `cfg` into cfg.out, which this process holds."""
     with exit_codes():
+        checks.sae_fits_store(cfg.sae, cfg.activations)  # before torch loads
+        if cfg.model is not None:
+            checks.model_dir(cfg.model)
         sae, store, chosen, judge = _open_inputs(cfg)
     result = _describe(cfg, sae, store, chosen)
     out = cfg.out
@@ -191,6 +195,10 @@ def attribute(settings: Settings) -> None:
     Direct effect: activation x decoder direction x unembedding, through the final norm with its scale frozen
     at the prompt's last position. Ablation effect: the prompt re-run with the latent's contribution removed.
     """
+    with exit_codes():
+        cfg = settings.build()
+        checks.single_token(checks.model_dir(cfg.model), cfg.target)
+        checks.sae_cfg(cfg.sae)
     from rich.console import Console
     from rich.table import Table
 
@@ -199,7 +207,6 @@ def attribute(settings: Settings) -> None:
     from saeforge.sae import load_sae
 
     with exit_codes():
-        cfg = settings.build()
         try:
             sae_obj = load_sae(cfg.sae, device=cfg.device)
             loaded = load_model(cfg.model, device=cfg.device)

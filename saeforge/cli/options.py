@@ -66,7 +66,7 @@ class Settings:
         try:
             return model.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, "options", name_of=self.flag)) from None
+            raise ConfigError(format_validation_error(e, "options", name_of=self.flag, model=model)) from None
 
 
 def _cli_type(annotation: Any) -> Any:
@@ -80,23 +80,31 @@ def _cli_type(annotation: Any) -> Any:
     if origin is typing.Annotated:
         return _cli_type(typing.get_args(annotation)[0])
     if origin is typing.Literal:
-        return annotation
+        return str  # the config checks the choice, suggesting the closest one ("did you mean")
     if origin is list:
         (item,) = typing.get_args(annotation)
-        item = _cli_type(item)
-        return list[str if typing.get_origin(item) is typing.Literal else item]  # the config checks choices
+        return list[_cli_type(item)]
     if annotation in _SCALARS:
         return annotation
     raise TypeError(f"{annotation} has no CLI type; exclude the field and give it from the command")
 
 
-def _help(description: str | None, default: Any, shown: bool) -> str:
+def _choices(annotation: Any) -> tuple[str, ...]:
+    """The values of a Literal field type (also inside Optional, Annotated and list); () for other types."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return tuple(map(str, typing.get_args(annotation)))
+    return next((c for a in typing.get_args(annotation) if (c := _choices(a))), ())
+
+
+def _help(description: str | None, default: Any, shown: bool, choices: tuple[str, ...] = ()) -> str:
     text = (description or "").strip()
     first = text.split(" ", 1)[0]
     if first.isalpha() and first.islower():  # not a symbol such as d_sae or W_dec
         text = text[:1].upper() + text[1:]
     if text and not text.endswith("."):
         text += "."
+    if choices:
+        text += f" One of: {', '.join(choices)}."
     if shown and default not in (None, PydanticUndefined, ..., [], False) and "default" not in text:
         text += f" Default: {default}."
     return text
@@ -113,7 +121,7 @@ def _option(name: str, info, flag: str | tuple[str, ...], unset: bool, default: 
     option = typer.Option(
         None if unset else default,
         *decls,
-        help=_help(info.description, default, shown=unset),
+        help=_help(info.description, default, shown=unset, choices=_choices(info.annotation)),
         show_default=not unset,
     )
     return inspect.Parameter(
@@ -167,6 +175,16 @@ def config_options(
         return command
 
     return decorate
+
+
+def duration(seconds: float) -> str:
+    """A wall time as people say it: '45 s', '2 min 23 s', '1 h 48 min'."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typing.NoReturn:

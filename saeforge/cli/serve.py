@@ -46,7 +46,9 @@ def serve(
         try:  # not settings.build(): its first parameter is named `model`, as is ServeConfig's first field
             cfg = ServeConfig.model_validate({**settings.defaults, **found, **given})
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, "options", name_of=settings.flag)) from None
+            raise ConfigError(
+                format_validation_error(e, "options", name_of=settings.flag, model=ServeConfig)
+            ) from None
         state = build_state(cfg)
 
     def ready(url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from saeforge.cli import checks
 from saeforge.cli.app import app
 from saeforge.cli.options import Settings, config_options, exit_codes, fail
 from saeforge.steer.config import SteerConfig
@@ -37,12 +38,16 @@ def steer(
     comparison); --clamp sets the latent through the SAE instead, keeping the SAE's error term; --export
     writes the direction as .npy and .safetensors.
     """
+    with exit_codes():
+        cfg = settings.build(coefficients=parse_coefficients(coefficient, sweep))
+        checks.sae_cfg(cfg.sae)
+        if cfg.generating:
+            checks.model_dir(cfg.model)
     from saeforge.sae import load_sae
     from saeforge.steer import clamping, decoder_direction, export_direction, generate
     from saeforge.steer import sweep as run_sweep
 
     with exit_codes():
-        cfg = settings.build(coefficients=parse_coefficients(coefficient, sweep))
         sae_obj = load_sae(cfg.sae, device=cfg.device)
         direction = decoder_direction(sae_obj, cfg.latent, cfg.normalize)
     latent, prompt, n_new, clamp = cfg.latent, cfg.prompt, cfg.max_new_tokens, cfg.clamp

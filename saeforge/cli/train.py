@@ -9,8 +9,9 @@ from pathlib import Path
 
 import typer
 
+from saeforge.cli import checks
 from saeforge.cli.app import app
-from saeforge.cli.options import Settings, config_options, exit_codes
+from saeforge.cli.options import Settings, config_options, duration, exit_codes
 from saeforge.errors import ConfigError
 from saeforge.train.config import SAESpec, TrainConfig
 
@@ -145,6 +146,7 @@ _RUN_FLAGS = [
     "target_activations",
     "crosscoder",
     "tokens",
+    "epochs",
     "batch_size",
     "seed",
     "checkpoint_every",
@@ -176,7 +178,6 @@ _FILE_OVERRIDES = {"out", "resume", "device", "tensor_parallel"}
     fields=_RUN_FLAGS,
     flags={"loggers": "--logger"},
     unset=True,
-    defaults={"tokens": 10_000_000},
 )
 @config_options(SAESpec, fields=_SAE_FLAGS, unset=True, into="spec")
 def train_command(
@@ -188,6 +189,10 @@ def train_command(
 ) -> None:
     with exit_codes():
         cfg = _config(config, settings, spec)
+        rows, d_in = _check_files(cfg)
+        cfg = cfg.with_tokens(rows)
+    if _is_main_rank() and rows and d_in:
+        _say_how_long(cfg, d_in, rows)
     from saeforge.lock import FolderInUse
     from saeforge.train import NonFiniteError, TrainingInterrupted, train, train_hooks
 
@@ -251,6 +256,44 @@ def _config(config: Path | None, settings: Settings, spec: Settings) -> TrainCon
         loggers=["jsonl", *(settings.values["loggers"] or [])],
         resume=bool(settings.values["resume"]),
     )
+
+
+def _check_files(cfg: TrainConfig) -> tuple[int | None, int | None]:
+    """The stores exist and every SAE's d_in (when given) is the input store's (before torch loads).
+    Returns the rows of the (smallest) input store and the summed input width, None where unknown."""
+    manifests = [checks.store_manifest(p) for p in cfg.input_paths]
+    if cfg.target_activations is not None:
+        checks.store_manifest(cfg.target_activations, "--target-activations")
+    rows = [sum(s.get("rows", 0) for s in m.get("shards", [])) for m in manifests]
+    widths = [m.get("d_in") for m in manifests]
+    if not cfg.crosscoder and widths and widths[0] is not None:
+        for i, s in enumerate(cfg.saes):
+            s.check_d_in(widths[0], f"saes[{i}] ({s.name})", str(cfg.input_paths[0]))
+    d_in = sum(widths) if widths and None not in widths else None
+    return (min(rows) if rows else None), d_in
+
+
+# More passes than this over the same rows and training warns: the SAEs would learn this sample, not the model.
+_MANY_PASSES = 4
+
+
+def _say_how_long(cfg: TrainConfig, d_in: int, rows: int) -> None:
+    """One line before training: tokens, steps, passes over the store and the estimated time; a warning when
+    the run reads each row more than a few times."""
+    from saeforge.plan import estimate_training
+
+    e = estimate_training(cfg, d_in, rows)
+    typer.echo(
+        f"training {e.tokens:,} tokens: {e.steps:,} steps of {cfg.batch_size:,}, {e.passes:.2g} passes over the "
+        f"{rows:,} rows of {cfg.input_paths[0]}; about {duration(e.seconds)} (from a warm-up of a few steps of "
+        "these SAEs timed just now)"
+    )
+    if e.passes > _MANY_PASSES:
+        typer.echo(
+            f"warning: the run reads each of the {rows:,} rows {e.passes:.0f} times; SAEs trained that long on "
+            "one sample learn the sample. Capture more tokens, or lower --tokens (or --epochs).",
+            err=True,
+        )
 
 
 def _flag_value(flag: str, *settings: Settings):

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saeforge.errors import ConfigError
 from saeforge.eval.config import EvalConfig
 from saeforge.eval.dictionaries import check_kind, evaluate_dictionary, open_aligned
 from saeforge.eval.dictionary import stability
@@ -84,13 +85,13 @@ def _open_store(path: Path, sae_paths: Sequence[Path], saes: Sequence[SAE], veri
     store.check_shards()
     for sae_path, sae in zip(sae_paths, saes, strict=True):
         if sae.d_in != store.d_in:
-            raise ValueError(
+            raise ConfigError(
                 f"SAE {sae_path} has d_in {sae.d_in} but the activation store {path} holds activations of "
                 f"d_in {store.d_in}: evaluate it on activations captured at the hook it was trained on"
             )
         sae_hook = sae.cfg.metadata.get("hook_name")
         if sae_hook and store.hook and canonical_hook_name(sae_hook) != canonical_hook_name(store.hook):
-            raise ValueError(
+            raise ConfigError(
                 f"SAE {sae_path} was trained at hook {sae_hook!r} but the activation store {path} holds hook "
                 f"{store.hook!r}: give a store captured at {sae_hook!r}"
             )

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from saeforge.interpret.config import target_token_id
 from saeforge.interpret.unembed import final_norm, unembedding
 from saeforge.models import LoadedModel, splice
 from saeforge.sae.base import SAE
@@ -50,18 +51,6 @@ class Attribution:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def target_token_id(tokenizer, target: str) -> int:
-    """The single token `target` encodes to; a clear error when it is several tokens."""
-    ids = tokenizer.encode(target, add_special_tokens=False)
-    if len(ids) != 1:
-        pieces = [tokenizer.decode([i]) for i in ids]
-        raise ValueError(
-            f"--target {target!r} is {len(ids)} tokens {pieces}: give a single token (mind the leading space, "
-            f"e.g. {' ' + target.strip()!r})"
-        )
-    return ids[0]
 
 
 def frozen_norm_map(norm: nn.Module | None, r: Tensor) -> Tensor:
@@ -99,7 +88,9 @@ def attribute(
     `ablate` largest |direct| of them also get the ablation effect.
     """
     if loaded.kind != "causal":
-        raise ValueError(f"{loaded.path} is a {loaded.kind} model: attribution needs a causal LM's logits")
+        raise ValueError(
+            f"{loaded.path} is an {loaded.kind} model (not a causal LM): attribution needs a causal LM's logits"
+        )
     hook = hook or sae.cfg.metadata.get("hook_name")
     if not hook:
         raise ValueError("the SAE's cfg.json names no hook_name: pass --hook")

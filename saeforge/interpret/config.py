@@ -93,3 +93,15 @@ class AttributeConfig(BaseModel):
         "(any other directory gets attribution.json)",
     )
     device: Device = DEFAULT_DEVICE
+
+
+def target_token_id(tokenizer, target: str) -> int:
+    """The single token `target` encodes to; a clear error when it is several tokens."""
+    ids = tokenizer.encode(target, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise ValueError(
+            f"--target {target!r} is {len(ids)} tokens {pieces}: give a single token (mind the leading space, "
+            f"e.g. {' ' + target.strip()!r})"
+        )
+    return ids[0]

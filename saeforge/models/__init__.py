@@ -1,44 +1,33 @@
-"""saeforge.models: local Hugging Face models (never downloaded) and their hook points."""
+"""saeforge.models: local Hugging Face models (never downloaded) and their hook points.
+
+Names are imported on first use (`saeforge.lazy`), so `saeforge.models.paths` checks a model directory
+without importing torch.
+"""
 
 import os
 
 # Set before transformers is imported anywhere below: nothing in saeforge may reach the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from saeforge.models.hooks import (  # noqa: E402
-    SITES,
-    HookError,
-    HookPoint,
-    find_blocks,
-    list_hooks,
-    record,
-    resolve_hook,
-    run_hooks,
-    splice,
-)
-from saeforge.models.loading import (  # noqa: E402
-    EXAMPLE_MODEL_SHA256,
-    LoadedModel,
-    ModelLoadError,
-    builtin_example_model,
-    load_model,
-)
-from saeforge.models.texts import text_activations  # noqa: E402
+from saeforge.lazy import lazy_exports  # noqa: E402
 
-__all__ = [
-    "EXAMPLE_MODEL_SHA256",
-    "SITES",
-    "HookError",
-    "HookPoint",
-    "LoadedModel",
-    "ModelLoadError",
-    "builtin_example_model",
-    "find_blocks",
-    "list_hooks",
-    "load_model",
-    "record",
-    "resolve_hook",
-    "run_hooks",
-    "splice",
-    "text_activations",
-]
+lazy_exports(
+    __name__,
+    {
+        "SITES": "saeforge.models.hooks",
+        "HookError": "saeforge.models.hooks",
+        "HookPoint": "saeforge.models.hooks",
+        "find_blocks": "saeforge.models.hooks",
+        "list_hooks": "saeforge.models.hooks",
+        "record": "saeforge.models.hooks",
+        "resolve_hook": "saeforge.models.hooks",
+        "run_hooks": "saeforge.models.hooks",
+        "splice": "saeforge.models.hooks",
+        "EXAMPLE_MODEL_SHA256": "saeforge.models.loading",
+        "LoadedModel": "saeforge.models.loading",
+        "builtin_example_model": "saeforge.models.loading",
+        "load_model": "saeforge.models.loading",
+        "ModelLoadError": "saeforge.models.paths",
+        "text_activations": "saeforge.models.texts",
+    },
+)

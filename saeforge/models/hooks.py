@@ -36,7 +36,6 @@ tuples (or lists, or ModelOutputs) contribute their first element. Every activat
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from saeforge.errors import did_you_mean
 from saeforge.hook_names import canonical_hook_name
 from saeforge.models.loading import LoadedModel
 
@@ -148,13 +148,12 @@ def _valid_names_message(model: LoadedModel | nn.Module, name: str) -> str:
     n = len(blocks)
     sites = [s for s in SITES if s in _sites(blocks[0])]
     module_names = [p for p, _ in _unwrap(model).named_modules() if p]
-    close = difflib.get_close_matches(name, list_hooks(model) + module_names, n=3)
     example = next((f"{path}.0.{c}" for c, _ in blocks[0].named_children()), f"{path}.0")
     return (
         f"valid canonical names: layers.{{i}}.{{{','.join(sites)}}} with i in 0..{n - 1} "
         f"(e.g. layers.{n // 2}.resid_post); or any module path, which names that module's output, with "
         f"':input' for its input (e.g. {example} or {path}.0:input; see model.named_modules())"
-        + (f". Did you mean {' or '.join(close)}?" if close else "")
+        + ("." + hint if (hint := did_you_mean(name, list_hooks(model) + module_names, n=3)) else "")
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from saeforge.device import resolve_device
 from saeforge.dtypes import STORAGE_DTYPES, torch_dtype
 from saeforge.models.device_map import input_device, resolve_device_map
+from saeforge.models.paths import ModelLoadError, check_model_dir
 
 # Encoder-only model types loaded with AutoModel (no LM head); everything else must be a causal LM.
 ENCODER_TYPES = frozenset(
@@ -23,11 +23,6 @@ ENCODER_TYPES = frozenset(
 EXAMPLE_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-class ModelLoadError(ValueError):
-    """A model directory that cannot be loaded; the message names the problem and the fix."""
 
 
 def _sha256_files(paths: list[Path]) -> str:
@@ -98,29 +93,6 @@ def _check_safetensors(local: Path) -> None:
         )
 
 
-def _check_path(path: str | Path) -> Path:
-    text = str(path)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise ModelLoadError(
-                f"model path {text!r} is a file; give the directory holding config.json and weights"
-            )
-        if not (local / "config.json").is_file():
-            raise ModelLoadError(
-                f"{local} has no config.json; a model directory is what save_pretrained writes"
-            )
-        _check_safetensors(local)
-        return local
-    if _HUB_ID.fullmatch(text) and not text.startswith("."):
-        raise ModelLoadError(
-            f"{text!r} is not a local directory. Models must be local paths: saeforge never downloads. "
-            "Copy the model to a directory first (e.g. `hf download ORG/NAME --local-dir DIR` on a machine "
-            "with access) and pass that directory."
-        )
-    raise ModelLoadError(f"model directory {text!r} does not exist")
-
-
 def load_model(
     path: str | Path,
     dtype: str = "float32",
@@ -135,7 +107,8 @@ def load_model(
     dict {module name: device}; modules mapped to "disk" are offloaded to `offload_folder` (default: a
     temporary folder removed at exit).
     """
-    local = _check_path(path)
+    local = check_model_dir(path)
+    _check_safetensors(local)
     placement = resolve_device_map(device_map, offload_folder)
     if dtype not in STORAGE_DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")

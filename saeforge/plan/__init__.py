@@ -27,5 +27,7 @@ lazy_exports(
         "Plan": "saeforge.plan.machine",
         "plan": "saeforge.plan.machine",
         "time_sae_step": "saeforge.plan.machine",
+        "TrainingEstimate": "saeforge.plan.machine",
+        "estimate_training": "saeforge.plan.machine",
     },
 )

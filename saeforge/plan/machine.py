@@ -10,13 +10,16 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from saeforge.activations.capture import bytes_per_row
 from saeforge.sae import TrainStepInput, create_training_sae
+from saeforge.train.config import TrainConfig
 from saeforge.train.optim import Adam
+from saeforge.train.specs import resolve_specs
 
 _TRAIN_BATCH = 1024
 
@@ -47,11 +50,16 @@ def _timed(fn, repeats: int) -> float:
 
 
 def time_sae_step(
-    d_in: int, d_sae: int, batch: int = _TRAIN_BATCH, repeats: int = 2, k: int | None = None
+    d_in: int,
+    d_sae: int,
+    batch: int = _TRAIN_BATCH,
+    repeats: int = 2,
+    k: int | None = None,
+    config: Any = None,
 ) -> float:
     """Seconds of one training step of a real SAE (encode, activation, decode, loss, backward, the trainer's
-    Adam) on a [batch, d_in] batch: the dense `standard` architecture (ReLU, L1 penalty), or with `k` the
-    `topk` architecture and its sparse kernels."""
+    Adam) on a [batch, d_in] batch: the dense `standard` architecture (ReLU, L1 penalty), with `k` the `topk`
+    architecture and its sparse kernels, or the training SAE `config` (a TrainingSAEConfig) as given."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     sparsity = (
@@ -59,7 +67,7 @@ def time_sae_step(
         if k is None
         else {"architecture": "topk", "k": k}
     )
-    sae = create_training_sae({"d_in": d_in, "d_sae": d_sae, **sparsity})
+    sae = create_training_sae(config or {"d_in": d_in, "d_sae": d_sae, **sparsity})
     params = [p for p in sae.parameters() if p.requires_grad]
     opt = Adam(params, lr=1e-4)
     x = torch.randn(batch, d_in, generator=g)
@@ -73,6 +81,36 @@ def time_sae_step(
         opt.zero_grad(set_to_none=True)
 
     return _timed(step, repeats)
+
+
+class TrainingEstimate(BaseModel):
+    """How long a training run is, before it starts: its tokens, steps, passes over the data and wall time."""
+
+    tokens: int
+    steps: int
+    rows: int = Field(description="rows of the store the run reads (the smallest, for aligned stores)")
+    passes: float = Field(description="tokens / rows: how many times the run reads each row")
+    seconds: float = Field(description="estimated wall time of the steps (a timed warm-up here)")
+
+
+def estimate_training(cfg: TrainConfig, d_in: int, rows: int) -> TrainingEstimate:
+    """The run `cfg` (tokens resolved) on a store of `rows` rows of width d_in: steps, passes, and the time of
+    its steps measured here: a short warm-up (a few steps on random data) of every SAE of the sweep as
+    configured, scaled to the run's batch size. Data loading and metrics are not timed."""
+    batch = min(cfg.batch_size, _TRAIN_BATCH)
+    resolved = resolve_specs(cfg, d_in, "the store")
+    step_s = (
+        sum(time_sae_step(d_in, r.d_sae, batch, 3, config=r.sae_cfg) for r in resolved)
+        * cfg.batch_size
+        / batch
+    )
+    return TrainingEstimate(
+        tokens=cfg.tokens,
+        steps=cfg.total_steps,
+        rows=rows,
+        passes=cfg.tokens / rows,
+        seconds=cfg.total_steps * step_s,
+    )
 
 
 def plan(

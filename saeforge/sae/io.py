@@ -8,7 +8,6 @@ use are kept in `cfg.metadata`; a key that looks like a misspelling of a known k
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -24,6 +23,7 @@ from torch import Tensor
 from saeforge.atomic import write_with
 from saeforge.device import resolve_device
 from saeforge.dtypes import FLOAT_DTYPES, torch_dtype
+from saeforge.errors import closest
 from saeforge.sae import registry
 from saeforge.sae.base import SAE, SAEConfig
 from saeforge.sae.saelens_compat import (
@@ -111,7 +111,7 @@ def _check_typos(keys, known: set[str], where: str) -> None:
     for key in keys:
         if key in known:
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
+        close = closest(key, sorted(known), cutoff=0.85)
         if close:
             raise ValueError(
                 f"{where}: unknown key {key!r} looks like a misspelling of {close[0]!r}; fix the key"

@@ -76,7 +76,9 @@ class Generation:
 
 def encode_prompt(loaded: LoadedModel, prompt: str) -> dict[str, Tensor]:
     if loaded.kind != "causal":
-        raise ValueError(f"{loaded.path} is a {loaded.kind} model: steering generates text with a causal LM")
+        raise ValueError(
+            f"{loaded.path} is an {loaded.kind} model (not a causal LM): steering generates text with a causal LM"
+        )
     enc = loaded.tokenizer(prompt, return_tensors="pt")
     return {k: v.to(loaded.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 

@@ -1,18 +1,23 @@
-"""saeforge.text: local corpora -> documents -> fixed-length token contexts."""
+"""saeforge.text: local corpora -> documents -> fixed-length token contexts.
 
-from saeforge.text.builtin import builtin_documents
-from saeforge.text.packing import PackingTokens, pack, packing_tokens, special_ids, special_token_mask
-from saeforge.text.sources import ACCEPTED_SOURCES, SourceError, read_texts, render_messages
+Names are imported on first use (`saeforge.lazy`): reading and checking sources needs no torch; packing does.
+"""
 
-__all__ = [
-    "ACCEPTED_SOURCES",
-    "PackingTokens",
-    "SourceError",
-    "builtin_documents",
-    "pack",
-    "packing_tokens",
-    "read_texts",
-    "render_messages",
-    "special_ids",
-    "special_token_mask",
-]
+from saeforge.lazy import lazy_exports
+
+lazy_exports(
+    __name__,
+    {
+        "ACCEPTED_SOURCES": "saeforge.text.sources",
+        "PackingTokens": "saeforge.text.packing",
+        "SourceError": "saeforge.text.sources",
+        "builtin_documents": "saeforge.text.builtin",
+        "check_source": "saeforge.text.sources",
+        "pack": "saeforge.text.packing",
+        "packing_tokens": "saeforge.text.packing",
+        "read_texts": "saeforge.text.sources",
+        "render_messages": "saeforge.text.sources",
+        "special_ids": "saeforge.text.packing",
+        "special_token_mask": "saeforge.text.packing",
+    },
+)

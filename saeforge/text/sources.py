@@ -60,31 +60,48 @@ def _row_text(row: dict[str, Any], tokenizer, where: str) -> str:
     )
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 text file; SourceError naming the file, the line and the fix otherwise."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if b"\x00" in raw:
+                raise SourceError(
+                    f"{path}:{n}: holds NUL bytes: a binary file (or UTF-16 text), not UTF-8 text; give a UTF-8 text file "
+                    "(.txt, .jsonl) or a .parquet file"
+                )
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SourceError(
+                    f"{path}:{n}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); corpora "
+                    f"are read as UTF-8: convert the file, e.g. `iconv -f latin1 -t utf-8 {path} > "
+                    f"{path.with_stem(path.stem + '-utf8')}`"
+                ) from None
+
+
 def _read_txt(path: Path) -> Iterator[str]:
     lines: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                lines.append(line)
-            elif lines:
-                yield "".join(lines).strip()
-                lines = []
+    for _, line in _lines(path):
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            yield "".join(lines).strip()
+            lines = []
     if lines:
         yield "".join(lines).strip()
 
 
 def _read_jsonl(path: Path, tokenizer) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise SourceError(f"{path}:{n}: each line must be a JSON object with `text` or `messages`")
-            yield _row_text(row, tokenizer, f"{path}:{n}")
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise SourceError(f"{path}:{n}: each line must be a JSON object with `text` or `messages`")
+        yield _row_text(row, tokenizer, f"{path}:{n}")
 
 
 def _read_rows(rows: Iterable[dict[str, Any]], tokenizer, where: str) -> Iterator[str]:
@@ -172,3 +189,25 @@ def read_texts(source: str | Path, split: str | None = None, tokenizer=None) -> 
 
 def _nonempty(docs: Iterable[str]) -> Iterator[str]:
     return (d for d in docs if d.strip())
+
+
+class _TemplateLater:
+    """Stands in for the tokenizer while checking a source: `messages` rows count as documents (the real
+    tokenizer's chat template renders them when the source is read for work)."""
+
+    chat_template = "applied when the source is read"
+    bos_token = None
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tokenize: bool = False) -> str:
+        return "\n".join(str(m.get("content", "")) for m in messages)
+
+
+def check_source(source: str | Path, split: str | None = None) -> None:
+    """Fails fast (SourceError) when SOURCE cannot be read or holds no document: opens it as `read_texts`
+    does and reads up to its first document. Needs no torch and no tokenizer, so the CLI checks corpora
+    before loading a model."""
+    if next(read_texts(source, split, tokenizer=_TemplateLater()), None) is None:
+        raise SourceError(
+            f"text source {str(source)!r} holds no text (it is empty or every document is blank); give a "
+            f"corpus with text. Accepted: {ACCEPTED_SOURCES}"
+        )

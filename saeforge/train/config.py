@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from saeforge.device import DEFAULT_DEVICE, Device
-from saeforge.errors import ConfigError, format_validation_error
+from saeforge.errors import ConfigError, format_validation_error, read_yaml_mapping
 from saeforge.sparsity import SparsitySettings
 
 LrSchedule = Literal["constant", "cosine", "linear"]
@@ -104,6 +103,14 @@ class SAESpec(SparsitySettings, _Strict):
             raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
         return self
 
+    def check_d_in(self, d_in: int, where: str, data_source: str) -> None:
+        """ConfigError when this SAE asks for a d_in other than its data's (`where` names the SAE)."""
+        if self.d_in is not None and self.d_in != d_in:
+            raise ConfigError(
+                f"{where}.d_in: the SAE asks for d_in={self.d_in} but {data_source} has d_in={d_in}; "
+                "remove d_in or point activations at a store of that width"
+            )
+
     def resolved_d_sae(self, d_in: int) -> int:
         if self.d_sae is not None:
             return self.d_sae
@@ -136,7 +143,17 @@ class TrainConfig(_Strict):
         description="check each shard's sha256 as it is first read; false (--no-verify) loads a store without "
         "checksums (another tool's) unverified, and the run card records it",
     )
-    tokens: int = Field(gt=0, description="training tokens (activation rows); steps = tokens // batch_size")
+    tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="training tokens (activation rows); steps = tokens // batch_size. Default: epochs passes "
+        "over the store",
+    )
+    epochs: float | None = Field(
+        default=None,
+        gt=0,
+        description="passes over the store when tokens is not given (default 1: every row once)",
+    )
     batch_size: int = Field(default=4096, gt=0, description="global batch size in tokens")
     out: Path = Field(description="run directory: checkpoints, metrics, plots and one folder per SAE")
     saes: list[SAESpec] = Field(min_length=1, description="the SAEs trained on the same batches")
@@ -209,9 +226,28 @@ class TrainConfig(_Strict):
                 "distribute_hooks places whole SAEs on ranks; it does not combine with tensor_parallel > 1 "
                 "(latent sharding): set tensor_parallel: 1, or train the hooks as separate runs"
             )
-        if self.tokens < self.batch_size:
+        if self.tokens is not None and self.epochs is not None:
+            raise ValueError("give tokens or epochs, not both (tokens = epochs x the store's rows)")
+        if self.tokens is not None and self.tokens < self.batch_size:
             raise ValueError(f"tokens ({self.tokens}) must be at least batch_size ({self.batch_size})")
         return self
+
+    def with_tokens(self, rows: int | None) -> TrainConfig:
+        """This run with `tokens` set: as given, else `epochs` (default 1) passes over the store's `rows`.
+
+        Raises ConfigError when tokens is unset and the number of rows is unknown (a batch source passed in
+        Python), or when one pass gives fewer tokens than one batch."""
+        if self.tokens is not None:
+            return self
+        if not rows:
+            raise ConfigError("tokens: give the number of training tokens (the data's size is unknown)")
+        tokens = round((self.epochs or 1.0) * rows)
+        if tokens < self.batch_size:
+            raise ConfigError(
+                f"tokens: {self.epochs or 1:g} pass(es) over the store's {rows:,} rows is fewer than one batch "
+                f"of batch_size {self.batch_size}; lower --batch-size, or give --tokens or --epochs"
+            )
+        return self.model_copy(update={"tokens": tokens, "epochs": None})
 
     @field_validator("activations", mode="before")
     @classmethod
@@ -238,22 +274,14 @@ class TrainConfig(_Strict):
 
     @property
     def total_steps(self) -> int:
+        if self.tokens is None:
+            raise ConfigError("tokens is not resolved yet: call with_tokens(rows of the store) first")
         return self.tokens // self.batch_size
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Reads a YAML file; `overrides` (e.g. out=..., resume=True) replace top-level keys."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file {path} does not exist") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path} must hold a mapping with keys activations, tokens, batch_size, out, saes"
-            )
+        data = read_yaml_mapping(path, "activations, tokens, batch_size, out, saes")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.parse(data, source=str(path))
 
@@ -263,4 +291,4 @@ class TrainConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source)) from None
+            raise ConfigError(format_validation_error(e, source, model=cls)) from None

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from saeforge import sae as sae_api
-from saeforge.errors import ConfigError, format_validation_error
+from saeforge.errors import ConfigError, did_you_mean, format_validation_error
 from saeforge.sae.config import TrainingSAEConfig
 from saeforge.sparsity import SPARSITY_FIELDS
 from saeforge.train.config import SAESpec, TrainConfig
@@ -52,7 +52,11 @@ def _training_sae_config(
             architecture=spec.architecture, d_sae=d_sae, seed=spec.seed, **layout_fields, **fields
         )
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"SAE '{spec.name}'", prefix=f"saes[{i}]")) from None
+        raise ConfigError(
+            format_validation_error(
+                e, f"SAE '{spec.name}'", prefix=f"saes[{i}]", model=sae_api.TrainingSAEConfig
+            )
+        ) from None
 
 
 def resolve_specs(
@@ -68,13 +72,10 @@ def resolve_specs(
         where = f"saes[{i}] ({spec.name})"
         if spec.architecture not in sae_api.TRAINING_ARCHITECTURES:
             raise ConfigError(
-                f"{where}.architecture: unknown architecture '{spec.architecture}'; known: {known}"
+                f"{where}.architecture: unknown architecture '{spec.architecture}'; known: {known}."
+                + did_you_mean(spec.architecture, sae_api.TRAINING_ARCHITECTURES)
             )
-        if spec.d_in is not None and spec.d_in != d_in:
-            raise ConfigError(
-                f"{where}.d_in: the SAE asks for d_in={spec.d_in} but {data_source} has d_in={d_in}; "
-                "remove d_in or point activations at a store of that width"
-            )
+        spec.check_d_in(d_in, where, data_source)
         d_sae = spec.resolved_d_sae(d_in)
         if spec.k is not None and spec.k > d_sae:
             raise ConfigError(f"{where}.k: k={spec.k} exceeds d_sae={d_sae}; lower k or raise d_sae")

@@ -112,6 +112,8 @@ class _Run:
         self.dtype = getattr(torch, cfg.dtype)
         self.stores = open_stores(cfg, source)
         self.store = self.stores[0] if self.stores else None
+        rows = min(s.num_rows for s in self.stores) if self.stores else getattr(source, "num_rows", None)
+        self.cfg = cfg = cfg.with_tokens(rows)  # tokens unset: epochs (default 1) passes over the store
         self.source = source
         widths, where, self.batches = source_widths(self.stores, self.source, cfg)
         self.layout = DataLayout.of(cfg, widths, where)

@@ -50,7 +50,7 @@ def test_eval_cli_refuses_a_store_of_another_width(cli, tmp_path, saes, acts, st
     store = store_tools.write_store(tmp_path / "store", acts(64, 12))
     sae = store_tools.save_sae(saes.random(16, 32), tmp_path / "sae")
     proc = cli("eval", "--sae", sae, "--activations", store, "--out", tmp_path / "o", check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a usage error (saeforge.errors), as in train and interpret
     assert "d_in 16" in proc.stderr and "d_in 12" in proc.stderr
     assert not (tmp_path / "o").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -42,6 +43,7 @@ def test_cli_run_writes_the_run_directory(tmp_path, tiny_model, cli):
     proc = cli("run", cfg, "--out", tmp_path / "elsewhere")
     out = tmp_path / "elsewhere"  # --out overrides the config's out
     assert "report:" in proc.stdout and "FVU" in proc.stdout
+    assert re.search(r"^took (\d+ s|\d+ min \d+ s)$", proc.stdout, re.M), proc.stdout
 
     assert yaml.safe_load((out / "config.yaml").read_text())["out"] == str(out)
     train_store = ActivationStore.open(out / "activations" / "train" / "layers.1.resid_post")
