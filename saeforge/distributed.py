@@ -25,6 +25,8 @@ class Collectives:
     """Data-parallel collectives an architecture may need for batch-wide statistics.
 
     The single-process default is the identity; `TorchCollectives` (below) backs it under torchrun.
+    world_size: the data-parallel ranks the batch is split over, in equal slices. Under latent sharding
+    (saeforge/train/tensor_parallel.py) the reductions run over every rank, each holding its latents of its slice.
     """
 
     world_size: int = 1
@@ -39,10 +41,14 @@ class Collectives:
 
 
 class TorchCollectives(Collectives):
-    """`Collectives` over the default torch.distributed process group."""
+    """`Collectives` over the default torch.distributed process group.
 
-    def __init__(self, world_size: int):
+    ranks: the processes in the group (default world_size; more when each data-parallel slice is latent-sharded).
+    """
+
+    def __init__(self, world_size: int, ranks: int | None = None):
         self.world_size = world_size
+        self.ranks = ranks or world_size
 
     def all_reduce_sum(self, t: Tensor) -> Tensor:
         out = t.detach().clone()
@@ -53,12 +59,12 @@ class TorchCollectives(Collectives):
         """Concatenation along dim 0 in rank order; ranks may hold different numbers of rows."""
         t = t.detach().contiguous()
         n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
-        sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
+        sizes = [torch.zeros_like(n) for _ in range(self.ranks)]
         dist.all_gather(sizes, n)
         rows = [int(s.item()) for s in sizes]
         padded = t.new_zeros((max(rows), *t.shape[1:]))
         padded[: t.shape[0]] = t
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        parts = [torch.empty_like(padded) for _ in range(self.ranks)]
         dist.all_gather(parts, padded)
         return torch.cat([p[:r] for p, r in zip(parts, rows, strict=True)], dim=0)
 
@@ -105,14 +111,20 @@ class DistContext:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Replaces each gradient by its mean over ranks (one flattened all-reduce)."""
-        if not self.enabled:
+    def average_gradients(
+        self, params: list[torch.nn.Parameter], group: Any = None, size: int | None = None
+    ) -> None:
+        """Replaces each gradient by its mean over ranks (one flattened all-reduce).
+
+        group, size: a process group of `size` ranks to average over instead (the data group of a
+        latent-sharded run); default every rank."""
+        size = self.world_size if size is None else size
+        if size <= 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        flat /= size
         offset = 0
         for p in params:
             n = p.numel()

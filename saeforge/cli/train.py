@@ -22,12 +22,14 @@ HELP = "\n\n".join(
         "Either give CONFIG.yaml (keys: activations, tokens, batch_size, out, saes: a list of {name, architecture, "
         "k | sparsity_coefficient | target_l0, expansion_factor | d_sae, lr, seed, ...}, plus the training options "
         "of docs/training.md), or describe one SAE with flags (--activations, --architecture, --out, ...). "
-        "With CONFIG, only --out, --resume and --device may be given as flags.",
+        "With CONFIG, only --out, --resume, --device and --tensor-parallel may be given as flags.",
         "Writes OUT/<name>/ (cfg.json + sae_weights.safetensors) per SAE, OUT/metrics.jsonl, OUT/curves.png, "
         "OUT/run_card.json and OUT/checkpoints/. SIGTERM or Ctrl-C saves a checkpoint and exits; rerun the same "
         "command with --resume to continue.",
-        "Data parallel: torchrun --nproc_per_node N -m saeforge train ...; with distribute_hooks: true in CONFIG "
-        "(one store per hook in activations) each rank trains the saes of its hooks instead.",
+        "Data parallel: torchrun --nproc_per_node N -m saeforge train ...; latent-sharded: add "
+        "--tensor-parallel T (N = T x D: each SAE's latents split over T ranks, the batch over D); with "
+        "distribute_hooks: true in CONFIG (one store per hook in activations) each rank trains the saes of its "
+        "hooks instead.",
     ]
 )
 
@@ -153,6 +155,7 @@ _RUN_FLAGS = [
     "device",
     "loggers",
     "verify",
+    "tensor_parallel",
 ]
 _SAE_FLAGS = [
     "architecture",
@@ -165,7 +168,8 @@ _SAE_FLAGS = [
     "name",
     "skip_connection",
 ]
-_FILE_OVERRIDES = {"out", "resume", "device"}  # the flags that may override a CONFIG file
+# The flags that may override a CONFIG file (a resumed run may change its device and its rank layout).
+_FILE_OVERRIDES = {"out", "resume", "device", "tensor_parallel"}
 
 
 @app.command("train", help=HELP, no_args_is_help=True)
@@ -237,7 +241,7 @@ def _config(config: Path | None, settings: Settings, spec: Settings) -> TrainCon
         if given:
             raise ConfigError(
                 f"{', '.join(given)} cannot be combined with CONFIG; set them in {config} "
-                "(only --out, --resume and --device may override the file)"
+                "(only --out, --resume, --device and --tensor-parallel may override the file)"
             )
         return TrainConfig.from_yaml(config, **{k: settings.values[k] for k in _FILE_OVERRIDES})
     missing = [

@@ -75,8 +75,7 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         Also moves the threshold estimate towards the smallest kept activation of the global batch.
         """
         n_rows, d_sae = pre.shape
-        n_global = int(collectives.all_reduce_sum(torch.tensor(n_rows, device=pre.device)))
-        n_keep = self.cfg.k * n_global
+        n_keep = self.cfg.k * n_rows * collectives.world_size  # equal slices on every data-parallel rank
         vals, idx = kernels.topk_select(pre, min(2 * self.cfg.k, d_sae))
         tau = _kth_largest(collectives.all_gather_cat(vals.flatten()), n_keep)
         last = vals.amin(1)

@@ -8,8 +8,10 @@ use are kept in `cfg.metadata`; a key that looks like a misspelling of a known k
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,19 @@ SAELENS_METADATA_KEYS = {
 SUPPORTED_NORMALIZATION = ("none", "expected_average_only_in")
 
 
-def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+def save_sae(
+    sae: SAE,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    write_weights: Callable[[str], Any] | None = None,
+) -> Path:
     """Writes `sae` to directory `path` (created if needed) in the SAELens v6 layout; returns the directory.
 
     `metadata` (e.g. {"hook_name": "layers.3.resid_post", "model_name": ...}) is merged into cfg.metadata; a
     canonical hook_name is written in its TransformerLens spelling (sae/saelens_compat.py).
     Each file is written to a temporary name and renamed into place, weights first.
+    write_weights: writes the weights file at the temporary path it is given (default: `sae`'s own weights); a
+    latent-sharded run streams its shards into one file through it (saeforge/train/sharded.py).
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,9 +91,11 @@ def save_sae(sae: SAE, path: str | os.PathLike, metadata: dict[str, Any] | None 
         "metadata": meta,
         **sae.saved_cfg(),
     }
-    dtype = torch_dtype(cfg.dtype)
-    weights = {name: t.detach().to("cpu", dtype).contiguous() for name, t in sae.weights_for_saving().items()}
-    write_with(out / WEIGHTS_FILENAME, lambda p: save_file(weights, p))
+    if write_weights is None:
+        dtype = torch_dtype(cfg.dtype)
+        weights = {n: t.detach().to("cpu", dtype).contiguous() for n, t in sae.weights_for_saving().items()}
+        write_weights = functools.partial(save_file, weights)
+    write_with(out / WEIGHTS_FILENAME, write_weights)
     text = json.dumps(cfg_dict, indent=2, sort_keys=False)
     write_with(out / CFG_FILENAME, lambda p: Path(p).write_text(text + "\n"))
     return out

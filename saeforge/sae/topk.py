@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from torch import Tensor
 
-from saeforge.sae import kernels, screen
+from saeforge.sae import screen
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import TopKFamilySAE
@@ -71,7 +71,7 @@ class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
             vals = self._gather(xc, sel.values, idx, selected=True).relu()
         else:
             pre = self._pre_no_grad(xc)
-            idx = kernels.topk_select(pre, self.cfg.k)[1]
+            idx = self._topk(pre, self.cfg.k)[1]
             vals = self._gather(xc, pre, idx).relu()
         x_hat = self._decode_sparse(idx, vals) + self.b_dec
         mse = (x_hat - y).pow(2).sum(-1).mean()

@@ -433,18 +433,28 @@ class TopKFamilySAE(TrainingSAE):
         """idx, vals [B, w] -> [B, d_in] (without b_dec)."""
         return kernels.sparse_decode(idx, vals, self.W_dec)
 
+    def _topk(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(values, indices) [B, k] of each token's k largest pre-activations (pre [B, d_sae])."""
+        return kernels.topk_select(pre, k)
+
+    @torch.no_grad()
+    def _dead_topk(self, pre: Tensor, dead_mask: Tensor | None) -> Tensor | None:
+        """[B, min(k_aux, dead)] indices of each token's largest pre-activations among dead latents (dead_mask
+        [d_sae] bool); None when no latent is dead."""
+        n_dead = 0 if dead_mask is None else int(dead_mask.sum())
+        if n_dead == 0:
+            return None
+        dead = dead_mask.to(pre.device).nonzero().squeeze(1)
+        return dead[kernels.topk_select(pre.index_select(1, dead), min(self.k_aux, n_dead))[1]]
+
     def _auxk(self, xc: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
         """AuxK (Gao et al. 2024, A.2): the top-k_aux dead latents reconstruct the detached residual x - x_hat.
 
         Returns aux_coefficient * mean_b ||residual - sum_j z_aux W_dec[idx_aux]||^2 (0 when nothing is dead).
         """
-        n_dead = 0 if dead_mask is None else int(dead_mask.sum())
-        if n_dead == 0:
+        idx = self._dead_topk(pre, dead_mask)
+        if idx is None:
             return residual.new_zeros(())
-        k_aux = min(self.k_aux, n_dead)
-        with torch.no_grad():
-            dead = dead_mask.to(pre.device).nonzero().squeeze(1)
-            idx = dead[kernels.topk_select(pre.index_select(1, dead), k_aux)[1]]
         vals = self._gather(xc, pre, idx).relu()
         e_hat = self._decode_sparse(idx, vals)
         return self.aux_coefficient * (residual - e_hat).pow(2).sum(-1).mean()

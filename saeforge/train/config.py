@@ -38,6 +38,7 @@ OPERATIONAL_FIELDS = frozenset(
         "plots",
         "wandb_project",
         "evaluation_datasets",
+        "tensor_parallel",
     }
 )
 
@@ -182,6 +183,12 @@ class TrainConfig(_Strict):
     log_every: int = Field(default=10, gt=0, description="steps between metric records")
     plots: bool = Field(default=True, description="write curves.png in the run directory at the end")
     device: Device = DEFAULT_DEVICE
+    tensor_parallel: int = Field(
+        default=1,
+        ge=1,
+        description="latent sharding under torchrun: each SAE's latents are split over this many ranks (the "
+        "tensor group); the torchrun ranks must be a multiple of it, the rest split the batch (data parallel)",
+    )
     dtype: Literal["float32", "float64"] = Field(default="float32", description="parameter dtype")
     autocast: Literal["none", "bfloat16"] = Field(default="none", description="autocast the forward pass")
     evaluation_datasets: list[str] = Field(
@@ -214,6 +221,11 @@ class TrainConfig(_Strict):
             )
         if self.crosscoder and len(stores) == 1:
             raise ValueError("crosscoder: give two or more activation stores (one per site)")
+        if self.distribute_hooks and self.tensor_parallel > 1:
+            raise ValueError(
+                "distribute_hooks places whole SAEs on ranks; it does not combine with tensor_parallel > 1 "
+                "(latent sharding): set tensor_parallel: 1, or train the hooks as separate runs"
+            )
         if self.tokens is not None and self.epochs is not None:
             raise ValueError("give tokens or epochs, not both (tokens = epochs x the store's rows)")
         if self.tokens is not None and self.tokens < self.batch_size:

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeforge.distributed import DistContext
 from saeforge.errors import ConfigError
 from saeforge.train.config import TrainConfig
 
@@ -54,12 +53,13 @@ def open_stores(cfg: TrainConfig, source: Iterable[Any] | None) -> list[Any]:
     return stores
 
 
-def open_loader(cfg: TrainConfig, stores: list[Any], ctx: DistContext) -> Any:
-    """The stores' shuffling loader (aligned over several stores); each rank reads its slice of every batch."""
+def open_loader(cfg: TrainConfig, stores: list[Any], rank: int, world_size: int) -> Any:
+    """The stores' shuffling loader (aligned over several stores); data-parallel rank `rank` of `world_size`
+    reads its slice of every batch."""
     from saeforge.activations.aligned import AlignedLoader
     from saeforge.activations.loader import ActivationLoader
 
-    kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
+    kwargs = dict(batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
     try:
         if len(stores) == 1:
             return ActivationLoader(stores[0], **kwargs)

@@ -13,6 +13,8 @@ from saeforge.report.card import CARD_FILENAME, write_sae_card
 from saeforge.report.figures import plot_curves
 from saeforge.sae.base import SAE
 from saeforge.train.runcard import run_card
+from saeforge.train.sharded import save_sharded_sae
+from saeforge.train.tensor_parallel import state_bytes
 
 RUN_CARD = "run_card.json"
 CURVES = "curves.png"
@@ -26,7 +28,9 @@ class NonFiniteError(RuntimeError):
 class TrainedSAE:
     """One trained SAE.
 
-    sae: the exported inference SAE (takes raw activations). path: its folder (cfg.json + weights).
+    sae: the exported inference SAE (takes raw activations); under latent sharding (tensor_parallel > 1) the
+        whole SAE read back from `path` on rank 0, this rank's exported shard on the others. path: its folder
+        (cfg.json + weights).
     metrics: the final record's metrics. history: every record, {"step", "tokens", "loss", <loss terms>, "l0",
     "fvu", "dead_fraction", "lr"}.
     """
@@ -54,19 +58,27 @@ def export_results(run: Any) -> list[TrainedSAE]:
             optim=m.optim,
             data=run.data,
             activation_scale=run.saved_scale,
-            world_size=run.ctx.world_size,
+            world_size=run.mesh.dp,
             steps=run.total_steps,
             device=str(run.device),
             num_rows=run.store.num_rows if run.store is not None else None,
         )
         if run.layout.kind == "transcoder" and len(run.stores) == 2:
             card["hook_name_out"] = run.stores[1].hook
+        card["training"]["tensor_parallel"] = run.mesh.tp
+        card["training"]["state_bytes_per_rank"] = state_bytes(m.model, m.optimizer, m.since_fired)
         card["final_metrics"] = (
             {k: v for k, v in hist[-1].items() if k not in ("step", "tokens")} if hist else {}
         )
         path = run.cfg.out / m.name
-        if run.ctx.is_main:
+        if run.mesh.sharded:
+            if run.mesh.dp_rank == 0:
+                save_sharded_sae(sae, path, card, run.mesh, m.resolved.d_sae)
+            run.ctx.barrier()
+            sae = sae_api.load_sae(path) if run.ctx.is_main else sae
+        elif run.ctx.is_main:
             sae_api.save_sae(sae, path, metadata=card)
+        if run.ctx.is_main:
             write_sae_card(path)
         out.append(TrainedSAE(m.name, sae, path, card["final_metrics"], hist, card))
     if run.ctx.is_main:

@@ -91,15 +91,16 @@ def encode_rng(ranks: list[dict[str, Any]]) -> dict[str, Tensor]:
 
 
 def restore_rng(t: dict[str, Tensor], rank: int, device: torch.device) -> None:
+    """Restores rank `rank`'s saved RNG states (none when the checkpoint had fewer ranks: elastic resume)."""
+    if f"rng/cpu/{rank}" not in t:
+        return
     torch.set_rng_state(t[f"rng/cpu/{rank}"])
     if device.type == "cuda" and f"rng/cuda/{rank}" in t:
         torch.cuda.set_rng_state(t[f"rng/cuda/{rank}"], device)
 
 
-def check_resumable(
-    meta: dict[str, Any], cfg: TrainConfig, stores: list[Any], world_size: int, checkpoint: Path
-) -> None:
-    """Raises ConfigError unless `cfg`, the store and the rank count can continue the checkpoint of `meta`."""
+def check_resumable(meta: dict[str, Any], cfg: TrainConfig, stores: list[Any], checkpoint: Path) -> None:
+    """Raises ConfigError unless `cfg` and the store can continue the checkpoint of `meta` (on any ranks)."""
     saved = {k: v for k, v in meta["config"].items() if k not in OPERATIONAL_FIELDS}
     now = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OPERATIONAL_FIELDS}
     changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
@@ -115,8 +116,18 @@ def check_resumable(
             f"(its shard checksums differ from those of {meta['config']['activations']}); point activations "
             "at the run's store"
         )
-    if meta["world_size"] != world_size:
+
+
+def loader_state(meta: dict[str, Any], rank: int, world_size: int, checkpoint: Path) -> Any:
+    """This rank's saved loader state. On another rank count (elastic resume) the saved states must be one
+    position of the global batch sequence, the same on every rank, as the activation loaders' are."""
+    saved = meta["loaders"]
+    if len(saved) == world_size:
+        return saved[rank]
+    if any(s != saved[0] for s in saved):
         raise ConfigError(
-            f"resume: the checkpoint was written by {meta['world_size']} data-parallel ranks, this run has "
-            f"{world_size}; resume with --nproc_per_node {meta['world_size']}"
+            f"resume: the checkpoint's {len(saved)} ranks have different batch-source positions (see "
+            f"{checkpoint}/state.json), so it continues only on {len(saved)} ranks; resume with "
+            f"--nproc_per_node {len(saved)}"
         )
+    return saved[0]

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeforge import sae as sae_api
 from saeforge.atomic import write_text
 from saeforge.device import resolve_device
 from saeforge.distributed import DistContext
@@ -38,10 +37,7 @@ from saeforge.lock import one_writer
 from saeforge.sae.base import TrainStepInput
 from saeforge.train import metrics, state
 from saeforge.train.checkpoint import (
-    checkpoint_name,
     latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
 )
 from saeforge.train.config import TrainConfig
 from saeforge.train.data import (
@@ -61,9 +57,11 @@ from saeforge.train.optim import ScheduleFreeSignum, make_optimizer
 from saeforge.train.results import TrainedSAE, artefacts, export_results, non_finite
 from saeforge.train.runcard import data_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
+from saeforge.train.sharded import read_checkpoint, run_tensors, write_checkpoint
 from saeforge.train.signals import StopSignal
 from saeforge.train.specs import ResolvedSAE, resolve_specs
-from saeforge.train.state import check_resumable
+from saeforge.train.state import check_resumable, loader_state
+from saeforge.train.tensor_parallel import Mesh, check_shardable
 
 log = logging.getLogger("saeforge.train")
 
@@ -112,10 +110,6 @@ class _Run:
         self.cfg, self.progress, self.ctx, self.on_step = cfg, progress, ctx, on_step
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.dtype = getattr(torch, cfg.dtype)
-        if cfg.batch_size % self.ctx.world_size:
-            raise ConfigError(
-                f"batch_size: {cfg.batch_size} is not divisible by the {self.ctx.world_size} data-parallel ranks"
-            )
         self.stores = open_stores(cfg, source)
         self.store = self.stores[0] if self.stores else None
         rows = min(s.num_rows for s in self.stores) if self.stores else getattr(source, "num_rows", None)
@@ -127,6 +121,12 @@ class _Run:
         sites = site_names(self.stores) or list(getattr(source, "sites", None) or [])
         sites = sites or [f"site{i}" for i in range(len(widths))]
         self.resolved = resolve_specs(cfg, self.d_in, where, self.layout.sae_fields(sites))
+        check_shardable(self.resolved, cfg.tensor_parallel)
+        self.mesh = Mesh(ctx, cfg.tensor_parallel)
+        if cfg.batch_size % self.mesh.dp:
+            raise ConfigError(
+                f"batch_size: {cfg.batch_size} is not divisible by the {self.mesh.dp} data-parallel ranks"
+            )
         self.ckpt_root = cfg.out / CHECKPOINTS
         self.checkpoint = latest_checkpoint(self.ckpt_root)
         if self.checkpoint is not None and not cfg.resume:
@@ -135,14 +135,14 @@ class _Run:
                 "pass resume (--resume) to continue it, or choose a new out directory"
             )
         if self.source is None:
-            self.source = open_loader(cfg, self.stores, ctx)
+            self.source = open_loader(cfg, self.stores, self.mesh.dp_rank, self.mesh.dp)
         if self.batches is None:
             self.batches = iter(self.source)
         self.data = data_card(
             self.store.manifest if self.store is not None else getattr(source, "manifest", None)
         )
         self.total_steps = cfg.total_steps
-        self.local_batch = cfg.batch_size // self.ctx.world_size
+        self.local_batch = cfg.batch_size // self.mesh.dp
         self.history: list[dict[str, Any]] = []
         self.logged_through = 0  # the last step the trackers received before an interruption (resume)
         self.elapsed_before = 0.0
@@ -151,10 +151,10 @@ class _Run:
         self.members: list[_Member] = []
         for r in self.resolved:
             torch.manual_seed(r.spec.seed)
-            model = sae_api.create_training_sae(r.sae_cfg).to(device=self.device, dtype=self.dtype)
+            model = self.mesh.build(r.sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = make_optimizer(r.optim.optimizer, params, r.optim.lr, r.optim.betas, r.optim.eps)
-            since = torch.zeros(r.d_sae, dtype=torch.long, device=self.device)
+            since = torch.zeros(r.d_sae // self.mesh.tp, dtype=torch.long, device=self.device)
             self.members.append(_Member(r, model, opt, params, since))
         self._reset_acc()
 
@@ -172,7 +172,7 @@ class _Run:
                 "the run ends (activation loaders repeat epochs)"
             ) from None
         parts = tuple(x.to(device=self.device, dtype=self.dtype, non_blocking=True) for x in parts)
-        widths, world, batch = self.layout.widths, self.ctx.world_size, self.cfg.batch_size
+        widths, world, batch = self.layout.widths, self.mesh.dp, self.cfg.batch_size
         self.raw_bad = check_batch(parts, step, self.local_batch, widths, batch, world, self.d_in)
         return parts
 
@@ -183,7 +183,7 @@ class _Run:
     def _fresh_start(self) -> tuple[Tensor, Tensor | None]:
         """Initialises from the first batch (gathered over ranks); returns that batch's (x, target), scaled."""
         parts = self._next_batch(0)
-        samples = tuple(self.ctx.collectives.all_gather_cat(x) if self.ctx.enabled else x for x in parts)
+        samples = tuple(self.mesh.gather_rows(x) for x in parts)
         self.scale = activation_scales(samples, self.source, self.cfg.normalize_activations)
         x_sample, target_sample = self.layout.combine(
             tuple(x * s for x, s in zip(samples, self.scale, strict=True))
@@ -193,7 +193,7 @@ class _Run:
                 m.model.init_from_data(x_sample)
             else:
                 m.model.init_from_data(x_sample, target_sample)
-            self.ctx.broadcast_module(m.model)
+            self.mesh.broadcast_module(m.model)
         torch.manual_seed(self.cfg.seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(self.cfg.seed)
@@ -205,9 +205,8 @@ class _Run:
         return self.scale[0] if len(self.scale) == 1 else list(self.scale)
 
     def _restore(self) -> int:
-        ckpt = load_checkpoint(self.checkpoint)
-        meta, t = ckpt.meta, ckpt.tensors
-        check_resumable(meta, self.cfg, self.stores, self.ctx.world_size, self.checkpoint)
+        meta, t = read_checkpoint(self.checkpoint, self.members, self.mesh)
+        check_resumable(meta, self.cfg, self.stores, self.checkpoint)
         for m in self.members:
             m.acc = state.decode_member(t, m.name, m.model, m.optimizer, m.since_fired, self.device)
         self.input_acc = state.decode_input(t, self.input_acc, self.device)
@@ -215,9 +214,9 @@ class _Run:
         self.scale = tuple(saved) if isinstance(saved, list) else (saved,)
         self.elapsed_before = meta["elapsed_s"]
         step = meta["step"]
-        loader_state = meta["loaders"][self.ctx.rank]
-        if loader_state is not None and hasattr(self.source, "load_state_dict"):
-            self.source.load_state_dict(loader_state)
+        loader = loader_state(meta, self.ctx.rank, self.ctx.world_size, self.checkpoint)
+        if loader is not None and hasattr(self.source, "load_state_dict"):
+            self.source.load_state_dict(loader)
             self.batches = iter(self.source)
         else:
             # A source without state is fast-forwarded by the batches of the steps already taken.
@@ -231,12 +230,10 @@ class _Run:
         return step
 
     def _save(self, steps_done: int) -> Path:
-        """Saves checkpoint `steps_done` (rank 0 writes, every rank contributes its state); returns its path."""
-        tensors: dict[str, Tensor] = {}
-        for m in self.members:
-            tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.since_fired, m.acc))
-        tensors.update(state.encode_input(self.input_acc))
+        """Saves checkpoint `steps_done` (rank 0 writes, or each tensor rank its shard); returns its path."""
+        tensors, dims = run_tensors(self.members, self.input_acc, self.mesh)
         ranks = self.ctx.gather_objects(state.rank_state(self.source, self.device))
+        meta = None
         if self.ctx.is_main:
             tensors.update(state.encode_rng(ranks))
             meta = {
@@ -244,6 +241,7 @@ class _Run:
                 "step": steps_done,
                 "tokens": steps_done * self.cfg.batch_size,
                 "world_size": self.ctx.world_size,
+                "tensor_parallel": self.mesh.tp,
                 "activation_scale": self.saved_scale,
                 "data_fingerprint": data_fingerprint(self.stores),
                 "elapsed_s": self.elapsed_before + time.perf_counter() - self.t0,
@@ -251,9 +249,9 @@ class _Run:
                 "config": self.cfg.model_dump(mode="json"),
                 "resolved": {r.name: r.to_json() for r in self.resolved},
             }
-            save_checkpoint(self.ckpt_root, steps_done, tensors, meta, self.cfg.keep_checkpoints)
-        self.ctx.barrier()
-        return self.ckpt_root / checkpoint_name(steps_done)
+        return write_checkpoint(
+            self.ckpt_root, steps_done, tensors, dims, meta, self.cfg.keep_checkpoints, self.mesh
+        )
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -277,7 +275,7 @@ class _Run:
                 step=step,
                 dead_mask=m.since_fired >= self.cfg.dead_after,
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
-                collectives=self.ctx.collectives,
+                collectives=self.mesh.collectives,
             )
             with autocast:
                 out = m.model.training_forward(inp)
@@ -295,18 +293,18 @@ class _Run:
         return results, y_sum
 
     def _update(self, step: int, results: list[dict[str, Tensor]], x: Tensor, x_sum: Tensor) -> None:
-        rows = x.shape[0] * self.ctx.world_size
+        rows = x.shape[0] * self.mesh.dp
         metrics.add_input(self.input_acc, x, x_sum)
         for m, r in zip(self.members, results, strict=True):
             fired = r.pop("fired")
-            fired = self.ctx.collectives.all_reduce_sum(fired) if self.ctx.enabled else fired
+            fired = self.mesh.dp_sum_(fired)
             m.since_fired += rows
             m.since_fired.masked_fill_(fired > 0, 0)  # no boolean indexing: it would sync a GPU
             metrics.add_step(m.acc, r)
-            self.ctx.average_gradients(m.params)
+            self.mesh.average_gradients(m.params)
             m.model.before_optimizer_step()
             if m.optim.grad_clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(m.params, m.optim.grad_clip_norm)
+                self.mesh.clip_grad_norm_(m.model, m.params, m.optim.grad_clip_norm)
             lr = lr_at(step, self.total_steps, m.optim)
             for group in m.optimizer.param_groups:
                 group["lr"] = lr
@@ -316,10 +314,10 @@ class _Run:
 
     def _record(self, steps_done: int, tokens_per_s: float) -> dict[str, Any]:
         """Reduces the metric sums over ranks into one record and resets them."""
-        reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.ctx.all_reduce_)
+        reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.mesh.dp_sum_)
         saes = {}
         for m, values in zip(self.members, reduced, strict=True):
-            values["dead_fraction"] = (m.since_fired >= self.cfg.dead_after).double().mean().item()
+            values["dead_fraction"] = self.mesh.dead_fraction(m.since_fired, self.cfg.dead_after)
             values["lr"] = lr_at(steps_done - 1, self.total_steps, m.optim)
             saes[m.name] = {**values, **metrics.scalar_extras(m.extras)}
         self._reset_acc()

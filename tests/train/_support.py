@@ -125,16 +125,35 @@ class PlantedSites:
         self.position = state["position"]
 
 
+def _block_after_writing_shard(step: int) -> None:
+    """Makes this rank print "BLOCKED <pid>" and sleep once it has written its shard of checkpoint `step`."""
+    from saeforge.train import sharded
+
+    write = sharded.save_file
+
+    def write_then_block(tensors, path):
+        write(tensors, path)
+        if f"step_{step:09d}" in str(path):
+            print(f"BLOCKED {os.getpid()}", flush=True)
+            time.sleep(600)
+
+    sharded.save_file = write_then_block
+
+
 def main(spec_path: str) -> None:
     """Runs `train` on a SyntheticSource. SPEC: {"config": TrainConfig dict, "source": SyntheticSource kwargs,
-    "action_at": step, "action": "sigterm" | "block"}. Under torchrun each rank reads its slice."""
+    "action_at": step, "action": "sigterm" | "block" | "block_in_save" (on rank "block_rank", default 1)}.
+    Under torchrun each data-parallel rank reads its slice."""
     from saeforge.train import TrainConfig, TrainingInterrupted, train
 
     spec = json.loads(Path(spec_path).read_text())
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    tp = spec["config"].get("tensor_parallel", 1)  # the ranks of a tensor group read the same slice
     source_cls = PlantedSites if spec.get("planted") else SyntheticSource
-    source = source_cls(**spec["source"], rank=rank, world_size=world)
+    source = source_cls(**spec["source"], rank=rank // tp, world_size=world // tp)
     action_at, action = spec.get("action_at"), spec.get("action")
+    if action == "block_in_save" and rank == spec.get("block_rank", 1):
+        _block_after_writing_shard(action_at)
 
     def progress(event):
         if event.step == action_at and action == "sigterm":
