@@ -62,7 +62,8 @@ def _model_in(annotation) -> type | None:
     return next((m for a in typing.get_args(annotation) if (m := _model_in(a)) is not None), None)
 
 
-def _message(err: dict, model: type | None) -> str:
+def error_message(err: dict, model: type | None) -> str:
+    """One pydantic error in words: "did you mean" for an unknown key of `model` and for an enum value."""
     value = err.get("input")
     if err["type"] == "extra_forbidden" and err["loc"]:
         fields = _fields_at(model, list(err["loc"][:-1]))
@@ -87,7 +88,7 @@ def format_validation_error(
         if name_of is not None and loc:
             loc[0] = name_of(loc[0])
         where = ".".join([prefix, *loc] if prefix else loc)
-        msg = _message(err, model)
+        msg = error_message(err, model)
         lines.append(f"  {where}: {msg}" if where else f"  {msg}")
     return "\n".join(lines)
 

@@ -60,7 +60,16 @@ def files(tmp_path_factory, tiny_model):
         f"activations: {store}\ntokens: 128\nbatch_size: 64\nout: {root / 'w'}\n"
         "saes: [{name: a, architecture: topk, k: 4, d_in: 16}]\n"
     )
-    return {"root": root, "model": tiny_model("gpt2"), "store": store, "sae": sae}
+    model = tiny_model("gpt2")
+    run = f"model: {model}\ndata: builtin\nhooks: [layers.1.resid_post]\nout: {root / 'r'}\ncapture: {{tokens: 512}}\n"
+    (root / "run_typo.yaml").write_text(
+        run + "train: {tokens: 256, saes: [{name: a, architecture: topk}]}\nrepotr: {}\n"
+    )
+    (root / "run_train_typo.yaml").write_text(
+        run + "train: {tokns: 256, saes: [{name: a, architecture: topk}]}\n"
+    )
+    (root / "run_hub.yaml").write_text(run.replace(str(model), "org/name") + "train: {saes: [{name: a}]}\n")
+    return {"root": root, "model": model, "store": store, "sae": sae}
 
 
 def test_errors_come_before_torch_with_the_fix_and_exit_code_2(files):
@@ -85,6 +94,9 @@ def test_errors_come_before_torch_with_the_fix_and_exit_code_2(files):
             "interpret width": ["interpret", "--sae", sae, "--activations", store, "--latents", 2, "--out", root / "i"],
             "train width": ["train", root / "width.yaml"],
             "plan hub id": ["plan", "--model", "org/name", "--hook", "layers.1.resid_post", "--tokens", 100],
+            "run typo key": ["run", root / "run_typo.yaml"],
+            "run train typo": ["run", root / "run_train_typo.yaml"],
+            "run hub id": ["run", root / "run_hub.yaml"],
         }
     )  # fmt: skip
     for name, r in results.items():
@@ -100,6 +112,9 @@ def test_errors_come_before_torch_with_the_fix_and_exit_code_2(files):
     assert "nothere.txt' does not exist" in out["missing corpus"]
     assert "'float33' is not one of float32, float16, bfloat16. Did you mean float32?" in out["bad enum"]
     assert "tokns: unknown key. Did you mean tokens?" in out["typo key"]
+    assert "repotr" in out["run typo key"] and "report" in out["run typo key"], out["run typo key"]
+    assert "tokns" in out["run train typo"] and "tokens" in out["run train typo"], out["run train typo"]
+    assert "never downloads" in out["run hub id"]
     # The parser's own message, with line and column, not eaten by markup.
     assert (
         f"{root / 'bad.yaml'}:3:9: not valid YAML" in out["bad yaml"]
@@ -120,7 +135,7 @@ def test_errors_come_before_torch_with_the_fix_and_exit_code_2(files):
     for name in ("eval width", "interpret width"):
         assert "d_in 16" in out[name] and "d_in 12" in out[name], out[name]
     assert "d_in=16" in out["train width"] and "d_in=12" in out["train width"]
-    assert not any((root / d).exists() for d in ("c1", "c2", "c3", "c4", "c5", "c6", "e", "i", "t", "w"))
+    assert not any((root / d).exists() for d in ("c1", "c2", "c3", "c4", "c5", "c6", "e", "i", "t", "w", "r"))
 
 
 def test_help_and_version_work_everywhere_without_torch():

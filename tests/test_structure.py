@@ -46,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "plan": {"text", "models", "activations", "sae", "train"},
     "examples": set(),
     "cli": EVERYTHING,
+    "run_config": {"activations", "train", "eval"},
     "pipeline": EVERYTHING,
     "__main__": EVERYTHING,
     "saeforge": EVERYTHING,  # the package's own __init__ (lazy load_sae / save_sae)

@@ -102,6 +102,14 @@ def run(
     ),
     out: Path | None = typer.Option(None, "--out", help="run directory (overrides the config's `out`)"),
 ) -> None:
+    from saeforge.run_config import check_model_path, read_run_config, resolve
+
+    try:  # every config, path and field error before torch loads
+        run = read_run_config(config, out=out)
+        resolve(run, check_model_path(run.model) or Path(run.model))
+    except ValueError as e:  # ConfigError included; plain text: a YAML message shows as the parser wrote it
+        typer.echo(f"error: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
     from saeforge.cli.output import make_console, print_table
     from saeforge.lock import FolderInUse
     from saeforge.pipeline import load_run_config, run_pipeline
