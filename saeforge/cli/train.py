@@ -191,8 +191,8 @@ def train_command(
         cfg = _config(config, settings, spec)
         rows, d_in = _check_files(cfg)
         cfg = cfg.with_tokens(rows)
-    if _is_main_rank() and rows and d_in:
-        _say_how_long(cfg, d_in, rows)
+        if _is_main_rank() and rows and d_in:
+            _say_how_long(cfg, d_in, rows)  # resolves the SAE specs: their errors exit 2 like the others
     from saeforge.lock import FolderInUse
     from saeforge.train import NonFiniteError, TrainingInterrupted, train, train_hooks
 
@@ -264,8 +264,9 @@ def _check_files(cfg: TrainConfig) -> tuple[int | None, int | None]:
     manifests = [checks.store_manifest(p) for p in cfg.input_paths]
     if cfg.target_activations is not None:
         checks.store_manifest(cfg.target_activations, "--target-activations")
-    rows = [sum(s.get("rows", 0) for s in m.get("shards", [])) for m in manifests]
-    widths = [m.get("d_in") for m in manifests]
+    # A damaged manifest is named by the store's own reader when training opens it; here it only gives no figure.
+    rows = [sum(r for s in m.get("shards", []) if isinstance(r := s.get("rows", 0), int)) for m in manifests]
+    widths = [w if isinstance(w := m.get("d_in"), int) else None for m in manifests]
     if not cfg.crosscoder and widths and widths[0] is not None:
         for i, s in enumerate(cfg.saes):
             s.check_d_in(widths[0], f"saes[{i}] ({s.name})", str(cfg.input_paths[0]))
