@@ -247,7 +247,9 @@ class JudgeClient:
                 raise JudgeError(f"answered HTTP {resp.status} {resp.reason}{hint}", retryable=retry)
             data = _read_capped(resp, self.max_response_bytes)
         except (OSError, http.client.HTTPException, JudgeError) as e:
-            if expired.is_set():
+            # A socket timeout means one wait alone took `timeout` seconds, so the deadline has passed too: the
+            # timer thread may simply not have run yet (a loaded machine).
+            if expired.is_set() or isinstance(e, TimeoutError):
                 raise JudgeError(late) from e
             if isinstance(e, JudgeError):
                 raise
