@@ -2,6 +2,7 @@
 
     bash bench/peers/install.sh                       # once: one venv per peer, torch 2.13.0 kept
     python -m bench.peers --archs topk,batchtopk --warmup 5 --steps 10 --repeats 3 --json out.json
+    python -m bench.peers quality --problem toy|minilm ...   # dictionary quality instead: bench/peers/quality.py
 
 Every implementation runs in its own interpreter (its library's venv) as a worker (bench/peers/worker.py) that
 trains on the same batches (a shared .npy file; saeforge reads the same rows from an activation store through
@@ -208,6 +209,11 @@ def render(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from bench.harness import machine_info
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quality"]:
+        from bench.peers.quality import main as quality
+
+        return quality(argv[1:])
     a = _parse(argv)
     libs = [lib for lib in a.libs.split(",") if lib]
     unknown = sorted(set(libs) - set(PEER_ARCHS))
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--libs: unknown {unknown}; choose from {sorted(PEER_ARCHS)}")
     pythons = peer_pythons(libs, a.python)
     results = {
-        "command": "python -m bench.peers " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.peers " + " ".join(argv),
         "machine": machine_info(),
         "shape": {
             "d_in": a.d_in,

@@ -101,13 +101,16 @@ def _sae_lens(a: argparse.Namespace, device: torch.device) -> Callable:
         opt.zero_grad()
         state["n"] += 1
 
+    step.model = sae
     return step
 
 
 def _sparsify(a: argparse.Namespace, device: torch.device) -> Callable:
-    """sparsify 1.3: its default trainer step for the fvu loss (sparsify/trainer.py `fit`): unit-norm decoder,
-    SparseCoder forward with the dead mask, fvu + auxk / 32, backward, remove the decoder-parallel gradient,
-    ScheduleFreeWrapper(SignSGD) (its default optimiser, "signum") step, zero_grad, dead-latent counters."""
+    """sparsify 1.3.3: its default trainer step for the fvu loss (sparsify/trainer.py `fit`): decoder bias set to
+    the first batch's mean, unit-norm decoder, SparseCoder forward (auxk_alpha defaults to 0 in 1.3.3, so no dead
+    mask and no AuxK term), backward of fvu, remove the decoder-parallel gradient, ScheduleFreeWrapper(SignSGD)
+    (its default optimiser, "signum") step, zero_grad, dead-latent counters. Evaluate between opt.eval() and
+    opt.train() (schedule-free keeps the averaged weights for evaluation; sparsify saves those)."""
     from schedulefree import ScheduleFreeWrapper
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
@@ -127,13 +130,12 @@ def _sparsify(a: argparse.Namespace, device: torch.device) -> Callable:
             sae.b_dec.data = x.mean(0).to(sae.dtype)
             state["first"] = False
         sae.set_decoder_norm_to_unit_norm()
-        dead_mask = since_fired > 10_000_000
         total_variance = (x - x.mean(0)).pow(2).sum()
         with _autocast(a, device):
-            out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
+            out = sae(x=x, y=x, dead_mask=None, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
         state["fvu"] += float(out.fvu.detach())
-        loss = out.fvu + out.auxk_loss / 32 + out.multi_topk_fvu / 8
+        loss = out.fvu + out.multi_topk_fvu / 8
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
@@ -142,20 +144,24 @@ def _sparsify(a: argparse.Namespace, device: torch.device) -> Callable:
         since_fired[did_fire] = 0
         did_fire.zero_()
 
+    step.model, step.optimizer = sae, opt
     return step
 
 
 def _dictionary_learning(a: argparse.Namespace, device: torch.device) -> Callable:
     """dictionary_learning 0.1: the architecture's trainer's own `update(step, x)` (loss, backward, its
-    decoder-norm handling, Adam, schedulers)."""
+    decoder-norm handling, Adam, schedulers; its schedule spans --total-steps when given). Its TopK trainers
+    warm up for 1000 steps and start BatchTopK's threshold at step 1000, and assert warm-up < steps: a run of
+    1000 steps or fewer gets a tenth of its steps for both instead (the one change from its defaults)."""
     from dictionary_learning import trainers
 
     common = dict(activation_dim=a.d_in, dict_size=a.d_sae, layer=0, lm_name="bench", device=str(device))
-    steps = 1_000_000
+    steps = a.total_steps or 1_000_000
+    short = {} if steps > 1000 else {"warmup_steps": steps // 10, "threshold_start_step": steps // 10}
     if a.arch == "topk":
-        trainer = trainers.TopKTrainer(steps=steps, k=a.k, **common)
+        trainer = trainers.TopKTrainer(steps=steps, k=a.k, **common, **short)
     elif a.arch == "batchtopk":
-        trainer = trainers.BatchTopKTrainer(steps=steps, k=a.k, **common)
+        trainer = trainers.BatchTopKTrainer(steps=steps, k=a.k, **common, **short)
     elif a.arch == "jumprelu":
         trainer = trainers.JumpReluTrainer(steps=steps, **common)
     elif a.arch == "gated":
@@ -171,6 +177,7 @@ def _dictionary_learning(a: argparse.Namespace, device: torch.device) -> Callabl
             trainer.update(state["n"], x)
         state["n"] += 1
 
+    step.model = trainer.ae
     return step
 
 
@@ -278,7 +285,12 @@ def main() -> None:
     p.add_argument("--batches", required=True, help=".npy [n, batch, d_in] float32")
     p.add_argument("--store", help="saeforge: activation store of the same rows")
     p.add_argument("--out", help="saeforge: run directory")
-    p.add_argument("--total-steps", type=int, default=0, help="saeforge: steps of the run (>= all requested)")
+    p.add_argument(
+        "--total-steps",
+        type=int,
+        default=0,
+        help="steps of the run (saeforge: >= all requested; its schedule)",
+    )
     p.add_argument("--d-sae", type=int, required=True)
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--device", default="cpu")
