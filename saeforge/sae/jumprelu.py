@@ -18,7 +18,7 @@ lr * theta per step, which for a small initial theta is nearly nothing (SAELens 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -95,6 +95,18 @@ class JumpReLUFields(BaseModel):
         description="jumprelu: the L0 penalty's straight-through gradient also reaches the pre-activations "
         "(the encoder), not only the thresholds (false: the paper's estimator)",
     )
+    sparsity_loss: Literal["l0", "tanh"] = Field(
+        default="l0",
+        description="jumprelu: l0 = sum_i H(pre - theta) (GDM), tanh = sum_i tanh(c z_i ||W_dec[i]||) (Anthropic "
+        "January 2025; its gradient reaches the encoder through the firing latents)",
+    )
+    tanh_scale: float = Field(default=4.0, gt=0, description="jumprelu: c of the tanh sparsity loss")
+    pre_act_coefficient: float = Field(
+        default=0.0,
+        ge=0,
+        description="jumprelu: weight of the pre-activation loss sum_i ReLU(theta_i - pre_i) ||W_dec[i]|| "
+        "(Anthropic January 2025), which lifts latents that stopped firing; 0 disables",
+    )
 
 
 class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
@@ -102,7 +114,15 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
     inference_architecture = "jumprelu"
     description = "JumpReLU thresholds with an L0 penalty (straight-through estimator)"
     config_fields = JumpReLUFields
-    sparsity_settings = (*PenaltySAE.sparsity_settings, "bandwidth", "initial_threshold", "l0_pre_gradient")
+    sparsity_settings = (
+        *PenaltySAE.sparsity_settings,
+        "bandwidth",
+        "initial_threshold",
+        "l0_pre_gradient",
+        "sparsity_loss",
+        "tanh_scale",
+        "pre_act_coefficient",
+    )
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
@@ -146,9 +166,15 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
         z = JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
         x_hat = self.decode(z)
         mse = (x_hat - inp.y).pow(2).sum(-1).mean()
-        l0_term = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth, self.cfg.l0_pre_gradient)
-        l0_term = l0_term.sum(-1).mean()
-        losses = {"mse": mse, "l0": self._lambda(inp) * l0_term}
+        cfg = self.cfg
+        if cfg.sparsity_loss == "tanh":
+            sparsity = (cfg.tanh_scale * z * self.decoder_norms()).tanh()
+        else:
+            sparsity = StepFunction.apply(pre, self.threshold, cfg.bandwidth, cfg.l0_pre_gradient)
+        losses = {"mse": mse, cfg.sparsity_loss: self._lambda(inp) * sparsity.sum(-1).mean()}
+        if cfg.pre_act_coefficient > 0:
+            below = (self.threshold.detach() - pre).relu() * self.decoder_norms()
+            losses["pre_act"] = cfg.pre_act_coefficient * below.sum(-1).mean()
         return self._output(inp, x_hat, z, losses)
 
 
