@@ -63,6 +63,12 @@ def scaled_lr(d_sae: int) -> float:
     return 2e-4 / math.sqrt(d_sae / 2**14)
 
 
+def penalty_lr(d_sae: int) -> float:
+    """Gated and JumpReLU: 3e-3 at 512 latents (the toy of bench/quality.py: Gao's rule there, 1.1e-3, left
+    gated at MMCS 0.68 and JumpReLU's L0 far above its target in a 4.9 M-token run), scaled as Gao's rule."""
+    return 3e-3 / math.sqrt(d_sae / 512)
+
+
 @dataclass(frozen=True)
 class Scales:
     """The training space's activation scales, float64, one per dimension: x_s = x * s.x [d_x], y_s = y * s.y."""
@@ -255,11 +261,11 @@ class PenaltyFields(BaseModel):
     l0_controller_rate: float = Field(
         default=0.02, gt=0, description="target_l0: per-step log-step of lambda per unit log(L0 / target)"
     )
-    l0_controller_gain: float = Field(
-        default=0.0,
+    l0_controller_gain: float | None = Field(
+        default=None,
         ge=0,
         description="target_l0: proportional gain, log-step of lambda per unit change of log(L0 / target) "
-        "(damps the controller's oscillation); 0: integral only",
+        "(damps the controller's oscillation); 0: integral only. Default: gated, jumprelu 1; standard 0",
     )
     initial_sparsity_coefficient: float | None = Field(
         default=None, gt=0, description="target_l0: starting lambda (architecture default if None)"
@@ -287,6 +293,7 @@ class PenaltySAE(TrainingSAE):
 
     family = "penalty"
     config_fields = PenaltyFields
+    default_controller_gain: ClassVar[float] = 1.0
     sparsity_settings = (
         "sparsity_coefficient",
         "target_l0",
@@ -304,6 +311,8 @@ class PenaltySAE(TrainingSAE):
             raise ValueError(f"target_l0={cfg.target_l0} is larger than d_sae={cfg.d_sae}")
         if cfg.sparsity_coefficient is None and cfg.target_l0 is None:
             cfg.target_l0 = float(cfg.k or min(DEFAULT_K, max(1, cfg.d_sae // 2)))
+        if cfg.l0_controller_gain is None:
+            cfg.l0_controller_gain = cls.default_controller_gain
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)

@@ -95,9 +95,11 @@ def _train_l0(arch: str, steps: int, lr: float, **cfg) -> float:
         return float((sae.encode(scale * data.sample(4096)) > 0).sum(1).float().mean())
 
 
-def test_jumprelu_larger_lambda_gives_lower_l0():
-    l0s = [_train_l0("jumprelu", 150, 1e-2, sparsity_coefficient=lam) for lam in (0.01, 0.1, 1.0)]
-    assert l0s[0] > 1.5 * l0s[1] > 1.5 * 1.5 * l0s[2], l0s
+@pytest.mark.parametrize("loss, factor", [("l0", 1.5), ("tanh", 1.2)])
+def test_jumprelu_larger_lambda_gives_lower_l0(loss, factor):
+    extra = {"sparsity_loss": loss} | ({"pre_act_coefficient": 0.0} if loss == "l0" else {})
+    l0s = [_train_l0("jumprelu", 150, 1e-2, sparsity_coefficient=lam, **extra) for lam in (0.01, 0.1, 1.0)]
+    assert l0s[0] > factor * l0s[1] > factor * factor * l0s[2], l0s
 
 
 @pytest.mark.parametrize("arch", ["standard", "jumprelu", "gated"])
