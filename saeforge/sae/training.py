@@ -63,6 +63,12 @@ def scaled_lr(d_sae: int) -> float:
     return 2e-4 / math.sqrt(d_sae / 2**14)
 
 
+def penalty_lr(d_sae: int) -> float:
+    """Gated and JumpReLU: 3e-3 at 512 latents (the toy of bench/quality.py: Gao's rule there, 1.1e-3, left
+    gated at MMCS 0.68 and JumpReLU's L0 far above its target in a 4.9 M-token run), scaled as Gao's rule."""
+    return 3e-3 / math.sqrt(d_sae / 512)
+
+
 @dataclass(frozen=True)
 class Scales:
     """The training space's activation scales, float64, one per dimension: x_s = x * s.x [d_x], y_s = y * s.y."""
@@ -128,6 +134,12 @@ class TrainingSAE(SAE):
     @classmethod
     def check_config(cls, cfg: TrainingSAEConfig) -> None:
         """Checks the architecture's fields of a validated config and fills their defaults (in place)."""
+
+    @classmethod
+    def tokens_needed(cls, cfg: TrainingSAEConfig) -> tuple[int, str] | None:
+        """(tokens, fix) when this configuration needs more training tokens by nature than short runs give:
+        the documented measurement (docs/architectures.md) and what to change; None when it does not."""
+        return None
 
     @staticmethod
     def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
@@ -249,6 +261,12 @@ class PenaltyFields(BaseModel):
     l0_controller_rate: float = Field(
         default=0.02, gt=0, description="target_l0: per-step log-step of lambda per unit log(L0 / target)"
     )
+    l0_controller_gain: float | None = Field(
+        default=None,
+        ge=0,
+        description="target_l0: proportional gain, log-step of lambda per unit change of log(L0 / target) "
+        "(damps the controller's oscillation); 0: integral only. Default: gated, jumprelu 1; standard 0",
+    )
     initial_sparsity_coefficient: float | None = Field(
         default=None, gt=0, description="target_l0: starting lambda (architecture default if None)"
     )
@@ -263,17 +281,24 @@ class PenaltySAE(TrainingSAE):
     """Architectures with a sparsity penalty: lambda fixed (`sparsity_coefficient`) or adapted to `target_l0`.
 
     The controller keeps lambda in the buffer `sparsity_coefficient`. After the warm-up (sparsity_warmup == 1) it
-    multiplies lambda by ((l0 + 1) / (target_l0 + 1)) ** l0_controller_rate after each training step, l0 being
-    the batch L0 averaged over data-parallel ranks; during warm-up the trainer's linear ramp alone acts. With
-    neither lambda nor target_l0 given, target_l0 = k (default min(32, d_sae // 2)).
+    updates log lambda after each training step as a PI controller in velocity form, with the error
+    e_t = log((l0 + 1) / (target_l0 + 1)), l0 being the batch L0 averaged over data-parallel ranks:
+
+        log lambda += l0_controller_rate * e_t + l0_controller_gain * (e_t - e_{t-1})
+
+    (e_{t-1} in the buffer `l0_error`). The integral term alone oscillates: L0 answers lambda only after Adam has
+    moved the weights, so lambda overshoots; the proportional term damps it. During warm-up the trainer's
+    linear ramp alone acts. With neither lambda nor target_l0 given, target_l0 = k (default min(32, d_sae // 2)).
     """
 
     family = "penalty"
     config_fields = PenaltyFields
+    default_controller_gain: ClassVar[float] = 1.0
     sparsity_settings = (
         "sparsity_coefficient",
         "target_l0",
         "l0_controller_rate",
+        "l0_controller_gain",
         "initial_sparsity_coefficient",
         "init_firing_rate",
     )
@@ -286,6 +311,8 @@ class PenaltySAE(TrainingSAE):
             raise ValueError(f"target_l0={cfg.target_l0} is larger than d_sae={cfg.d_sae}")
         if cfg.sparsity_coefficient is None and cfg.target_l0 is None:
             cfg.target_l0 = float(cfg.k or min(DEFAULT_K, max(1, cfg.d_sae // 2)))
+        if cfg.l0_controller_gain is None:
+            cfg.l0_controller_gain = cls.default_controller_gain
 
     def __init__(self, cfg: TrainingSAEConfig):
         super().__init__(cfg)
@@ -294,6 +321,7 @@ class PenaltySAE(TrainingSAE):
         else:
             lam = cfg.initial_sparsity_coefficient or self.default_initial_coefficient(cfg)
         self.register_buffer("sparsity_coefficient", torch.tensor(float(lam)))
+        self.register_buffer("l0_error", torch.tensor(0.0))  # the controller's last log(L0 / target)
 
     @staticmethod
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:  # pragma: no cover - abstract
@@ -343,8 +371,10 @@ class PenaltySAE(TrainingSAE):
         if self.cfg.target_l0 is None or inp.sparsity_warmup < 1.0 or not self.training:
             return
         l0_mean = inp.collectives.all_reduce_sum(l0.detach().clone()) / inp.collectives.world_size
-        ratio = (l0_mean + 1.0) / (self.cfg.target_l0 + 1.0)
-        self.sparsity_coefficient.mul_(ratio.pow(self.cfg.l0_controller_rate))
+        error = ((l0_mean + 1.0) / (self.cfg.target_l0 + 1.0)).log()
+        step = self.cfg.l0_controller_rate * error + self.cfg.l0_controller_gain * (error - self.l0_error)
+        self.sparsity_coefficient.mul_(step.exp())
+        self.l0_error.copy_(error)
 
 
 class TopKFields(BaseModel):

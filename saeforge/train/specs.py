@@ -83,3 +83,19 @@ def resolve_specs(
         optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
         resolved.append(ResolvedSAE(spec, sae_cfg, d_in, d_sae, optim))
     return resolved
+
+
+def budget_warnings(resolved: list[ResolvedSAE], tokens: int) -> list[str]:
+    """One message per SAE whose configuration needs more than `tokens` training tokens by its documented
+    measurement (`TrainingSAE.tokens_needed`): the architecture, the budget, the tokens needed and the fix."""
+    out = []
+    for r in resolved:
+        tokens_needed = getattr(sae_api.TRAINING_ARCHITECTURES[r.sae_cfg.architecture], "tokens_needed", None)
+        need = tokens_needed(r.sae_cfg) if tokens_needed else None
+        if need is not None and tokens < need[0]:
+            out.append(
+                f"SAE '{r.name}' ({r.sae_cfg.architecture}): {tokens:,} training tokens, but this configuration "
+                f"needs about {need[0]:,} to reach its target L0 and recover features (docs/architectures.md); "
+                f"{need[1]}"
+            )
+    return out

@@ -41,7 +41,11 @@ from saeforge.distributed import DistContext, TorchCollectives
 from saeforge.errors import ConfigError
 
 # The architectures latent sharding supports, with their loss terms that are sums over latents.
-SHARDABLE: dict[str, tuple[str, ...]] = {"topk": (), "batchtopk": (), "jumprelu": ("l0",)}
+SHARDABLE: dict[str, tuple[str, ...]] = {
+    "topk": (),
+    "batchtopk": (),
+    "jumprelu": ("l0", "tanh", "pre_act"),
+}
 # Parameters (and their Adam moments) indexed by latent, and the dim that does.
 LATENT_DIMS = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "threshold": 0}
 
@@ -154,7 +158,7 @@ class LatentShard:
     def training_forward(self, inp):
         out = super().training_forward(inp)
         out.l0 = self._sum(out.l0)
-        for term in self.latent_sum_terms:
+        for term in [t for t in self.latent_sum_terms if t in out.losses]:
             part = out.losses[term]
             out.losses[term] = part + (self._sum(part) - part.detach())
         if self.latent_sum_terms:

@@ -59,7 +59,7 @@ from saeforge.train.runcard import data_card
 from saeforge.train.schedule import lr_at, sparsity_warmup_at
 from saeforge.train.sharded import read_checkpoint, run_tensors, write_checkpoint
 from saeforge.train.signals import StopSignal
-from saeforge.train.specs import ResolvedSAE, resolve_specs
+from saeforge.train.specs import ResolvedSAE, budget_warnings, resolve_specs
 from saeforge.train.state import check_resumable, loader_state
 from saeforge.train.tensor_parallel import Mesh, check_shardable
 
@@ -121,6 +121,8 @@ class _Run:
         sites = site_names(self.stores) or list(getattr(source, "sites", None) or [])
         sites = sites or [f"site{i}" for i in range(len(widths))]
         self.resolved = resolve_specs(cfg, self.d_in, where, self.layout.sae_fields(sites))
+        for message in budget_warnings(self.resolved, cfg.tokens) if ctx.is_main else ():
+            log.warning(message)
         check_shardable(self.resolved, cfg.tensor_parallel)
         self.mesh = Mesh(ctx, cfg.tensor_parallel)
         if cfg.batch_size % self.mesh.dp:

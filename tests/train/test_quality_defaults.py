@@ -61,3 +61,23 @@ def test_dead_tokens_default_scales_with_short_runs(tmp_path):
     assert TrainConfig.parse({**base, "tokens": 4_900_000}).dead_after == 245_000
     assert TrainConfig.parse({**base, "tokens": 640}).dead_after == 64
     assert TrainConfig.parse({**base, "tokens": 640, "dead_tokens": 7}).dead_after == 7
+
+
+def test_a_run_shorter_than_its_method_needs_says_so_at_start(tmp_path, caplog):
+    """JumpReLU with the GDM L0 loss and a target L0 needs ~2 B tokens by its documented measurement: the run
+    warns before its first step, naming the SAE, the architecture, the budget, the tokens needed and the fix;
+    the default tanh loss (and a TopK SAE) train without a warning."""
+    saes = [
+        dict(name="gdm", architecture="jumprelu", d_sae=32, options={"sparsity_loss": "l0"}),
+        dict(name="tanh", architecture="jumprelu", d_sae=32),
+        dict(name="tk", architecture="topk", k=4, d_sae=32),
+    ]
+    cfg = TrainConfig(tokens=64 * 2, batch_size=64, out=tmp_path / "run", plots=False, saes=saes)
+    steps = []
+    with caplog.at_level("WARNING", logger="saeforge.train"):
+        train(cfg, source=SyntheticSource(16, 64), on_step=lambda e: steps.append(len(caplog.records)))
+    [record] = caplog.records
+    assert steps[0] == 1  # already there at the first step
+    message = record.getMessage()
+    for part in ("'gdm'", "(jumprelu)", "128 training tokens", "2,000,000,000", "sparsity_loss: tanh"):
+        assert part in message, message
