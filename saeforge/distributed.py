@@ -69,6 +69,14 @@ class TorchCollectives(Collectives):
         return torch.cat([p[:r] for p, r in zip(parts, rows, strict=True)], dim=0)
 
 
+def _storage_order(t: Tensor) -> Tensor | None:
+    """A contiguous view of t's elements in the order they lie in memory (t permuted by decreasing stride), or
+    None when t's strides overlap or leave gaps (no such view exists)."""
+    order = sorted(range(t.ndim), key=lambda d: -t.stride(d))
+    view = t.permute(order)
+    return view if view.is_contiguous() else None
+
+
 @dataclass
 class DistContext:
     """This process's place in the run: rank 0 of 1 unless launched by torchrun with WORLD_SIZE > 1."""
@@ -114,22 +122,27 @@ class DistContext:
     def average_gradients(
         self, params: list[torch.nn.Parameter], group: Any = None, size: int | None = None
     ) -> None:
-        """Replaces each gradient by its mean over ranks (one flattened all-reduce).
+        """Replaces each gradient by its mean over ranks, in place and in the gradient's own memory layout.
 
+        Each gradient is all-reduced through a contiguous view of its storage (`_storage_order`), so a
+        column-major W_enc's gradient stays column-major and nothing is copied or allocated per step: the
+        optimiser sees the layout the backward produced. A missing gradient is reduced as zeros.
         group, size: a process group of `size` ranks to average over instead (the data group of a
         latent-sharded run); default every rank."""
         size = self.world_size if size is None else size
         if size <= 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        flat /= size
-        offset = 0
         for p in params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            view = _storage_order(p.grad)
+            if view is None:  # overlapping or gappy strides: reduce a copy, write it back
+                buf = p.grad.contiguous()
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+                p.grad.copy_(buf)
+            else:
+                dist.all_reduce(view, op=dist.ReduceOp.SUM, group=group)
+            p.grad.div_(size)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True if `flag` is true on any rank."""

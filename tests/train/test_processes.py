@@ -306,3 +306,48 @@ def test_sigterm_to_torchrun_saves_every_ranks_state(store, tmp_path):
     assert [s["position"] for s in meta["loaders"]] == [step % 24, step % 24]
     tensors = load_file(str(latest_checkpoint(out / "checkpoints") / "state.safetensors"))
     assert {"rng/cpu/0", "rng/cpu/1"} <= tensors.keys()
+
+
+_AVERAGE = """
+import torch
+from saeforge.distributed import DistContext
+
+ctx = DistContext.from_env(torch.device("cpu"))
+r = ctx.rank
+w_col = torch.nn.Parameter(torch.zeros(6, 5).t())                  # column-major [5, 6], as W_enc is stored
+w_row = torch.nn.Parameter(torch.zeros(4, 3))
+b = torch.nn.Parameter(torch.zeros(7))
+w_col.grad = (torch.arange(30.0).reshape(6, 5) * (r + 1)).t()     # same layout as its parameter
+w_row.grad = torch.full((4, 3), float(r + 1))                     # b.grad stays None on rank 0 only
+if r == 1:
+    b.grad = torch.arange(7.0)
+ptr, stride = w_col.grad.data_ptr(), w_col.grad.stride()
+ctx.average_gradients([w_col, w_row, b])
+assert w_col.grad.data_ptr() == ptr and w_col.grad.stride() == stride, "reduced out of place or relaid"
+assert torch.equal(w_col.grad, (torch.arange(30.0).reshape(6, 5) * 1.5).t())    # (1 + 2) / 2
+assert torch.equal(w_row.grad, torch.full((4, 3), 1.5))
+assert torch.equal(b.grad, torch.arange(7.0) / 2)                 # rank 0's missing gradient counted as zeros
+print("ok", r)
+ctx.close()
+"""
+
+
+def test_average_gradients_is_in_place_and_keeps_each_layout(tmp_path):
+    """DDP's gradient mean: equal to the naive mean over 2 gloo ranks, written into each gradient's own
+    storage, so a column-major gradient stays column-major (no per-step copy for the optimiser)."""
+    script = tmp_path / "average.py"
+    script.write_text(_AVERAGE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+    ]
+    proc = subprocess.run(
+        cmd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(proc.stdout.split()) == ["0", "1", "ok", "ok"]
