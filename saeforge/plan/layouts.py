@@ -4,7 +4,7 @@ A rank of a T x D layout holds s = d_sae / T latents (its columns of W_enc and r
 and reads b = B / D rows of each global batch of B tokens. All sizes are float32 (4 bytes); times assume no
 overlap of compute and communication (an upper bound on a step). With P = 2 d_in s + s + d_in local parameters:
 
-    memory   weights 4P + Adam moments 8P + gradients 4P (+ 4P flat all-reduce buffer when D > 1)
+    memory   weights 4P + Adam moments 8P + gradients 4P (reduced in place across replicas: no buffer)
              + activations 4 b (2 s + 3 d_in) + 12 b T k (the gathered top-k candidates, fp32 value + int64 index)
     compute  encoder GEMM        2 b d_in s / gemm_flops           (the only dense product of a TopK step)
              sparse encoder/decoder  6 * 4 b (k / T) d_in / mem_bw (gather/scatter of the b k / T local pairs:
@@ -141,7 +141,7 @@ def plan_layout(
     T, D = layout.tensor, layout.data
     s, b = d_sae // T, batch // D
     P = 2 * d_in * s + s + d_in
-    grads = FP32 * P * (2 if D > 1 else 1)
+    grads = FP32 * P
     acts = FP32 * b * (2 * s + 3 * d_in) + 12 * b * T * k
     bw = device.memory_bytes_per_s
     a_tp, bw_tp = _ring(T, 1, device)

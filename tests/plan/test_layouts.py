@@ -11,7 +11,7 @@ from saeforge.plan.layouts import layouts_up_to
 # Round rates so that every term below is a short hand calculation.
 DEV = DeviceSpec(
     name="round",
-    memory_bytes=1056 / 0.9,
+    memory_bytes=896 / 0.9,
     gemm_flops=1e9,
     memory_bytes_per_s=1e9,
     link_bytes_per_s=1e6,
@@ -28,9 +28,9 @@ def test_a_2x2_layout_matches_the_hand_computed_terms():
         Layout(2, 2), d_in=4, d_sae=8, k=2, batch=4, tokens=40, device=DEV, price_per_device_hour=9.0
     )
     assert p.weight_bytes == 160 and p.adam_bytes == 320
-    assert p.grad_bytes == 320  # gradients + the flat all-reduce buffer (D > 1)
+    assert p.grad_bytes == 160  # gradients only: DDP reduces them in place (no flat buffer)
     assert p.activation_bytes == 4 * 2 * (2 * 4 + 3 * 4) + 12 * 2 * 2 * 2  # 160 + 96
-    assert p.memory_bytes == 1056 and p.fits
+    assert p.memory_bytes == 896 and p.fits
     assert p.gemm_s == pytest.approx(2 * 2 * 4 * 4 / 1e9)
     assert p.sparse_s == pytest.approx(6 * 4 * 2 * 1 * 4 / 1e9)  # k / T = 1 local pair per row
     assert p.select_s == pytest.approx(2 * 4 * 2 * 4 / 1e9)
@@ -48,7 +48,7 @@ def test_groups_that_leave_the_node_use_the_slower_link_and_memory_decides_fit()
     p = plan_layout(Layout(2, 2), 4, 8, 2, 4, 40, small_node)
     assert p.tp_comm_s == pytest.approx(80e-6)  # ranks 0,1 share a node
     assert p.dp_comm_s == pytest.approx(2 * (4 * 40 / 2) / 1e5)  # ranks 0,2 do not
-    tight = DEV.model_copy(update={"memory_bytes": 1055 / 0.9})
+    tight = DEV.model_copy(update={"memory_bytes": 895 / 0.9})
     assert not plan_layout(Layout(2, 2), 4, 8, 2, 4, 40, tight).fits
     one = plan_layout(Layout(1, 1), 4, 8, 2, 4, 40, DEV)
     assert one.tp_comm_s == 0 and one.dp_comm_s == 0 and one.grad_bytes == 4 * (2 * 4 * 8 + 8 + 4)
