@@ -56,10 +56,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="timed steps per worker per repeat")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: torch's)")
-    p.add_argument("--python", action="append", default=[], help="LIB=PATH: a peer's interpreter")
-    p.add_argument("--json", type=Path, default=None)
+    add_run_args(p, threads=0, threads_help="torch threads per worker (default: torch's)")
     return p.parse_args(argv)
+
+
+def add_run_args(p: argparse.ArgumentParser, threads: int, threads_help: str) -> None:
+    """The options every harness of bench/peers shares: threads per worker, peer interpreters, JSON output."""
+    p.add_argument("--threads", type=int, default=threads, help=threads_help)
+    p.add_argument("--python", action="append", default=[], help="LIB=PATH: a peer's interpreter")
+    p.add_argument("--json", type=Path, default=None, help="write the results here too")
 
 
 def peer_pythons(libs: list[str], given: list[str]) -> dict[str, str]:

@@ -45,6 +45,8 @@ ARCH_LIBS = {
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    from bench.peers.__main__ import add_run_args
+
     p = argparse.ArgumentParser(prog="python -m bench.peers quality", description=__doc__.split("\n")[0])
     p.add_argument("--problem", choices=["toy", "minilm"], required=True)
     p.add_argument("--store", type=Path, help="minilm: the training activation store (saeforge capture)")
@@ -57,9 +59,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--curve-points", type=int, default=8, help="chunks; held-out evaluation after each")
     p.add_argument("--held-out-tokens", type=int, default=65_536)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    p.add_argument("--python", action="append", default=[], help="LIB=PATH: a peer's interpreter")
-    p.add_argument("--json", type=Path, default=None)
+    add_run_args(p, threads=1, threads_help="torch threads per worker")
     return p.parse_args(argv)
 
 
