@@ -90,8 +90,7 @@ def budget_warnings(resolved: list[ResolvedSAE], tokens: int) -> list[str]:
     measurement (`TrainingSAE.tokens_needed`): the architecture, the budget, the tokens needed and the fix."""
     out = []
     for r in resolved:
-        tokens_needed = getattr(sae_api.TRAINING_ARCHITECTURES[r.sae_cfg.architecture], "tokens_needed", None)
-        need = tokens_needed(r.sae_cfg) if tokens_needed else None
+        need = sae_api.TRAINING_ARCHITECTURES[r.sae_cfg.architecture].tokens_needed(r.sae_cfg)
         if need is not None and tokens < need[0]:
             out.append(
                 f"SAE '{r.name}' ({r.sae_cfg.architecture}): {tokens:,} training tokens, but this configuration "
