@@ -43,8 +43,9 @@ def capture(
     model: list[str] = typer.Option(
         ...,
         "--model",
-        help="Local model directory (config.json, weights, tokenizer). Give it twice, --model BASE --model "
-        "FINETUNED, to capture both over the same contexts into OUT/base/<hook> and OUT/finetuned/<hook>.",
+        help="Local model directory (config.json, weights, tokenizer), or builtin for the demo MiniLM. Give it "
+        "twice, --model BASE --model FINETUNED, to capture both over the same contexts into OUT/base/<hook> and "
+        "OUT/finetuned/<hook>.",
     ),
     data: list[str] = typer.Option(
         ...,
@@ -68,6 +69,7 @@ def capture(
     if len(model) > 2:
         fail(f"--model is given {len(model)} times; give one model, or two (--model BASE --model FINETUNED)")
     with exit_codes():
+        model = [_model_dir(m) for m in model]
         cfg = settings.build(
             model=model[0],
             finetuned_model=model[1] if len(model) == 2 else None,
@@ -117,3 +119,10 @@ def capture(
                 f"shards at {d}; {counts.special_excluded:,} special tokens excluded, "
                 f"{counts.outliers_dropped:,} outliers dropped"
             )
+
+
+def _model_dir(model: str) -> str:
+    """'builtin' -> the demo MiniLM's directory (sha256-checked), as `model: builtin` in a run config."""
+    from saeforge.pipeline import BUILTIN_MODEL, resolve_model
+
+    return str(resolve_model(model)) if model == BUILTIN_MODEL else model

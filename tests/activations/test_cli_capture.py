@@ -104,3 +104,18 @@ def test_plan_prints_disk_memory_and_time(gpt2, cli, tmp_path):
     params = 2 * 64 * 512 + 512 + 64
     assert f"{params:,} float32 parameters" in out and f"{params * 16 / 2**20:.1f} MiB" in out
     assert "capture time" in out and "tokens/s forward" in out and "training time" in out and "fits" in out
+
+
+def test_cli_capture_takes_builtin_for_the_demo_minilm(tmp_path, cli):
+    """`--model builtin` names the demo MiniLM, as `model: builtin` does in a run config; the manifest records
+    the resolved directory."""
+    from saeforge.models import builtin_example_model
+
+    out = tmp_path / "cap"
+    args = ["--model", "builtin", "--data", "builtin:heldout", "--hook", "layers.3.resid_post"]
+    done = cli(
+        "capture", *args, "--tokens", "300", "--context-size", "32", "--out", str(out), OMP_NUM_THREADS="1"
+    )
+    assert "300 rows x d_in 384" in done.stdout
+    manifest = ActivationStore.open(out / "layers.3.resid_post").manifest
+    assert manifest.model.path == str(builtin_example_model())
