@@ -4,7 +4,9 @@ selection on real activations, interleaved, with the fallback rate; and the GEMM
 The store is e.g. MiniLM's layer 3 (`saeforge capture --model <builtin MiniLM> --data builtin:train --hook
 layers.3.resid_post --tokens 16384 --out DIR`). The SAE is saeforge's TopK at initialisation and after
 `--train-steps` steps of `saeforge.train.train` on the same store (the screen's margin depends on how peaked
-the pre-activations are, so both are reported).
+the pre-activations are, so both are reported). `--margins 64,256,1024` also counts the fallback rate at
+other margins; `near_tie_rate` is the share of rows that fell back only because fp32's own error bound does not
+separate their k-th and (k+1)-th exact values.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def measure(x: torch.Tensor, sae, k: int, margin: int, repeats: int) -> dict:
         "fallback_rows": got.fallback,
         "rows": x.shape[0],
         "fallback_rate": got.fallback / x.shape[0],
+        "near_tie_rate": got.near_ties / x.shape[0],
         "selection_equal": same,
     }
 
@@ -78,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--train-steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--margins",
+        default="",
+        help="comma-separated margins whose fallback rates are also counted (untimed)",
+    )
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     store = ActivationStore.open(a.store)
@@ -98,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             sae = train(cfg)[0].sae
         out["saes"][f"after_{steps}_steps"] = measure(x, sae, a.k, a.margin, a.repeats)
+        out["saes"][f"after_{steps}_steps"]["fallback_rate_by_margin"] = {
+            m: screened_topk(
+                (x - sae.b_dec).detach(), sae.W_enc.detach(), sae.b_enc.detach(), a.k, m
+            ).fallback
+            / x.shape[0]
+            for m in (int(v) for v in a.margins.split(",") if v)
+        }
         print(json.dumps({f"after_{steps}_steps": out["saes"][f"after_{steps}_steps"]}, indent=1), flush=True)
     out["load_after"] = [round(v, 2) for v in os.getloadavg()]
     if a.json:

@@ -41,11 +41,14 @@ U_FP32 = 2.0**-24
 
 @dataclass
 class ScreenResult:
-    """values, indices [B, k] (any order within a row); fallback: rows recomputed exactly (not certified)."""
+    """values, indices [B, k] (any order within a row); fallback: rows recomputed exactly (not certified);
+    near_ties: those of them whose screen did hold every non-candidate below the k-th candidate, failing only
+    because the k-th and (k+1)-th exact values lie within fp32's own error bound of each other (no margin helps)."""
 
     values: Tensor
     indices: Tensor
     fallback: int
+    near_ties: int = 0
 
 
 def exact_topk(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> ScreenResult:
@@ -91,11 +94,12 @@ def screened_topk(
     delta = gamma * (x_norm * w_max * (1 + U_BF16) ** 2 + b_max)
     E = x_norm * dW_max + dx_norm * wb_max + U_BF16 * b_max + delta
     f_t = t + U_BF16 / (1 - U_BF16) * t.abs()
-    rejected = torch.maximum(top_v[:, k] + 2 * delta, f_t + E + delta)
-    certified = top_v[:, k - 1] - 2 * delta > rejected
+    kth = top_v[:, k - 1] - 2 * delta
+    screened = kth > f_t + E + delta  # every non-candidate is below the k-th candidate
+    certified = screened & (kth > top_v[:, k] + 2 * delta)
     values, indices = top_v[:, :k].contiguous(), cand.gather(1, pos[:, :k])
     bad = (~certified).nonzero().squeeze(1)
     if len(bad):
         exact = exact_topk(xc[bad], W_enc, b_enc, k)
         values[bad], indices[bad] = exact.values, exact.indices
-    return ScreenResult(values, indices, len(bad))
+    return ScreenResult(values, indices, len(bad), int((screened & ~certified).sum()))

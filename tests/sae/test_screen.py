@@ -47,6 +47,7 @@ def test_exact_ties_fall_back_to_exact():
     x = 10 * W[:, 0] + 0.1 * x
     got = screened_topk(x, W, b, 1)
     assert got.fallback == x.shape[0]
+    assert got.near_ties == x.shape[0]  # the screen itself held: only the tie, fp32's own, sent them back
     assert torch.equal(got.values, exact_topk(x, W, b, 1).values)
 
 
