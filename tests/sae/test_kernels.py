@@ -356,15 +356,17 @@ def test_batchtopk_selection_matches_flat_topk(case):
         pre[5, :40] = 9.0
     if case == "few_positive":
         pre = pre - 3.5
-    idx, keep = sae._select(pre, Collectives())
+    pairs = sae._select(pre, Collectives())
 
     acts = pre.relu()
     tau = acts.flatten().topk(k * B).values[-1]
     expected = ((acts >= tau) & (acts > 0)).nonzero().tolist()
-    rows = torch.arange(B).unsqueeze(1).expand_as(idx)
-    got = sorted(zip(rows[keep].tolist(), idx[keep].tolist(), strict=True))
-    assert got == sorted(map(tuple, expected))
-    assert keep.any(1).sum() <= B and idx.shape[1] == int(keep.sum(1).max())
+    got = list(zip(pairs.tokens.tolist(), pairs.latents.tolist(), strict=True))
+    assert sorted(got) == sorted(map(tuple, expected))
+    # token-major CSR: tokens non-decreasing, offsets where each token's pairs start
+    assert (pairs.tokens.diff() >= 0).all()
+    counts = torch.bincount(pairs.tokens, minlength=B)
+    assert torch.equal(pairs.offsets, counts.cumsum(0) - counts)
     torch.testing.assert_close(sae.threshold, acts[(acts >= tau) & (acts > 0)].min())
 
 
