@@ -66,8 +66,9 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         return {**self._folded(s), "threshold": self.threshold.double().expand(self.d_sae).clone()}
 
     @torch.no_grad()
-    def _select(self, pre: Tensor, collectives: Collectives) -> tuple[Tensor, Tensor]:
-        """Batch top-k over all ranks: pre [B, d_sae] -> idx [B, w], keep [B, w] bool (w = most kept in a row).
+    def _select(self, pre: Tensor, collectives: Collectives) -> kernels.Pairs:
+        """Batch top-k over all ranks: pre [B, d_sae] -> the kept (token, latent) pairs, n ~ k * B of them
+        (any number per token, zero included), token-major.
 
         Exact without a top-k over the whole batch: each row offers its m = 2k largest pre-activations, and tau,
         the (k * B_global)-th largest offer, is the batch threshold unless a row's smallest offer is itself
@@ -92,28 +93,28 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
             vals, idx = wide_vals, wide_idx
             tau = _kth_largest(collectives.all_gather_cat(vals[vals > -torch.inf]), n_keep)
         keep = (vals >= tau) & (vals > 0)
-        width = max(1, int(keep.sum(1).max()))
-        slot = torch.where(keep, keep.cumsum(1) - 1, width)
-        out_idx = idx.new_zeros(n_rows, width + 1).scatter_(1, slot, idx)[:, :width]
-        out_keep = keep.new_zeros(n_rows, width + 1).scatter_(1, slot, keep)[:, :width]
         local_min = torch.where(keep, vals, torch.inf).min().reshape(1)
-        smallest = collectives.all_gather_cat(local_min).min()
+        self._update_threshold(collectives.all_gather_cat(local_min).min())
+        return kernels.Pairs.masked(idx, keep)
+
+    @torch.no_grad()
+    def _update_threshold(self, smallest: Tensor) -> None:
+        """Moves the inference threshold towards `smallest`, the global batch's smallest kept activation."""
         if torch.isfinite(smallest) and self.training:
             m = self.cfg.threshold_momentum if self.threshold_updates > 0 else 0.0
             self.threshold.mul_(m).add_((1.0 - m) * smallest)
             self.threshold_updates += 1
-        return out_idx, out_keep
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         y = inp.y
         xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
-        idx, keep = self._select(pre, inp.collectives)
-        vals = self._gather(xc, pre, idx).relu() * keep
-        x_hat = self._decode_sparse(idx, vals) + self.b_dec
+        pairs = self._select(pre, inp.collectives)
+        vals = self._gather(xc, pre, pairs).relu()
+        x_hat = self._decode_sparse(pairs, vals) + self.b_dec
         mse = (x_hat - y).pow(2).sum(-1).mean()
         auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
-        return self._output(y, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
+        return self._output(y, x_hat, pairs, vals, {"mse": mse, "auxk": auxk})
 
 
 register_architecture(training=BatchTopKTrainingSAE)

@@ -3,23 +3,28 @@
 The TopK-family pattern (architectures choose *which* latents fire; kernels make that cheap):
 
     with torch.no_grad():
-        pre = x @ W_enc + b_enc                      # [B, d_sae], forward only, no dense gradient
-    idx = <architecture's selection>(pre)            # [B, w] latent indices (top-k, batch top-k, AuxK, ...)
-    vals = gather_preacts(x, W_enc, b_enc, pre, idx) # [B, w] differentiable; gradients touch only idx columns
-    x_hat = sparse_decode(idx, vals.relu(), W_dec) + b_dec
+        pre = x @ W_enc + b_enc                        # [B, d_sae], forward only, no dense gradient
+    pairs = <architecture's selection>(pre)            # selected (token, latent) pairs: top-k, batch top-k, AuxK
+    vals = gather_preacts(x, W_enc, b_enc, pre, pairs) # [n] differentiable; gradients touch selected columns only
+    x_hat = sparse_decode(pairs, vals.relu(), W_dec) + b_dec
 
-`gather_preacts` returns pre[b, idx[b, j]] with gradients w.r.t. x, W_enc and b_enc that equal those of the
-dense expression `(x @ W_enc + b_enc).gather(1, idx)`. `sparse_decode` returns sum_j vals[b, j] W_dec[idx[b, j]].
+The pairs are `Pairs`, token-major (CSR: each token's latent ids, then offsets): a token holds any number of
+them (BatchTopK), and the same w for every token is the special case `Pairs.padded(idx)` of an idx [B, w]
+(TopK, AuxK); the functions also take such an idx directly and then answer [B, w] instead of [n].
+`gather_preacts` returns pre at the pairs with gradients w.r.t. x, W_enc and b_enc that equal those of the dense
+expression `(x @ W_enc + b_enc)[tokens, latents]`. `sparse_decode` returns, per token, the sum over its pairs of
+vals * W_dec[latent].
 `topk_select(pre, k)` is an exact, faster `pre.topk(k, dim=1)` for wide rows. (The optimiser that keeps column-major
 parameters copy-free is `saeforge.train.optim.Adam`.) The `_eager` functions are the references the fast paths are
 tested against (values and gradients).
 
-How the fast paths stay sparse (B tokens, w selected latents per token, n = B * w pairs):
+How the fast paths stay sparse (B tokens, n selected pairs; n = B * w when padded):
 - every gradient is a sum over the n (token, latent) pairs; the ones indexed by latent (W_enc's columns,
   W_dec's rows) are computed latent-major: the pairs are sorted by latent once and summed with
-  `F.embedding_bag` (one bag per latent), which costs O(n * d_in) and writes each output row once;
-- x's gradient is a token-major `F.embedding_bag` over W_enc^T rows; vals' gradient (per-pair dot products) runs
-  latent-major too, so each W_dec row is read once.
+  `F.embedding_bag` (one bag per latent, each pair naming its token), which costs O(n * d_in) and writes each
+  output row once;
+- x's gradient is a token-major `F.embedding_bag` over W_enc^T rows (one bag per token, from the offsets); vals'
+  gradient (per-pair dot products) runs latent-major too, so each W_dec row is read once.
 W_enc's gradient is produced as [d_sae, d_in] rows and handed back as its transpose, so a W_enc stored
 column-major (`W_enc.t().is_contiguous()`, as `W_dec.T.clone()` gives) needs no transposing copy at all; a
 row-major W_enc costs one transposing copy each way.
@@ -27,21 +32,81 @@ row-major W_enc costs one transposing copy each way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def gather_preacts_eager(x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-    """x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], pre [B, d_sae] (unused), idx [B, w] -> [B, w]."""
+@dataclass(frozen=True, eq=False)
+class Pairs:
+    """The selected (token, latent) pairs of a batch of B tokens, token-major (CSR): token b's pairs are
+    latents[offsets[b]:offsets[b + 1]] (offsets[B] = n implied), so a token may hold any number of them, zero
+    included. latents [n] int64, offsets [B] int64 (each token's first pair), tokens [n] int64 (each pair's
+    token, non-decreasing). Per-pair tensors (values, gradients) are [n] in this order.
+
+    `Pairs.padded(idx)` is the special case of w pairs for every token: idx [B, w], pair b * w + j is idx[b, j].
+    """
+
+    latents: Tensor
+    offsets: Tensor
+    tokens: Tensor
+
+    @property
+    def n_rows(self) -> int:
+        return self.offsets.shape[0]
+
+    @staticmethod
+    def padded(idx: Tensor) -> Pairs:
+        """idx [B, w] latent ids -> w pairs per token."""
+        n_rows, width = idx.shape
+        rows = torch.arange(n_rows, device=idx.device)
+        return Pairs(idx.reshape(-1), rows * width, rows.repeat_interleave(width))
+
+    @staticmethod
+    def of_tokens(latents: Tensor, tokens: Tensor, n_rows: int) -> Pairs:
+        """latents [n] with their tokens [n] (non-decreasing, < n_rows) -> the pairs of n_rows tokens."""
+        counts = torch.bincount(tokens, minlength=n_rows)
+        return Pairs(latents, counts.cumsum(0) - counts, tokens)
+
+    @staticmethod
+    def masked(idx: Tensor, keep: Tensor) -> Pairs:
+        """idx [B, w] latent ids, keep [B, w] bool -> the pairs where keep is true (each row in idx's order)."""
+        rows, cols = keep.nonzero(as_tuple=True)
+        return Pairs.of_tokens(idx[rows, cols], rows, idx.shape[0])
+
+    def regroup(self, part: Tensor, n_parts: int) -> tuple[Tensor, Pairs]:
+        """part [n] in [0, n_parts) -> (order [n], pairs over n_parts * B rows in which token b's pairs of part
+        g are row g * B + b); `v[order]` carries a per-pair tensor v over to the new pairs."""
+        order = part.argsort(stable=True)
+        rows = (part * self.n_rows + self.tokens)[order]
+        return order, Pairs.of_tokens(self.latents[order], rows, n_parts * self.n_rows)
+
+
+def _pairs_of(idx: Tensor | Pairs) -> Pairs:
+    return idx if isinstance(idx, Pairs) else Pairs.padded(idx)
+
+
+def _shaped(flat: Tensor, idx: Tensor | Pairs) -> Tensor:
+    """A per-pair result [n] in the caller's form: [B, w] for a padded idx [B, w], [n] for Pairs."""
+    return flat if isinstance(idx, Pairs) else flat.view(idx.shape)
+
+
+def gather_preacts_eager(x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor | Pairs) -> Tensor:
+    """x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], pre [B, d_sae] (unused), idx [B, w] or Pairs ->
+    [B, w] or [n]."""
     del pre
-    return (x @ W_enc + b_enc).gather(1, idx)
+    pairs = _pairs_of(idx)
+    return _shaped((x @ W_enc + b_enc)[pairs.tokens, pairs.latents], idx)
 
 
-def sparse_decode_eager(idx: Tensor, vals: Tensor, W_dec: Tensor) -> Tensor:
-    """idx [B, w], vals [B, w], W_dec [d_sae, d_in] -> [B, d_in] (no b_dec)."""
-    return (vals.unsqueeze(-1) * W_dec[idx]).sum(-2)
+def sparse_decode_eager(idx: Tensor | Pairs, vals: Tensor, W_dec: Tensor) -> Tensor:
+    """idx [B, w] or Pairs, vals [B, w] or [n], W_dec [d_sae, d_in] -> [B, d_in] (no b_dec)."""
+    pairs = _pairs_of(idx)
+    terms = vals.reshape(-1, 1) * W_dec[pairs.latents]
+    return terms.new_zeros(pairs.n_rows, W_dec.shape[1]).index_add(0, pairs.tokens, terms)
 
 
 def topk_select_eager(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -63,38 +128,40 @@ def _order_by_latent(flat: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
 
 
 def _latent_major_sum(
-    idx: Tensor, weights: Tensor, rows: Tensor, d_sae: int, sorted_pairs: tuple[Tensor, Tensor] | None = None
+    pairs: Pairs, weights: Tensor, rows: Tensor, d_sae: int, by_latent: tuple[Tensor, Tensor] | None = None
 ) -> Tensor:
-    """out[i] = sum over (b, j) with idx[b, j] == i of weights[b, j] * rows[b].
+    """out[i] = sum over pairs p with latent i of weights[p] * rows[token of p].
 
-    idx [B, w] int64, weights [B, w], rows [B, d] -> [d_sae, d]. Latents never selected get zero rows.
-    sorted_pairs: `_order_by_latent(idx.reshape(-1), d_sae)` when already computed.
+    weights [n], rows [B, d] -> [d_sae, d]. Latents never selected get zero rows.
+    by_latent: `_order_by_latent(pairs.latents, d_sae)` when already computed.
     """
-    order, offsets = sorted_pairs or _order_by_latent(idx.reshape(-1), d_sae)
-    tokens = torch.div(order, idx.shape[1], rounding_mode="floor")
+    order, offsets = by_latent or _order_by_latent(pairs.latents, d_sae)
     return F.embedding_bag(
-        tokens, rows, offsets, mode="sum", per_sample_weights=weights.reshape(-1)[order].to(rows.dtype)
+        pairs.tokens[order], rows, offsets, mode="sum", per_sample_weights=weights[order].to(rows.dtype)
     )
 
 
-def _pair_dots(idx: Tensor, rows: Tensor, table: Tensor, sorted_pairs: tuple[Tensor, Tensor]) -> Tensor:
-    """out[b, j] = <rows[b], table[idx[b, j]]>: idx [B, w], rows [B, d], table [d_sae, d] -> [B, w].
+def _pair_dots(
+    pairs: Pairs, rows: Tensor, table: Tensor, by_latent: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """out[p] = <rows[token of p], table[latent of p]>: rows [B, d], table [d_sae, d] -> [n].
 
     Computed latent-major (each table row is read once, the small `rows` are gathered), with the kernel
     torch uses for embedding_bag's per-sample-weight gradient: its "bags" are the latents.
     """
-    order, offsets = sorted_pairs
-    tokens = torch.div(order, idx.shape[1], rounding_mode="floor")
-    latent_of_pair = idx.reshape(-1)[order]
+    order, offsets = by_latent or _order_by_latent(pairs.latents, table.shape[0])
     dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        table.contiguous(), rows.contiguous(), tokens, offsets, latent_of_pair, 0, -1
+        table.contiguous(), rows.contiguous(), pairs.tokens[order], offsets, pairs.latents[order], 0, -1
     )
-    return torch.empty_like(dots).index_put_((order,), dots).view(idx.shape)
+    return torch.empty_like(dots).index_put_((order,), dots)
 
 
-def _token_major_sum(idx: Tensor, weights: Tensor, table: Tensor) -> Tensor:
-    """out[b] = sum_j weights[b, j] * table[idx[b, j]]: idx [B, w], weights [B, w], table [n, d] -> [B, d]."""
-    return F.embedding_bag(idx, table, mode="sum", per_sample_weights=weights.to(table.dtype))
+def _token_major_sum(pairs: Pairs, weights: Tensor, table: Tensor) -> Tensor:
+    """out[b] = sum over token b's pairs p of weights[p] * table[latent of p]: weights [n], table [d_sae, d] ->
+    [B, d]."""
+    return F.embedding_bag(
+        pairs.latents, table, pairs.offsets, mode="sum", per_sample_weights=weights.to(table.dtype)
+    )
 
 
 def _rows_of(W_enc: Tensor) -> Tensor:
@@ -104,24 +171,25 @@ def _rows_of(W_enc: Tensor) -> Tensor:
 
 class _GatherPreacts(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-        ctx.save_for_backward(x, W_enc, idx)
-        ctx.d_sae = W_enc.shape[1]
-        return pre.gather(1, idx)
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, pairs: Pairs) -> Tensor:
+        ctx.save_for_backward(x, W_enc)
+        ctx.pairs = pairs
+        return pre[pairs.tokens, pairs.latents]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, W_enc, idx = ctx.saved_tensors
+        x, W_enc = ctx.saved_tensors
+        pairs, d_sae = ctx.pairs, W_enc.shape[1]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
         if need_x:
-            grad_x = _token_major_sum(idx, grad, _rows_of(W_enc)).to(x.dtype)
+            grad_x = _token_major_sum(pairs, grad, _rows_of(W_enc)).to(x.dtype)
         if need_w:
-            grad_w = _latent_major_sum(idx, grad, x.to(W_enc.dtype), ctx.d_sae).t()
+            grad_w = _latent_major_sum(pairs, grad, x.to(W_enc.dtype), d_sae).t()
         if need_b:
-            grad_b = torch.zeros(ctx.d_sae, dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, idx.reshape(-1), grad.reshape(-1))
+            grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, pairs.latents, grad)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -129,48 +197,53 @@ class _SelectedPreacts(_GatherPreacts):
     """Like _GatherPreacts, from the selected pre-activations themselves instead of the dense [B, d_sae]."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, vals: Tensor, idx: Tensor) -> Tensor:
-        ctx.save_for_backward(x, W_enc, idx)
-        ctx.d_sae = W_enc.shape[1]
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, vals: Tensor, pairs: Pairs) -> Tensor:
+        ctx.save_for_backward(x, W_enc)
+        ctx.pairs = pairs
         return vals.clone()
 
 
-def selected_preacts(x: Tensor, W_enc: Tensor, b_enc: Tensor, vals: Tensor, idx: Tensor) -> Tensor:
-    """vals [B, w] = (x @ W_enc + b_enc)[b, idx[b, j]] computed elsewhere (no grad) -> the same values, with
-    `gather_preacts`' gradients w.r.t. x [B, d_in], W_enc [d_in, d_sae] and b_enc [d_sae]."""
-    return _SelectedPreacts.apply(x, W_enc, b_enc, vals.detach(), idx)
+def selected_preacts(x: Tensor, W_enc: Tensor, b_enc: Tensor, vals: Tensor, idx: Tensor | Pairs) -> Tensor:
+    """vals [B, w] or [n] = (x @ W_enc + b_enc) at the pairs idx, computed elsewhere (no grad) -> the same
+    values, with `gather_preacts`' gradients w.r.t. x [B, d_in], W_enc [d_in, d_sae] and b_enc [d_sae]."""
+    flat = _SelectedPreacts.apply(x, W_enc, b_enc, vals.detach().reshape(-1), _pairs_of(idx))
+    return _shaped(flat, idx)
 
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, idx: Tensor, vals: Tensor, W_dec: Tensor) -> Tensor:
-        ctx.save_for_backward(idx, vals, W_dec)
-        return _token_major_sum(idx, vals, W_dec)
+    def forward(ctx, vals: Tensor, W_dec: Tensor, pairs: Pairs) -> Tensor:
+        ctx.save_for_backward(vals, W_dec)
+        ctx.pairs = pairs
+        return _token_major_sum(pairs, vals, W_dec)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        idx, vals, W_dec = ctx.saved_tensors
+        vals, W_dec = ctx.saved_tensors
+        pairs = ctx.pairs
         grad_vals = grad_w = None
-        sorted_pairs = _order_by_latent(idx.reshape(-1), W_dec.shape[0])
+        by_latent = _order_by_latent(pairs.latents, W_dec.shape[0])
+        if ctx.needs_input_grad[0]:
+            grad_vals = _pair_dots(pairs, grad.to(W_dec.dtype), W_dec, by_latent).to(vals.dtype)
         if ctx.needs_input_grad[1]:
-            grad_vals = _pair_dots(idx, grad.to(W_dec.dtype), W_dec, sorted_pairs).to(vals.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_w = _latent_major_sum(idx, vals, grad.to(W_dec.dtype), W_dec.shape[0], sorted_pairs)
-        return None, grad_vals, grad_w
+            grad_w = _latent_major_sum(pairs, vals, grad.to(W_dec.dtype), W_dec.shape[0], by_latent)
+        return grad_vals, grad_w, None
 
 
-def gather_preacts_fast(x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-    """x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], pre [B, d_sae] (no grad), idx [B, w] int64 -> [B, w].
+def gather_preacts_fast(x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor | Pairs) -> Tensor:
+    """x [B, d_in], W_enc [d_in, d_sae], b_enc [d_sae], pre [B, d_sae] (no grad), idx [B, w] int64 or Pairs ->
+    [B, w] or [n].
 
-    Returns pre.gather(1, idx); the backward touches only the selected columns of W_enc.
+    Returns pre at the pairs (pre.gather(1, idx)); the backward touches only the selected columns of W_enc.
     """
-    return _GatherPreacts.apply(x, W_enc, b_enc, pre.detach(), idx)
+    return _shaped(_GatherPreacts.apply(x, W_enc, b_enc, pre.detach(), _pairs_of(idx)), idx)
 
 
-def sparse_decode_fast(idx: Tensor, vals: Tensor, W_dec: Tensor) -> Tensor:
-    """idx [B, w] int64, vals [B, w], W_dec [d_sae, d_in] -> [B, d_in] = sum_j vals[b, j] W_dec[idx[b, j]]."""
-    return _SparseDecode.apply(idx, vals, W_dec)
+def sparse_decode_fast(idx: Tensor | Pairs, vals: Tensor, W_dec: Tensor) -> Tensor:
+    """idx [B, w] int64 or Pairs, vals [B, w] or [n], W_dec [d_sae, d_in] -> [B, d_in] = sum over token b's pairs
+    of vals * W_dec[latent]."""
+    return _SparseDecode.apply(vals.reshape(-1), W_dec, _pairs_of(idx))
 
 
 def _group_size(d_sae: int, k: int) -> int:

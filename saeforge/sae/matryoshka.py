@@ -69,18 +69,20 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
         y = inp.y
         xc = inp.x - self.b_pre
         pre = self._pre_no_grad(xc)
-        idx, keep = self._select(pre, inp.collectives)
-        vals = self._gather(xc, pre, idx).relu() * keep
-        group = torch.bucketize(
-            idx.contiguous(), torch.tensor(self.prefix_ends, device=idx.device), right=True
-        )
+        pairs = self._select(pre, inp.collectives)
+        vals = self._gather(xc, pre, pairs).relu()
+        n_groups = len(self.prefix_ends)
+        group = torch.bucketize(pairs.latents, torch.tensor(self.prefix_ends, device=y.device), right=True)
+        order, by_group = pairs.regroup(group, n_groups)
+        # one decode, each pair once: row g * B + b is token b's group-g part of the reconstruction
+        parts = self._decode_sparse(by_group, vals[order]).view(n_groups, *y.shape)
         losses: dict[str, Tensor] = {}
         x_hat = self.b_dec.expand_as(y)
-        for g, end in enumerate(self.prefix_ends):
-            x_hat = x_hat + self._decode_sparse(idx, vals * (group == g))
+        for part, end in zip(parts, self.prefix_ends, strict=True):
+            x_hat = x_hat + part
             losses[f"mse_prefix_{end}"] = (x_hat - y).pow(2).sum(-1).mean()
         losses["auxk"] = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
-        return self._output(y, x_hat, idx, vals, losses)
+        return self._output(y, x_hat, pairs, vals, losses)
 
 
 register_architecture(training=MatryoshkaTrainingSAE)

@@ -60,8 +60,8 @@ def exact_topk(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> ScreenResult
 
 def _candidate_values(xc: Tensor, W_enc: Tensor, b_enc: Tensor, idx: Tensor) -> Tensor:
     """Exact fp32 pre-activations at idx [B, w]: <xc[b], W_enc[:, idx[b, j]]> + b_enc[idx[b, j]] -> [B, w]."""
-    pairs = kernels._order_by_latent(idx.reshape(-1), W_enc.shape[1])
-    return kernels._pair_dots(idx, xc, kernels._rows_of(W_enc), pairs) + b_enc[idx]
+    dots = kernels._pair_dots(kernels.Pairs.padded(idx), xc, kernels._rows_of(W_enc))
+    return dots.view(idx.shape) + b_enc[idx]
 
 
 @torch.no_grad()

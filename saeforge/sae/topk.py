@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from torch import Tensor
 
-from saeforge.sae import screen
+from saeforge.sae import kernels, screen
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import TopKFamilySAE
@@ -67,16 +67,17 @@ class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
         xc = inp.x - self.b_pre
         if self.cfg.screen == "bf16" and (inp.dead_mask is None or not bool(inp.dead_mask.any())):
             sel = screen.screened_topk(xc.detach(), self.W_enc.detach(), self.b_enc.detach(), self.cfg.k)
-            pre, idx = None, sel.indices
-            vals = self._gather(xc, sel.values, idx, selected=True).relu()
+            # the screen runs on one rank's whole SAE (never latent-sharded), so its pairs are padded
+            pre, pairs = None, kernels.Pairs.padded(sel.indices)
+            vals = self._gather(xc, sel.values.reshape(-1), pairs, selected=True).relu()
         else:
             pre = self._pre_no_grad(xc)
-            idx = self._topk(pre, self.cfg.k)[1]
-            vals = self._gather(xc, pre, idx).relu()
-        x_hat = self._decode_sparse(idx, vals) + self.b_dec
+            pairs = self._pairs(self._topk(pre, self.cfg.k)[1])
+            vals = self._gather(xc, pre, pairs).relu()
+        x_hat = self._decode_sparse(pairs, vals) + self.b_dec
         mse = (x_hat - y).pow(2).sum(-1).mean()
         auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
-        return self._output(y, x_hat, idx, vals, {"mse": mse, "auxk": auxk})
+        return self._output(y, x_hat, pairs, vals, {"mse": mse, "auxk": auxk})
 
 
 register_architecture(training=TopKTrainingSAE, inference=TopKSAE)

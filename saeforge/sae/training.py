@@ -246,12 +246,6 @@ class TrainingSAE(SAE):
         sae.load_state_dict(state)
         return sae.to(self.W_dec.device)
 
-    @staticmethod
-    def _fired(idx: Tensor, vals: Tensor, d_sae: int) -> Tensor:
-        """Per-latent count of tokens with vals > 0; idx, vals [B, w] -> [d_sae] float."""
-        active = vals.detach() > 0
-        return torch.bincount(idx[active], minlength=d_sae).to(vals.dtype)
-
 
 class PenaltyFields(BaseModel):
     """Config fields of the penalty architectures."""
@@ -426,10 +420,12 @@ class TopKFamilySAE(TrainingSAE):
         return {}
 
     def _output(
-        self, x: Tensor, x_hat: Tensor, idx: Tensor, vals: Tensor, losses: dict[str, Tensor]
+        self, x: Tensor, x_hat: Tensor, pairs: kernels.Pairs, vals: Tensor, losses: dict[str, Tensor]
     ) -> TrainStepOutput:
-        """The step's output from x [B, d_in], the reconstruction and the selected latents idx, vals [B, w]."""
-        fired = self._fired(idx, vals, self.d_sae)
+        """The step's output from x [B, d_in], the reconstruction and the selected pairs with their values [n]:
+        fired counts each latent's pairs with vals > 0, L0 is their number over B."""
+        with torch.no_grad():
+            fired = torch.bincount(pairs.latents[vals > 0], minlength=self.d_sae).to(vals.dtype)
         return TrainStepOutput(
             x_hat, sum(losses.values()), losses, fired, fired.sum() / x.shape[0], self._extras()
         )
@@ -447,9 +443,13 @@ class TopKFamilySAE(TrainingSAE):
         """xc [B, d_in] (x - b_dec) -> [B, d_sae] pre-activations without autograd history."""
         return torch.addmm(self.b_enc, xc, self.W_enc)
 
-    def _gather(self, xc: Tensor, pre: Tensor, idx: Tensor, selected: bool = False) -> Tensor:
-        """[B, w] differentiable pre-activations of the selected latents (pre [B, d_sae], or with `selected`
-        the selected values [B, w] themselves).
+    def _pairs(self, idx: Tensor) -> kernels.Pairs:
+        """A per-token selection idx [B, w] (TopK, AuxK) as pairs: w for every token."""
+        return kernels.Pairs.padded(idx)
+
+    def _gather(self, xc: Tensor, pre: Tensor, pairs: kernels.Pairs, selected: bool = False) -> Tensor:
+        """[n] differentiable pre-activations at the selected pairs (pre [B, d_sae], or with `selected` the
+        selected values [n] themselves).
 
         b_dec's gradient through xc = x - b_dec is -sum_b d/dxc[b] = -W_enc @ (b_enc's gradient): it is routed
         through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
@@ -457,11 +457,11 @@ class TopKFamilySAE(TrainingSAE):
         """
         b_enc = self.b_enc - self.b_pre @ self.W_enc.detach()
         gather = kernels.selected_preacts if selected else kernels.gather_preacts
-        return gather(xc.detach(), self.W_enc, b_enc, pre, idx)
+        return gather(xc.detach(), self.W_enc, b_enc, pre, pairs)
 
-    def _decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:
-        """idx, vals [B, w] -> [B, d_in] (without b_dec)."""
-        return kernels.sparse_decode(idx, vals, self.W_dec)
+    def _decode_sparse(self, pairs: kernels.Pairs, vals: Tensor) -> Tensor:
+        """pairs over B tokens, vals [n] -> [B, d_in] (without b_dec)."""
+        return kernels.sparse_decode(pairs, vals, self.W_dec)
 
     def _topk(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(values, indices) [B, k] of each token's k largest pre-activations (pre [B, d_sae])."""
@@ -485,6 +485,7 @@ class TopKFamilySAE(TrainingSAE):
         idx = self._dead_topk(pre, dead_mask)
         if idx is None:
             return residual.new_zeros(())
-        vals = self._gather(xc, pre, idx).relu()
-        e_hat = self._decode_sparse(idx, vals)
+        pairs = self._pairs(idx)
+        vals = self._gather(xc, pre, pairs).relu()
+        e_hat = self._decode_sparse(pairs, vals)
         return self.aux_coefficient * (residual - e_hat).pow(2).sum(-1).mean()

@@ -39,6 +39,7 @@ from torch import Tensor
 from saeforge import sae as sae_api
 from saeforge.distributed import DistContext, TorchCollectives
 from saeforge.errors import ConfigError
+from saeforge.sae.kernels import Pairs
 
 # The architectures latent sharding supports, with their loss terms that are sums over latents.
 SHARDABLE: dict[str, tuple[str, ...]] = {
@@ -94,7 +95,8 @@ def _cat_over(t: Tensor, group: Any, size: int, dim: int) -> Tensor:
 class LatentShard:
     """Mixin composed with a TopK, BatchTopK or JumpReLU training class: one rank's d_sae / T latents.
 
-    Latent indices inside the shard are local; a selected latent another shard holds is -1 (its value is 0).
+    Latent indices inside the shard are local; a selected latent another shard holds is -1 in a per-token
+    selection [B, w] and left out of this shard's pairs.
     Set by `Mesh.build`: tp_group, tp (T), offset (the shard's first latent).
     """
 
@@ -132,14 +134,12 @@ class LatentShard:
             return None
         return self._topk(pre.masked_fill(~dead_mask, -math.inf), min(self.k_aux, n_dead))[1]
 
-    def _gather(self, xc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
-        return super()._gather(xc, pre, idx.clamp_min(0)) * (idx >= 0)
+    def _pairs(self, idx: Tensor) -> Pairs:
+        """Only the pairs of this shard's latents (another shard's are -1 in idx)."""
+        return Pairs.masked(idx, idx >= 0)
 
-    def _decode_sparse(self, idx: Tensor, vals: Tensor) -> Tensor:
-        return _SumForward.apply(super()._decode_sparse(idx.clamp_min(0), vals), self.tp_group)
-
-    def _fired(self, idx: Tensor, vals: Tensor, d_sae: int) -> Tensor:
-        return super()._fired(idx.clamp_min(0), vals, d_sae)
+    def _decode_sparse(self, pairs: Pairs, vals: Tensor) -> Tensor:
+        return _SumForward.apply(super()._decode_sparse(pairs, vals), self.tp_group)
 
     def decode(self, z: Tensor) -> Tensor:
         return _SumForward.apply(z @ self.W_dec, self.tp_group) + self.b_dec

@@ -131,6 +131,130 @@ def test_topk_pipeline_grads_match_dense_reference():
         torch.testing.assert_close(a.grad, b.grad, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def _csr_inputs(B=12, d_in=6, d_sae=30, dtype=torch.float64, seed=0):
+    """Uneven rows of pairs (rows 0, 5 and the last hold none; a latent may repeat within a row) as BatchTopK
+    keeps them: Pairs, with x, W_enc (column-major), b_enc, W_dec."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, d_in, generator=g, dtype=dtype)
+    W_enc = torch.randn(d_sae, d_in, generator=g, dtype=dtype).t()
+    b_enc = torch.randn(d_sae, generator=g, dtype=dtype)
+    W_dec = torch.randn(d_sae, d_in, generator=g, dtype=dtype)
+    counts = torch.randint(2, 9, (B,), generator=g)
+    counts[[0, 5, B - 1]] = 0
+    tokens = torch.arange(B).repeat_interleave(counts)
+    latents = torch.randint(0, d_sae // 2, (len(tokens),), generator=g)
+    latents[1] = latents[0]  # row 1's first two pairs: one latent twice
+    return x, W_enc, b_enc, W_dec, kernels.Pairs.of_tokens(latents, tokens, B)
+
+
+def _dense_z(pairs, vals, d_sae):
+    """The dense [B, d_sae] code with vals summed at the pairs' (token, latent) places."""
+    z = vals.new_zeros(pairs.n_rows, d_sae)
+    return z.index_put((pairs.tokens, pairs.latents), vals, accumulate=True)
+
+
+def test_pairs_of_uneven_rows_are_csr():
+    _, _, _, _, pairs = _csr_inputs()
+    counts = torch.bincount(pairs.tokens, minlength=pairs.n_rows)
+    assert counts[0] == counts[5] == counts[-1] == 0 and counts.max() > counts[counts > 0].min()
+    assert torch.equal(pairs.offsets, counts.cumsum(0) - counts)
+    idx = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    keep = torch.tensor([[True, False, True], [False, False, False]])
+    masked = kernels.Pairs.masked(idx, keep)
+    assert masked.latents.tolist() == [3, 4] and masked.tokens.tolist() == [0, 0]
+    assert masked.offsets.tolist() == [0, 2]
+    padded = kernels.Pairs.padded(idx)
+    assert padded.tokens.tolist() == [0, 0, 0, 1, 1, 1] and padded.offsets.tolist() == [0, 3]
+
+
+def test_flat_pairs_match_dense_reference_float64():
+    """gather_preacts then sparse_decode over uneven rows of pairs (empty rows included): values and gradients
+    w.r.t. x, W_enc, b_enc, W_dec equal the dense float64 expression, and the per-pair values' gradients equal
+    the eager references'."""
+    x, W_enc, b_enc, W_dec, pairs = _csr_inputs()
+    d_sae = W_dec.shape[0]
+    target = torch.randn(pairs.n_rows, x.shape[1], generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+
+    def fast(x, W_enc, b_enc, W_dec):
+        vals = kernels.gather_preacts_fast(x, W_enc, b_enc, (x @ W_enc + b_enc).detach(), pairs)
+        return (kernels.sparse_decode_fast(pairs, vals.relu(), W_dec) - target).pow(2).sum()
+
+    def dense(x, W_enc, b_enc, W_dec):
+        pre = x @ W_enc + b_enc
+        count = _dense_z(pairs, torch.ones(len(pairs.latents), dtype=x.dtype), d_sae)
+        return ((count * pre.relu()) @ W_dec - target).pow(2).sum()
+
+    out_f, grads_f = _grads(fast, [x, W_enc, b_enc, W_dec])
+    out_d, grads_d = _grads(dense, [x, W_enc, b_enc, W_dec])
+    torch.testing.assert_close(out_f, out_d)
+    for name, gf, gd in zip(["x", "W_enc", "b_enc", "W_dec"], grads_f, grads_d, strict=True):
+        torch.testing.assert_close(gf, gd, msg=lambda m, name=name: f"grad {name}: {m}")
+
+    vals = torch.randn(len(pairs.latents), generator=torch.Generator().manual_seed(6), dtype=x.dtype)
+    out_f, grads_f = _grads(lambda v, W: kernels.sparse_decode_fast(pairs, v, W), [vals, W_dec])
+    out_e, grads_e = _grads(lambda v, W: kernels.sparse_decode_eager(pairs, v, W), [vals, W_dec])
+    out_d, grads_d = _grads(lambda v, W: _dense_z(pairs, v, d_sae) @ W, [vals, W_dec])
+    torch.testing.assert_close(out_f, out_d)
+    torch.testing.assert_close(out_e, out_d)
+    assert out_f[[0, 5, -1]].abs().max() == 0
+    for name, gf, ge, gd in zip(["vals", "W_dec"], grads_f, grads_e, grads_d, strict=True):
+        torch.testing.assert_close(gf, gd, msg=lambda m, name=name: f"grad {name}: {m}")
+        torch.testing.assert_close(ge, gd, msg=lambda m, name=name: f"eager grad {name}: {m}")
+
+    out_f, grads_f = _grads(
+        lambda x, W, b: kernels.gather_preacts_fast(x, W, b, (x @ W + b).detach(), pairs), [x, W_enc, b_enc]
+    )
+    out_e, grads_e = _grads(
+        lambda x, W, b: kernels.gather_preacts_eager(x, W, b, None, pairs), [x, W_enc, b_enc]
+    )
+    torch.testing.assert_close(out_f, out_e)
+    for name, gf, ge in zip(["x", "W_enc", "b_enc"], grads_f, grads_e, strict=True):
+        torch.testing.assert_close(gf, ge, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+def test_flat_pairs_gradcheck_float64():
+    x, W_enc, b_enc, W_dec, pairs = _csr_inputs(B=6, d_in=3, d_sae=8)
+
+    def gp(x, W_enc, b_enc):
+        return kernels.gather_preacts_fast(x, W_enc, b_enc, x @ W_enc + b_enc, pairs)
+
+    assert torch.autograd.gradcheck(gp, [t.clone().requires_grad_() for t in (x, W_enc, b_enc)])
+    vals = torch.randn(len(pairs.latents), dtype=torch.float64, requires_grad=True)
+    W = W_dec.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v, W: kernels.sparse_decode_fast(pairs, v, W), [vals, W])
+
+
+def test_padded_index_is_the_flat_form_with_equal_rows():
+    """An idx [B, w] and its Pairs give the same values and gradients (one code path, two shapes)."""
+    x, W_enc, b_enc, W_dec, idx = _inputs(dtype=torch.float64)
+    pairs = kernels.Pairs.padded(idx)
+    pre = (x @ W_enc + b_enc).detach()
+    for form, shape in ((idx, idx.shape), (pairs, (idx.numel(),))):
+        v = kernels.gather_preacts(x, W_enc, b_enc, pre, form)
+        assert v.shape == shape
+        torch.testing.assert_close(v.reshape(-1), pre.gather(1, idx).reshape(-1), rtol=0, atol=0)
+    vals = torch.randn(idx.shape, dtype=torch.float64)
+    out_p, grads_p = _grads(lambda v, W: kernels.sparse_decode(idx, v, W), [vals, W_dec])
+    out_f, grads_f = _grads(lambda v, W: kernels.sparse_decode(pairs, v.reshape(-1), W), [vals, W_dec])
+    torch.testing.assert_close(out_p, out_f, rtol=0, atol=0)
+    for gp, gf in zip(grads_p, grads_f, strict=True):
+        torch.testing.assert_close(gp, gf, rtol=0, atol=0)
+
+
+def test_regrouped_pairs_decode_each_group_once():
+    """Pairs.regroup (Matryoshka's one decode of all prefixes): row g * B + b of the decode is token b's
+    reconstruction from its group-g pairs, as a decode of all pairs with the other groups' values zeroed."""
+    _, _, _, W_dec, pairs = _csr_inputs()
+    vals = torch.randn(len(pairs.latents), generator=torch.Generator().manual_seed(8), dtype=W_dec.dtype)
+    group = torch.bucketize(pairs.latents, torch.tensor([4, 9, 30]), right=True)
+    order, by_group = pairs.regroup(group, 3)
+    assert by_group.n_rows == 3 * pairs.n_rows and (by_group.tokens.diff() >= 0).all()
+    parts = kernels.sparse_decode(by_group, vals[order], W_dec).view(3, pairs.n_rows, -1)
+    for g in range(3):
+        expected = kernels.sparse_decode_eager(pairs, vals * (group == g), W_dec)
+        torch.testing.assert_close(parts[g], expected)
+
+
 def _check_topk(pre, k):
     values, indices = kernels.topk_select_fast(pre, k)
     ref_values, _ = kernels.topk_select_eager(pre, k)
@@ -232,15 +356,17 @@ def test_batchtopk_selection_matches_flat_topk(case):
         pre[5, :40] = 9.0
     if case == "few_positive":
         pre = pre - 3.5
-    idx, keep = sae._select(pre, Collectives())
+    pairs = sae._select(pre, Collectives())
 
     acts = pre.relu()
     tau = acts.flatten().topk(k * B).values[-1]
     expected = ((acts >= tau) & (acts > 0)).nonzero().tolist()
-    rows = torch.arange(B).unsqueeze(1).expand_as(idx)
-    got = sorted(zip(rows[keep].tolist(), idx[keep].tolist(), strict=True))
-    assert got == sorted(map(tuple, expected))
-    assert keep.any(1).sum() <= B and idx.shape[1] == int(keep.sum(1).max())
+    got = list(zip(pairs.tokens.tolist(), pairs.latents.tolist(), strict=True))
+    assert sorted(got) == sorted(map(tuple, expected))
+    # token-major CSR: tokens non-decreasing, offsets where each token's pairs start
+    assert (pairs.tokens.diff() >= 0).all()
+    counts = torch.bincount(pairs.tokens, minlength=B)
+    assert torch.equal(pairs.offsets, counts.cumsum(0) - counts)
     torch.testing.assert_close(sae.threshold, acts[(acts >= tau) & (acts > 0)].min())
 
 

@@ -100,9 +100,9 @@ def test_auxk_gradient_reaches_encoder(arch):
     torch.testing.assert_close(sae.W_dec.grad, ref.W_dec.grad, rtol=1e-9, atol=1e-12)
 
 
-def _sparse_only_gather(x, W_enc, b_enc, pre, idx):
+def _sparse_only_gather(x, W_enc, b_enc, pre, pairs):
     assert not pre.requires_grad, "selection pre-activations must carry no autograd history"
-    return torch.einsum("bd,bwd->bw", x, W_enc.T[idx]) + b_enc[idx]
+    return (x[pairs.tokens] * W_enc.T[pairs.latents]).sum(-1) + b_enc[pairs.latents]
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
