@@ -87,10 +87,16 @@ def resolve_specs(
 
 def budget_warnings(resolved: list[ResolvedSAE], tokens: int) -> list[str]:
     """One message per SAE whose configuration needs more than `tokens` training tokens by its documented
-    measurement (`TrainingSAE.tokens_needed`): the architecture, the budget, the tokens needed and the fix."""
+    measurement (`TrainingSAE.tokens_needed`): the architecture, the budget, the tokens needed and the fix; and
+    one per SAE with a documented shortfall that no budget fixes (`TrainingSAE.known_shortfall`)."""
     out = []
     for r in resolved:
-        tokens_needed = getattr(sae_api.TRAINING_ARCHITECTURES[r.sae_cfg.architecture], "tokens_needed", None)
+        cls = sae_api.TRAINING_ARCHITECTURES[r.sae_cfg.architecture]
+        shortfall = getattr(cls, "known_shortfall", None)
+        note = shortfall(r.sae_cfg) if shortfall else None
+        if note is not None:
+            out.append(f"SAE '{r.name}' ({r.sae_cfg.architecture}): {note}")
+        tokens_needed = getattr(cls, "tokens_needed", None)
         need = tokens_needed(r.sae_cfg) if tokens_needed else None
         if need is not None and tokens < need[0]:
             out.append(

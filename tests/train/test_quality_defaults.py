@@ -115,3 +115,21 @@ def test_exported_threshold_gives_l0_k_on_held_out_tokens_after_a_short_run(tmp_
         z = trained.sae.encode(_Planted(seed=12345).data.sample(16384))
     l0 = float((z > 0).sum(1).float().mean())
     assert abs(l0 - 4) <= 0.2 * 4, l0
+
+
+def test_matryoshka_says_its_measured_shortfall_at_start(tmp_path, caplog):
+    """Matryoshka's documented shortfall on flat features (no budget fixes it) is said before the first step, for
+    the matryoshka SAE only."""
+    saes = [
+        dict(name="mat", architecture="matryoshka", k=4, d_sae=32),
+        dict(name="bt", architecture="batchtopk", k=4, d_sae=32),
+    ]
+    cfg = TrainConfig(tokens=64 * 2, batch_size=64, out=tmp_path / "run", plots=False, saes=saes)
+    steps = []
+    with caplog.at_level("WARNING", logger="saeforge.train"):
+        train(cfg, source=SyntheticSource(16, 64), on_step=lambda e: steps.append(len(caplog.records)))
+    [record] = caplog.records
+    assert steps[0] == 1
+    message = record.getMessage()
+    for part in ("'mat'", "(matryoshka)", "MMCS 0.41", "batchtopk"):
+        assert part in message, message
