@@ -82,9 +82,12 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-def run_one(arch: str, source, tokens: int, batch_size: int, d_sae: int, extra: dict) -> tuple:
+def run_one(
+    arch: str, source, tokens: int, batch_size: int, d_sae: int, extra: dict, run: dict | None = None
+) -> tuple:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
+            **(run or {}),
             tokens=tokens,
             batch_size=batch_size,
             out=Path(tmp) / "run",
@@ -105,6 +108,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--d-sae", type=int, default=512)
     parser.add_argument("--set", nargs="*", default=[], help="spec fields, key=value (JSON values)")
+    parser.add_argument(
+        "--run-set", nargs="*", default=[], help="TrainConfig fields, key=value (JSON values)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-jsonl", type=Path, default=Path("bench/results/quality.jsonl"))
     parser.add_argument("--tag", default="")
@@ -117,13 +123,16 @@ def main() -> None:
         held_out, features = toy.sample(65_536), toy.features
     for arch in args.archs:
         source = ToySource(args.batch_size)
-        trained, secs = run_one(arch, source, args.tokens, args.batch_size, args.d_sae, extra)
+        trained, secs = run_one(
+            arch, source, args.tokens, args.batch_size, args.d_sae, extra, parse_sets(args.run_set)
+        )
         row = {
             "problem": args.problem,
             "arch": arch,
             "tokens": args.tokens,
             "d_sae": args.d_sae,
             "set": extra,
+            "run_set": parse_sets(args.run_set),
             "tag": args.tag,
             "seconds": round(secs, 1),
             **measure(trained.sae, held_out, features),

@@ -53,6 +53,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--held-out", type=Path, help="minilm: the held-out activation store")
     p.add_argument("--archs", default="topk,batchtopk")
     p.add_argument("--libs", default="saeforge,sae_lens,sparsify,dictionary_learning")
+    p.add_argument(
+        "--runs",
+        default="",
+        help="LIB/ARCH,...: exactly these runs (e.g. saeforge/topk beside every library's batchtopk) instead "
+        "of every library of --libs for every architecture of --archs",
+    )
     p.add_argument("--tokens", type=int, default=4_915_200)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--d-sae", type=int, default=512)
@@ -164,6 +170,17 @@ def at_time(curve: list[dict], t: float) -> dict[str, float]:
     return {key: lo[key] + w * (hi[key] - lo[key]) for key in keys}
 
 
+def selected_runs(a: argparse.Namespace, pythons: dict[str, str]) -> list[tuple[str, str]]:
+    """(lib, arch) of every worker: --runs as given, else each library of --libs for each of --archs."""
+    if a.runs:
+        pairs = [tuple(item.split("/", 1)) for item in a.runs.split(",") if item]
+        bad = [f"{lib}/{arch}" for lib, arch in pairs if arch not in ARCH_LIBS or lib not in ARCH_LIBS[arch]]
+        if bad:
+            raise SystemExit(f"--runs: no such run {bad}; known: {ARCH_LIBS}")
+        return pairs
+    return [(lib, arch) for arch in a.archs.split(",") for lib in ARCH_LIBS[arch] if lib in pythons]
+
+
 def run(a: argparse.Namespace, pythons: dict[str, str], tmp: Path) -> dict:
     pool, held, features = (toy_data if a.problem == "toy" else minilm_data)(a, tmp)
     index = write_index(a, len(np.load(pool, mmap_mode="r")), tmp)
@@ -173,11 +190,9 @@ def run(a: argparse.Namespace, pythons: dict[str, str], tmp: Path) -> dict:
     common += ["--threads", str(a.threads)]
     workers = []
     try:
-        for arch in a.archs.split(","):
-            for lib in ARCH_LIBS[arch]:
-                if lib in pythons:
-                    print(f"[quality] starting {lib}/{arch}", file=sys.stderr, flush=True)
-                    workers.append(QualityWorker(lib, arch, pythons[lib], common))
+        for lib, arch in selected_runs(a, pythons):
+            print(f"[quality] starting {lib}/{arch}", file=sys.stderr, flush=True)
+            workers.append(QualityWorker(lib, arch, pythons[lib], common))
         bounds = [round(steps * (c + 1) / a.curve_points) for c in range(a.curve_points)]
         done = 0
         for c, bound in enumerate(bounds):
@@ -229,6 +244,8 @@ def main(argv: list[str]) -> int:
 
     a = parse(argv)
     libs = [lib for lib in a.libs.split(",") if lib]
+    if a.runs:
+        libs = sorted({item.split("/", 1)[0] for item in a.runs.split(",") if item})
     pythons = {"saeforge": sys.executable} | peer_pythons([x for x in libs if x != "saeforge"], a.python)
     pythons = {lib: p for lib, p in pythons.items() if lib in libs}
     results = {

@@ -141,6 +141,12 @@ class TrainingSAE(SAE):
         the documented measurement (docs/architectures.md) and what to change; None when it does not."""
         return None
 
+    @classmethod
+    def known_shortfall(cls, cfg: TrainingSAEConfig) -> str | None:
+        """What this configuration is documented not to reach at any measured budget (docs/architectures.md),
+        said at the start of every run that trains it; None when nothing is known."""
+        return None
+
     @staticmethod
     def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
         """Optimiser settings of an architecture without a paper recipe."""

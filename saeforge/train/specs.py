@@ -87,10 +87,15 @@ def resolve_specs(
 
 def budget_warnings(resolved: list[ResolvedSAE], tokens: int) -> list[str]:
     """One message per SAE whose configuration needs more than `tokens` training tokens by its documented
-    measurement (`TrainingSAE.tokens_needed`): the architecture, the budget, the tokens needed and the fix."""
+    measurement (`TrainingSAE.tokens_needed`): the architecture, the budget, the tokens needed and the fix; and
+    one per SAE with a documented shortfall that no budget fixes (`TrainingSAE.known_shortfall`)."""
     out = []
     for r in resolved:
-        need = sae_api.TRAINING_ARCHITECTURES[r.sae_cfg.architecture].tokens_needed(r.sae_cfg)
+        cls = sae_api.TRAINING_ARCHITECTURES[r.sae_cfg.architecture]
+        note = cls.known_shortfall(r.sae_cfg)
+        if note is not None:
+            out.append(f"SAE '{r.name}' ({r.sae_cfg.architecture}): {note}")
+        need = cls.tokens_needed(r.sae_cfg)
         if need is not None and tokens < need[0]:
             out.append(
                 f"SAE '{r.name}' ({r.sae_cfg.architecture}): {tokens:,} training tokens, but this configuration "

@@ -180,6 +180,29 @@ def test_batchtopk_threshold_is_a_moving_average():
     torch.testing.assert_close(out.extras["threshold"], sae.threshold)
 
 
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_default_threshold_tracks_the_batch_threshold_as_a_naive_ema(arch):
+    """Over steps whose batch threshold tau drifts (the inputs shrink 10% a step, so the activations do), the
+    threshold equals a naive float64 EMA (momentum 0.5, the default; the first step sets it) of tau, tau taken by
+    sorting every ReLU'd pre-activation of the batch; and it ends within 10% of the last tau, where the former
+    default, 0.99, ends far above it."""
+    x, _ = _inputs()
+    cfg = {"group_sizes": [4, 4, 8, 24]} if arch == "matryoshka" else {}
+    sae, slow = _sae(arch, **cfg), _sae(arch, threshold_momentum=0.99, **cfg)
+    ref = None
+    for step in range(8):
+        xs = x * 0.9**step
+        with torch.no_grad():
+            acts = sae._pre_no_grad(xs - sae.b_dec).double().relu().flatten().sort(descending=True).values
+        tau = acts[K * B - 1].item()
+        ref = tau if ref is None else 0.5 * ref + 0.5 * tau
+        sae.training_forward(TrainStepInput(x=xs))
+        slow.training_forward(TrainStepInput(x=xs))
+        assert sae.threshold.item() == pytest.approx(ref, rel=1e-6)
+    assert abs(sae.threshold.item() / tau - 1) < 0.1
+    assert slow.threshold.item() / tau > 1.3
+
+
 def test_unit_norm_decoder_hooks():
     sae = _sae("topk")
     sae.W_dec.grad = torch.randn_like(sae.W_dec)
