@@ -43,6 +43,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], help="spec fields key=value[,key=value]")
     p.add_argument("--run", action="append", default=[], help="TrainConfig fields key=value[,...] per --set")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the step index's draws (the runs' seeds: --set seed=N)"
+    )
     p.add_argument("--out-jsonl", type=Path, default=None)
     p.add_argument("--tag", default="")
     return p.parse_args(argv)
