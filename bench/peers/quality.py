@@ -9,8 +9,9 @@ training step and defaults (bench/peers/worker.py): SAELens's TopK/BatchTopK tra
 Adam (lr 3e-4, gradient clipping 1.0), sparsify's SparseCoder with its default schedule-free Signum,
 dictionary_learning's TopKTrainer/BatchTopKTrainer (its auto learning rate, 1000 warm-up steps, AuxK 1/32),
 saeforge's `train` with nothing but the architecture, d_sae and k given. Every run sees the same batches: step i
-trains on rows INDEX[i] of one pool (uniform draws, seed 0). k is the same for all (matched L0 for the TopK
-family); BatchTopK's held-out L0 is whatever its learnt threshold gives, reported as measured.
+trains on rows INDEX[i] of one pool (uniform draws seeded by --seed, default 0, which also seeds every library's
+initialisation). k is the same for all (matched L0 for the TopK family); BatchTopK's held-out L0 is whatever its
+learnt threshold gives, reported as measured.
 
 The workers run interleaved, one chunk of tokens / curve_points steps each in turn (the order rotated every
 chunk), so a drift in the machine's load lands on all of them alike; after each chunk every worker encodes the
@@ -65,6 +66,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--curve-points", type=int, default=8, help="chunks; held-out evaluation after each")
     p.add_argument("--held-out-tokens", type=int, default=65_536)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the step index's draws and every run's initialisation"
+    )
     add_run_args(p, threads=1, threads_help="torch threads per worker")
     return p.parse_args(argv)
 
@@ -107,7 +111,7 @@ def write_index(a: argparse.Namespace, pool_rows: int, tmp: Path) -> Path:
         raise SystemExit(
             f"--tokens {a.tokens} gives {steps} steps of --batch {a.batch}, fewer than the chunks"
         )
-    index = np.random.default_rng(0).integers(0, pool_rows, size=(steps, a.batch), dtype=np.int64)
+    index = np.random.default_rng(a.seed).integers(0, pool_rows, size=(steps, a.batch), dtype=np.int64)
     np.save(tmp / "index.npy", index)
     return tmp / "index.npy"
 
@@ -187,7 +191,7 @@ def run(a: argparse.Namespace, pythons: dict[str, str], tmp: Path) -> dict:
     held_x = np.load(held)
     steps = len(np.load(index, mmap_mode="r"))
     common = ["--pool", str(pool), "--index", str(index), "--d-sae", str(a.d_sae), "--k", str(a.k)]
-    common += ["--threads", str(a.threads)]
+    common += ["--threads", str(a.threads), "--seed", str(a.seed)]
     workers = []
     try:
         for lib, arch in selected_runs(a, pythons):

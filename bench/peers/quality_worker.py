@@ -114,7 +114,7 @@ def _command() -> list[str]:
 
 
 def serve_peer(a: argparse.Namespace, pool: np.ndarray, index: np.ndarray) -> None:
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
     step = worker.BUILDERS[a.lib](a, torch.device("cpu"))
     batches = _stream(pool, index)
     worker._send({"ready": True})
@@ -136,7 +136,7 @@ def serve_saeforge(a: argparse.Namespace, pool: np.ndarray, index: np.ndarray) -
     a chunk's seconds run from the callback's return to the callback after its last step."""
     from saeforge.train import TrainConfig, train
 
-    spec = {"name": a.arch, "architecture": a.arch, "d_sae": a.d_sae, "k": a.k}
+    spec = {"name": a.arch, "architecture": a.arch, "d_sae": a.d_sae, "k": a.k, "seed": a.seed}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
             tokens=len(index) * index.shape[1],
@@ -144,6 +144,7 @@ def serve_saeforge(a: argparse.Namespace, pool: np.ndarray, index: np.ndarray) -
             out=Path(tmp) / "run",
             plots=False,
             saes=[spec],
+            seed=a.seed,
         )
         first = torch.from_numpy(pool[np.sort(index[0])])
         clock = {"left": 0, "t0": 0.0, "scale": None}
@@ -190,6 +191,9 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--seed", type=int, default=0, help="torch's seed (peers) / the SAE's and run's (saeforge)"
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     pool, index = np.load(a.pool, mmap_mode="r"), np.load(a.index)

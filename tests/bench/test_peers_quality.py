@@ -68,3 +68,29 @@ def test_worker_trains_on_the_stream_and_encodes_held_out(tmp_path, lib):
     assert (r["l0"] <= 3).all() and r["l0"].mean() > 2  # TopK with k 3 (a zero top value may not count)
     assert r["fired"].sum() == r["l0"].sum()
     assert 0 < score(tmp_path / "out.npz", np.load(tmp_path / "held.npy"), None)["fvu"] < 2
+
+
+def test_seed_draws_another_step_index(tmp_path):
+    from bench.peers.quality import parse, write_index
+
+    def index(seed: int) -> np.ndarray:
+        a = parse(
+            [
+                "--problem",
+                "toy",
+                "--tokens",
+                "256",
+                "--batch",
+                "64",
+                "--curve-points",
+                "2",
+                "--seed",
+                str(seed),
+            ]
+        )
+        (tmp_path / str(seed)).mkdir()
+        return np.load(write_index(a, 1000, tmp_path / str(seed)))
+
+    zero, one = index(0), index(1)
+    assert zero.shape == one.shape == (4, 64) and not np.array_equal(zero, one)
+    assert np.array_equal(zero, np.random.default_rng(0).integers(0, 1000, size=(4, 64)))
