@@ -123,6 +123,10 @@ def capture(
 
 def _model_dir(model: str) -> str:
     """'builtin' -> the demo MiniLM's directory (sha256-checked), as `model: builtin` in a run config."""
-    from saeforge.pipeline import BUILTIN_MODEL, resolve_model
+    from saeforge.run_config import BUILTIN_MODEL
 
-    return str(resolve_model(model)) if model == BUILTIN_MODEL else model
+    if model != BUILTIN_MODEL:
+        return model  # checked below, before torch is imported
+    from saeforge.models import builtin_example_model
+
+    return str(builtin_example_model())
