@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.rates import capped, penalty_lr
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, Scales, _affine, capped, penalty_lr
+from saeforge.sae.training import PenaltySAE, Scales, _affine
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig

@@ -33,8 +33,9 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.rates import capped, penalty_lr
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, Scales, capped, penalty_lr
+from saeforge.sae.training import PenaltySAE, Scales
 from saeforge.sparsity import setting
 
 if TYPE_CHECKING:

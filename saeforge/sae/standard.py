@@ -15,8 +15,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.rates import scaled_lr
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, scaled_lr
+from saeforge.sae.training import PenaltySAE
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig

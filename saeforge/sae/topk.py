@@ -23,8 +23,9 @@ from torch import Tensor
 
 from saeforge.sae import kernels, screen
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.rates import topk_lr
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import TopKFamilySAE, topk_lr
+from saeforge.sae.training import TopKFamilySAE
 
 
 def topk_relu(pre: Tensor, k: int) -> Tensor:
