@@ -64,6 +64,15 @@ def test_dead_tokens_default_scales_with_short_runs(tmp_path):
     assert TrainConfig.parse({**base, "tokens": 640, "dead_tokens": 7}).dead_after == 7
 
 
+def _warnings_per_step(tmp_path, caplog, saes: list[dict]) -> list[int]:
+    """Trains `saes` for two steps; returns how many trainer warnings had been logged by each step."""
+    cfg = TrainConfig(tokens=64 * 2, batch_size=64, out=tmp_path / "run", plots=False, saes=saes)
+    steps = []
+    with caplog.at_level("WARNING", logger="saeforge.train"):
+        train(cfg, source=SyntheticSource(16, 64), on_step=lambda e: steps.append(len(caplog.records)))
+    return steps
+
+
 def test_a_run_shorter_than_its_method_needs_says_so_at_start(tmp_path, caplog):
     """JumpReLU with the GDM L0 loss and a target L0 needs ~2 B tokens by its documented measurement: the run
     warns before its first step, naming the SAE, the architecture, the budget, the tokens needed and the fix;
@@ -73,10 +82,7 @@ def test_a_run_shorter_than_its_method_needs_says_so_at_start(tmp_path, caplog):
         dict(name="tanh", architecture="jumprelu", d_sae=32),
         dict(name="tk", architecture="topk", k=4, d_sae=32),
     ]
-    cfg = TrainConfig(tokens=64 * 2, batch_size=64, out=tmp_path / "run", plots=False, saes=saes)
-    steps = []
-    with caplog.at_level("WARNING", logger="saeforge.train"):
-        train(cfg, source=SyntheticSource(16, 64), on_step=lambda e: steps.append(len(caplog.records)))
+    steps = _warnings_per_step(tmp_path, caplog, saes)
     [record] = caplog.records
     assert steps[0] == 1  # already there at the first step
     message = record.getMessage()
@@ -124,10 +130,7 @@ def test_matryoshka_says_its_measured_shortfall_at_start(tmp_path, caplog):
         dict(name="mat", architecture="matryoshka", k=4, d_sae=32),
         dict(name="bt", architecture="batchtopk", k=4, d_sae=32),
     ]
-    cfg = TrainConfig(tokens=64 * 2, batch_size=64, out=tmp_path / "run", plots=False, saes=saes)
-    steps = []
-    with caplog.at_level("WARNING", logger="saeforge.train"):
-        train(cfg, source=SyntheticSource(16, 64), on_step=lambda e: steps.append(len(caplog.records)))
+    steps = _warnings_per_step(tmp_path, caplog, saes)
     [record] = caplog.records
     assert steps[0] == 1
     message = record.getMessage()
