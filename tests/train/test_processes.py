@@ -327,7 +327,7 @@ assert w_col.grad.data_ptr() == ptr and w_col.grad.stride() == stride, "reduced 
 assert torch.equal(w_col.grad, (torch.arange(30.0).reshape(6, 5) * 1.5).t())    # (1 + 2) / 2
 assert torch.equal(w_row.grad, torch.full((4, 3), 1.5))
 assert torch.equal(b.grad, torch.arange(7.0) / 2)                 # rank 0's missing gradient counted as zeros
-print("ok", r)
+open(f"ok{r}", "w").close()  # a file per rank: the ranks' stdout may interleave
 ctx.close()
 """
 
@@ -350,4 +350,4 @@ def test_average_gradients_is_in_place_and_keeps_each_layout(tmp_path):
         cmd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(proc.stdout.split()) == ["0", "1", "ok", "ok"]
+    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
