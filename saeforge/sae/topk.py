@@ -23,7 +23,6 @@ from torch import Tensor
 
 from saeforge.sae import kernels, screen
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
-from saeforge.sae.rates import topk_lr
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import TopKFamilySAE
 
@@ -59,12 +58,6 @@ class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
     config_fields = ScreenFields
     inference_architecture = "topk"
     description = "top-k latents per token, AuxK loss on dead latents"
-
-    @staticmethod
-    def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
-        # The TopK family's (Gao et al.'s) settings with the learning rate measured for short runs (topk_lr);
-        # BatchTopK and Matryoshka keep Gao's rate.
-        return TopKFamilySAE.optim_defaults(d_sae, total_steps) | {"lr": topk_lr(d_sae)}
 
     def _inference_config(self) -> dict:
         return {"k": self.cfg.k}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from saeforge.sae import kernels, registry
 from saeforge.sae.base import SAE, SAEConfig, TrainStepInput, TrainStepOutput
-from saeforge.sae.rates import capped, scaled_lr
+from saeforge.sae.rates import capped, topk_lr
 from saeforge.sparsity import setting
 
 if TYPE_CHECKING:
@@ -89,6 +89,10 @@ class TrainingSAE(SAE):
     sparsity_settings: ClassVar[tuple[str, ...]] = ()
     config_fields: ClassVar[type[BaseModel] | None] = None
     unit_norm_decoder: ClassVar[bool] = False
+    # The architecture's dead criterion in batches, when it has a measured one: a latent that has not fired in
+    # this many batches is dead (AuxK trains it). None: the run's `dead_tokens` default. A run's own
+    # `dead_tokens` overrides both; the run's default caps it.
+    dead_batches: ClassVar[int | None] = None
     cfg: TrainingSAEConfig
 
     def __init__(self, cfg: TrainingSAEConfig):
@@ -114,6 +118,30 @@ class TrainingSAE(SAE):
     def decoder_norms(self) -> Tensor:
         """[d_sae] the decoder-norm weight of each latent in norm-weighted penalties: ||W_dec[i]||."""
         return self.W_dec.norm(dim=1)
+
+    # The sparse path (saeforge/sae/kernels.py): pre-activations without a dense gradient, then differentiable
+    # values and a decode at the selected (token, latent) pairs only.
+
+    @torch.no_grad()
+    def _pre_no_grad(self, xc: Tensor) -> Tensor:
+        """xc [B, d_in] (x - b_dec) -> [B, d_sae] pre-activations without autograd history."""
+        return torch.addmm(self.b_enc, xc, self.W_enc)
+
+    def _gather(self, xc: Tensor, pre: Tensor, pairs: kernels.Pairs, selected: bool = False) -> Tensor:
+        """[n] differentiable pre-activations at the selected pairs (pre [B, d_sae], or with `selected` the
+        selected values [n] themselves).
+
+        b_dec's gradient through xc = x - b_dec is -sum_b d/dxc[b] = -W_enc @ (b_enc's gradient): it is routed
+        through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
+        product as large as the encoder's weight gradient.
+        """
+        b_enc = self.b_enc - self.b_pre @ self.W_enc.detach()
+        gather = kernels.selected_preacts if selected else kernels.gather_preacts
+        return gather(xc.detach(), self.W_enc, b_enc, pre, pairs)
+
+    def _decode_sparse(self, pairs: kernels.Pairs, vals: Tensor) -> Tensor:
+        """pairs over B tokens, vals [n] -> [B, d_in] (without b_dec)."""
+        return kernels.sparse_decode(pairs, vals, self.W_dec)
 
     @classmethod
     def check_config(cls, cfg: TrainingSAEConfig) -> None:
@@ -344,9 +372,14 @@ class PenaltySAE(TrainingSAE):
     ) -> TrainStepOutput:
         """The step's output from the reconstruction, latents z [B, d_sae] and loss terms; adapts lambda."""
         with torch.no_grad():
-            active = z > 0
-            l0 = active.sum(-1).float().mean()
-            fired = active.sum(0).to(inp.x.dtype)
+            fired = (z > 0).sum(0).to(inp.x.dtype)
+        return self._output_fired(inp, x_hat, fired, losses)
+
+    def _output_fired(
+        self, inp: TrainStepInput, x_hat: Tensor, fired: Tensor, losses: dict[str, Tensor]
+    ) -> TrainStepOutput:
+        """As `_output`, from how often each latent fired in the batch (fired [d_sae])."""
+        l0 = fired.sum().float() / x_hat.shape[:-1].numel()
         self._adapt(inp, l0)
         return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())
 
@@ -375,6 +408,10 @@ class TopKFamilySAE(TrainingSAE):
     config_fields = TopKFields
     sparsity_settings = ("k", "k_aux", "aux_coefficient")
     unit_norm_decoder = True
+    # Bussmann et al.'s BatchTopK code counts a latent dead after 5 batches without firing. Measured here
+    # (docs/architectures.md): BatchTopK's dead latents on the k-16 toy 3.5% -> 0.0%, its toy MMCS at k 32 (with
+    # topk_lr) 0.826 -> 0.895; TopK's MiniLM dead fraction 3.3% -> 2.2% at an unchanged FVU.
+    dead_batches = 5
 
     @classmethod
     def check_config(cls, cfg: TrainingSAEConfig) -> None:
@@ -392,10 +429,10 @@ class TopKFamilySAE(TrainingSAE):
 
     @staticmethod
     def optim_defaults(d_sae: int, total_steps: int) -> dict[str, Any]:
-        # Gao et al. 2024 (arXiv 2406.04093): lr 2e-4 at 2^14 latents, scaled by 1/sqrt(d_sae / 2^14);
-        # Adam eps 6.25e-10; constant lr after a short warm-up.
+        # Gao et al. 2024 (arXiv 2406.04093): Adam eps 6.25e-10, constant lr after a short warm-up; their lr
+        # rule times ten for short runs (topk_lr, measured for TopK, BatchTopK and Matryoshka).
         return dict(
-            lr=scaled_lr(d_sae),
+            lr=topk_lr(d_sae),
             betas=(0.9, 0.999),
             eps=6.25e-10,
             lr_schedule="constant",
@@ -428,30 +465,9 @@ class TopKFamilySAE(TrainingSAE):
     def aux_coefficient(self) -> float:
         return 1.0 / 32 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
 
-    @torch.no_grad()
-    def _pre_no_grad(self, xc: Tensor) -> Tensor:
-        """xc [B, d_in] (x - b_dec) -> [B, d_sae] pre-activations without autograd history."""
-        return torch.addmm(self.b_enc, xc, self.W_enc)
-
     def _pairs(self, idx: Tensor) -> kernels.Pairs:
         """A per-token selection idx [B, w] (TopK, AuxK) as pairs: w for every token."""
         return kernels.Pairs.padded(idx)
-
-    def _gather(self, xc: Tensor, pre: Tensor, pairs: kernels.Pairs, selected: bool = False) -> Tensor:
-        """[n] differentiable pre-activations at the selected pairs (pre [B, d_sae], or with `selected` the
-        selected values [n] themselves).
-
-        b_dec's gradient through xc = x - b_dec is -sum_b d/dxc[b] = -W_enc @ (b_enc's gradient): it is routed
-        through the bias (one matvec) rather than through a per-token gradient of xc, which costs a sparse
-        product as large as the encoder's weight gradient.
-        """
-        b_enc = self.b_enc - self.b_pre @ self.W_enc.detach()
-        gather = kernels.selected_preacts if selected else kernels.gather_preacts
-        return gather(xc.detach(), self.W_enc, b_enc, pre, pairs)
-
-    def _decode_sparse(self, pairs: kernels.Pairs, vals: Tensor) -> Tensor:
-        """pairs over B tokens, vals [n] -> [B, d_in] (without b_dec)."""
-        return kernels.sparse_decode(pairs, vals, self.W_dec)
 
     def _topk(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(values, indices) [B, k] of each token's k largest pre-activations (pre [B, d_sae])."""

@@ -162,8 +162,9 @@ class TrainConfig(_Strict):
     dead_tokens: int | None = Field(
         default=None,
         gt=0,
-        description="a latent is dead (and AuxK trains it) after this many tokens without firing; default "
-        "10,000,000 (Gao et al. 2024), capped at a twentieth of a shorter run so that AuxK acts in it",
+        description="a latent is dead (and AuxK trains it) after this many tokens without firing, for every SAE "
+        "of the run; default: the TopK family 5 batches (Bussmann et al.), the others 10,000,000 (Gao et al. "
+        "2024), both capped at a twentieth of a shorter run so that AuxK acts in it",
     )
     normalize_activations: Literal["expected_norm", "none"] = Field(
         default="expected_norm",

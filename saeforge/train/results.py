@@ -56,6 +56,7 @@ def export_results(run: Any) -> list[TrainedSAE]:
             m.resolved.spec,
             sae_config=m.resolved.sae_cfg.model_dump(mode="json"),
             optim=m.optim,
+            dead_tokens=m.resolved.dead_tokens,
             data=run.data,
             activation_scale=run.saved_scale,
             world_size=run.mesh.dp,

@@ -22,13 +22,15 @@ from saeforge.train.defaults import OptimSettings, resolve_optim
 
 @dataclass(frozen=True)
 class ResolvedSAE:
-    """spec: as written. sae_cfg: what the training SAE is built from. optim: lr, betas, schedule, clipping."""
+    """spec: as written. sae_cfg: what the training SAE is built from. optim: lr, betas, schedule, clipping.
+    dead_tokens: after how many tokens without firing a latent is dead (AuxK trains it; the dead fraction)."""
 
     spec: SAESpec
     sae_cfg: TrainingSAEConfig
     d_in: int
     d_sae: int
     optim: OptimSettings
+    dead_tokens: int
 
     @property
     def name(self) -> str:
@@ -36,7 +38,12 @@ class ResolvedSAE:
 
     def to_json(self) -> dict[str, Any]:
         """What config.resolved.json and checkpoints record per SAE."""
-        return {"d_in": self.d_in, "d_sae": self.d_sae, **self.optim.model_dump(mode="json")}
+        return {
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            **self.optim.model_dump(mode="json"),
+            "dead_tokens": self.dead_tokens,
+        }
 
 
 def _training_sae_config(
@@ -81,8 +88,19 @@ def resolve_specs(
             raise ConfigError(f"{where}.k: k={spec.k} exceeds d_sae={d_sae}; lower k or raise d_sae")
         sae_cfg = _training_sae_config(spec, i, layout_fields or {"d_in": d_in}, d_sae)
         optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
-        resolved.append(ResolvedSAE(spec, sae_cfg, d_in, d_sae, optim))
+        dead = dead_tokens(cfg, sae_cfg.architecture)
+        resolved.append(ResolvedSAE(spec, sae_cfg, d_in, d_sae, optim, dead))
     return resolved
+
+
+def dead_tokens(cfg: TrainConfig, architecture: str) -> int:
+    """The run's `dead_tokens` when given; else the architecture's `dead_batches` batches, capped at the run's
+    default (`TrainConfig.dead_after`); else that default."""
+    # An architecture registered without TrainingSAE's attributes (a test double, a plug-in) has none.
+    batches = getattr(sae_api.TRAINING_ARCHITECTURES[architecture], "dead_batches", None)
+    if cfg.dead_tokens is not None or batches is None:
+        return cfg.dead_after
+    return min(batches * cfg.batch_size, cfg.dead_after)
 
 
 def budget_warnings(resolved: list[ResolvedSAE], tokens: int) -> list[str]:

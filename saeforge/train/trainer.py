@@ -275,7 +275,7 @@ class _Run:
                 x=x,
                 target=target,
                 step=step,
-                dead_mask=m.since_fired >= self.cfg.dead_after,
+                dead_mask=m.since_fired >= m.resolved.dead_tokens,
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
                 collectives=self.mesh.collectives,
             )
@@ -319,7 +319,7 @@ class _Run:
         reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.mesh.dp_sum_)
         saes = {}
         for m, values in zip(self.members, reduced, strict=True):
-            values["dead_fraction"] = self.mesh.dead_fraction(m.since_fired, self.cfg.dead_after)
+            values["dead_fraction"] = self.mesh.dead_fraction(m.since_fired, m.resolved.dead_tokens)
             values["lr"] = lr_at(steps_done - 1, self.total_steps, m.optim)
             saes[m.name] = {**values, **metrics.scalar_extras(m.extras)}
         self._reset_acc()

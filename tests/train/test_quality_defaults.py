@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from saeforge.synthetic import SyntheticActivations, SyntheticConfig
 from saeforge.train import TrainConfig, TrainingInterrupted, train
 from saeforge.train.checkpoint import latest_checkpoint
+from saeforge.train.specs import resolve_specs
 from tests.train._support import SyntheticSource
 
 
@@ -62,6 +63,26 @@ def test_dead_tokens_default_scales_with_short_runs(tmp_path):
     assert TrainConfig.parse({**base, "tokens": 4_900_000}).dead_after == 245_000
     assert TrainConfig.parse({**base, "tokens": 640}).dead_after == 64
     assert TrainConfig.parse({**base, "tokens": 640, "dead_tokens": 7}).dead_after == 7
+
+
+@pytest.mark.parametrize(
+    "tokens, given, want",
+    [(4_900_000, None, [320, 320, 320, 245_000, 245_000]), (640, None, [64] * 5), (4_900_000, 7, [7] * 5)],
+)
+def test_dead_tokens_resolve_per_sae(tmp_path, tokens, given, want):
+    """The TopK family counts a latent dead after 5 batches (capped at the run's default); the penalty SAEs
+    take the run's default; a run's own dead_tokens applies to every SAE."""
+    archs = ["topk", "batchtopk", "matryoshka", "standard", "jumprelu"]
+    cfg = TrainConfig.parse(
+        dict(
+            batch_size=64,
+            out=str(tmp_path),
+            tokens=tokens,
+            dead_tokens=given,
+            saes=[dict(name=a, architecture=a, d_sae=64) for a in archs],
+        )  # fmt: skip
+    )
+    assert [r.dead_tokens for r in resolve_specs(cfg, 16, "the test data")] == want
 
 
 def _warnings_per_step(tmp_path, caplog, saes: list[dict]) -> list[int]:
@@ -134,5 +155,5 @@ def test_matryoshka_says_its_measured_shortfall_at_start(tmp_path, caplog):
     [record] = caplog.records
     assert steps[0] == 1
     message = record.getMessage()
-    for part in ("'mat'", "(matryoshka)", "MMCS 0.41", "batchtopk"):
+    for part in ("'mat'", "(matryoshka)", "MMCS 0.51", "batchtopk"):
         assert part in message, message

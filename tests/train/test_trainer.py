@@ -169,21 +169,34 @@ def scripted(monkeypatch):
     ScriptedFiring.seen = []
 
 
-@pytest.mark.parametrize("batch_size", [32, 64])
-def test_dead_latents_are_counted_in_tokens(tmp_path, scripted, batch_size):
-    steps, d_sae, dead_tokens = 14, 8, 192
+@pytest.mark.parametrize(
+    "batch_size, given, dead_batches, dead_tokens",
+    [
+        (32, 192, None, 192),  # the run's dead_tokens
+        (64, 192, None, 192),
+        (32, None, None, 128),  # the run's default: a twentieth of 80 steps of 32
+        (32, None, 3, 96),  # the architecture's dead_batches
+        (32, None, 5, 128),  # ... capped at the run's default
+        (32, 192, 3, 192),  # the run's dead_tokens overrides the architecture's
+    ],
+)
+def test_dead_latents_are_counted_in_tokens(tmp_path, scripted, monkeypatch, batch_size, given, dead_batches,
+                                            dead_tokens):  # fmt: skip
+    monkeypatch.setattr(ScriptedFiring, "dead_batches", dead_batches, raising=False)
+    steps, d_sae = 80, 8
     cfg = TrainConfig.parse(
         dict(
             tokens=batch_size * steps,
             batch_size=batch_size,
             out=str(tmp_path / "run"),
-            dead_tokens=dead_tokens,
+            dead_tokens=given,
             log_every=steps,
             device="cpu",
             saes=[dict(name="s", architecture="scripted", d_sae=d_sae)],
         )
     )
     results = train(cfg, source=SyntheticSource(D_IN, batch_size))
+    assert results[0].run_card["training"]["dead_tokens"] == dead_tokens
     last_fired = [0] * d_sae  # step of the last firing, naive bookkeeping
     for step in range(steps):
         want = [step > 0 and (step - 1 - last_fired[j]) * batch_size >= dead_tokens for j in range(d_sae)]
