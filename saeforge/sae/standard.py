@@ -14,6 +14,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import Tensor
+
+from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.rates import scaled_lr
 from saeforge.sae.registry import register_architecture
@@ -21,6 +25,10 @@ from saeforge.sae.training import PenaltySAE
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
+
+# Above this fraction of active (token, latent) pairs the dense step is used: its GEMMs beat the sparse kernels
+# (saeforge/sae/kernels.py) when about a sixteenth of the latents fire (measured in docs/benchmarks.md).
+SPARSE_MAX_DENSITY = 1 / 16
 
 
 class StandardSAE(SAE):
@@ -60,12 +68,31 @@ class StandardTrainingSAE(StandardSAE, PenaltySAE):
         )
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
-        z = self.encode(inp.x)
+        pre = self.pre_acts(inp.x)
+        active = pre.detach() > 0
+        if int(active.sum()) <= SPARSE_MAX_DENSITY * active.numel():
+            return self._sparse_forward(inp, inp.x - self.b_pre, pre.detach(), active)
+        z = self.activation(pre)
         x_hat = self.decode(z)
         mse = (x_hat - inp.y).pow(2).sum(-1).mean()
         l1 = (z * self.decoder_norms()).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1}
         return self._output(inp, x_hat, z, losses)
+
+    def _sparse_forward(
+        self, inp: TrainStepInput, xc: Tensor, pre: Tensor, active: Tensor
+    ) -> TrainStepOutput:
+        """The same loss as the dense path, from the active (token, latent) pairs only: z is zero elsewhere and
+        ReLU passes no gradient there, so no dense [B, d_sae] gradient and no dense decode are needed."""
+        tokens, latents = active.nonzero(as_tuple=True)  # token-major
+        pairs = kernels.Pairs.of_tokens(latents, tokens, pre.shape[0])
+        vals = self._gather(xc, pre, pairs)  # > 0 at every pair: ReLU's gradient is 1 there
+        x_hat = self._decode_sparse(pairs, vals) + self.b_dec
+        mse = (x_hat - inp.y).pow(2).sum(-1).mean()
+        l1 = (vals * self.decoder_norms()[latents]).sum() / pre.shape[0]
+        losses = {"mse": mse, "l1": self._lambda(inp) * l1}
+        fired = torch.bincount(latents, minlength=self.d_sae).to(inp.x.dtype)
+        return self._output_fired(inp, x_hat, fired, losses)
 
 
 register_architecture(training=StandardTrainingSAE, inference=StandardSAE, aliases=("relu",))

@@ -203,3 +203,45 @@ def test_proportional_gain_damps_the_l0_controller():
     assert _overshoots(undamped, 6) >= 2
     assert _overshoots(damped, 6) == 0
     assert 6 * 0.85 < sum(damped[-100:]) / 100 < 6 * 1.15
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder"])
+@pytest.mark.parametrize("max_density", [0.0, 1.0], ids=["dense", "sparse"])
+def test_standard_step_equals_the_dense_formula_on_either_path(monkeypatch, max_density, kind):
+    """The sparse path (active pairs only) and the dense one give the hand-written loss, reconstruction, firing
+    counts and gradients (float64), with tokens that fire nothing and latents that never fire."""
+    from saeforge.sae import standard
+
+    monkeypatch.setattr(standard, "SPARSE_MAX_DENSITY", max_density)
+    d_sae, B, d_out = 40, 16, (D_IN if kind == "sae" else D_IN + 3)
+    layout = {} if kind == "sae" else {"kind": "transcoder", "d_out": d_out}
+    sae = create_training_sae(dict(architecture="standard", d_in=D_IN, d_sae=d_sae, seed=0,
+                                   sparsity_coefficient=0.7, **layout)).double()  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+        sae.b_enc.sub_(1.0)  # sparse: about one latent in six fires
+    x = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
+    x[3] = sae.b_pre.detach()  # pre = b_enc < 0 everywhere: this token fires nothing
+    y = x if kind == "sae" else torch.randn(B, d_out, generator=g, dtype=torch.float64)
+
+    out = sae.training_forward(TrainStepInput(x=x, target=None if kind == "sae" else y, sparsity_warmup=0.5))
+    out.loss.backward()
+    got = {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    z = ((x - ref["b_dec" if kind == "sae" else "b_in"]) @ ref["W_enc"] + ref["b_enc"]).relu()
+    x_hat = z @ ref["W_dec"] + ref["b_dec"]
+    mse = (x_hat - y).pow(2).sum(-1).mean()
+    l1 = 0.35 * (z * ref["W_dec"].norm(dim=1)).sum(-1).mean()
+    (mse + l1).backward()
+
+    assert (z[3] == 0).all() and ((z > 0).sum(0) == 0).any() and (z > 0).float().mean() < 1 / 4
+    torch.testing.assert_close(out.x_hat, x_hat.detach())
+    torch.testing.assert_close(out.losses["mse"], mse.detach())
+    torch.testing.assert_close(out.losses["l1"], l1.detach())
+    torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
+    assert out.l0.item() == pytest.approx((z > 0).sum().item() / B)
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, ref[name].grad, msg=name)
