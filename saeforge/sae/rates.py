@@ -24,7 +24,7 @@ def topk_lr(d_sae: int) -> float:
     FVU 0.298 (x10: 0.139, 3.3% dead; x12: 0.137, 8.7% dead; x24: 52% dead); toy, 1200 steps, MMCS 0.913
     (x10: 0.968). At 586 steps on MiniLM x10 leaves 17.9% of latents dead (x1: none; 14.2% with the family's
     5-batch dead criterion). BatchTopK and Matryoshka, the same family, take it too (measured: BatchTopK MiniLM FVU
-    0.302 -> 0.139, toy MMCS 0.76 -> 0.90 with the 5-batch criterion; Matryoshka MiniLM 0.330 -> 0.155).
+    0.302 -> 0.139, toy MMCS 0.76 -> 0.89 with the 5-batch criterion; Matryoshka MiniLM 0.330 -> 0.155).
     """
     return 10 * scaled_lr(d_sae)
 
