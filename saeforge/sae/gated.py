@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.rates import capped, penalty_lr
 from saeforge.sae.registry import register_architecture
@@ -93,14 +94,21 @@ class GatedTrainingSAE(GatedSAE, PenaltySAE):
     def aux_coefficient(self) -> float:
         return 1.0 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
 
-    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(pi_gate, pi_mag) [..., d_sae]; b_dec folded into the biases (see TrainingSAE.pre_acts)."""
+    def _gate(self, x: Tensor) -> Tensor:
+        """pi_gate [..., d_sae]; b_dec folded into the bias (see TrainingSAE.pre_acts)."""
+        return _affine(x, self.W_enc, self.b_gate - self.b_pre @ self.W_enc)
+
+    def _mag(self, x: Tensor) -> Tensor:
+        """pi_mag [..., d_sae]; b_dec folded into the bias."""
         W_mag = self.W_enc * self.r_mag.exp()
-        pi_gate = _affine(x, self.W_enc, self.b_gate - self.b_pre @ self.W_enc)
-        return pi_gate, _affine(x, W_mag, self.b_mag - self.b_pre @ W_mag)
+        return _affine(x, W_mag, self.b_mag - self.b_pre @ W_mag)
+
+    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(pi_gate, pi_mag) [..., d_sae]."""
+        return self._gate(x), self._mag(x)
 
     def firing_pre(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
-        return self._paths(x)[0], self.b_gate, 0.0
+        return self._gate(x), self.b_gate, 0.0
 
     @torch.no_grad()
     def _inference_state(self, s: Scales) -> dict[str, Tensor]:
@@ -118,7 +126,11 @@ class GatedTrainingSAE(GatedSAE, PenaltySAE):
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         y = inp.y
-        pi_gate, pi_mag = self._paths(inp.x)
+        pi_gate = self._gate(inp.x)
+        open_ = pi_gate.detach() > 0  # every loss term is zero, with zero gradient, where the gate is shut
+        if self._sparse_enough(open_):
+            return self._sparse_forward(inp, inp.x - self.b_pre, pi_gate.detach(), open_)
+        pi_mag = self._mag(inp.x)
         gate_acts = pi_gate.relu()
         z = (pi_gate > 0) * pi_mag.relu()
         x_hat = self.decode(z)
@@ -128,6 +140,27 @@ class GatedTrainingSAE(GatedSAE, PenaltySAE):
         aux = (x_gate - y).pow(2).sum(-1).mean()
         losses = {"mse": mse, "l1": self._lambda(inp) * l1, "aux": self.aux_coefficient * aux}
         return self._output(inp, x_hat, z, losses)
+
+    def _sparse_forward(
+        self, inp: TrainStepInput, xc: Tensor, pi_gate: Tensor, open_: Tensor
+    ) -> TrainStepOutput:
+        """The dense path's loss and gradients from the open gates' pairs only: one encoder GEMM (the gate's;
+        pi_mag = exp(r_mag) (pi_gate - b_gate) + b_mag at the pairs) and sparse decodes."""
+        n_tokens = pi_gate.shape[0]
+        tokens, latents = open_.nonzero(as_tuple=True)  # token-major
+        pairs = kernels.Pairs.of_tokens(latents, tokens, n_tokens)
+        b_gate = self.b_gate - self.b_pre @ self.W_enc.detach()  # b_dec's gradient through the bias
+        gate = kernels.gather_preacts(xc.detach(), self.W_enc, b_gate, pi_gate, pairs)  # > 0: ReLU passes
+        mag = self.r_mag.exp()[latents] * (gate - self.b_gate[latents]) + self.b_mag[latents]
+        z = mag.relu()
+        x_hat = self._decode_sparse(pairs, z) + self.b_dec
+        mse = (x_hat - inp.y).pow(2).sum(-1).mean()
+        l1 = (gate * self.decoder_norms()[latents]).sum() / n_tokens
+        x_gate = kernels.sparse_decode(pairs, gate, self.W_dec.detach()) + self.b_dec.detach()
+        aux = (x_gate - inp.y).pow(2).sum(-1).mean()
+        losses = {"mse": mse, "l1": self._lambda(inp) * l1, "aux": self.aux_coefficient * aux}
+        fired = torch.bincount(latents[z.detach() > 0], minlength=self.d_sae).to(inp.x.dtype)
+        return self._output_fired(inp, x_hat, fired, losses)
 
 
 register_architecture(training=GatedTrainingSAE, inference=GatedSAE)

@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
+from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
 from saeforge.sae.rates import capped, penalty_lr
 from saeforge.sae.registry import register_architecture
@@ -183,6 +184,10 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
 
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         pre = self.pre_acts(inp.x)
+        # every pair a gradient reaches: the firing ones and those within the STE's half-bandwidth below theta
+        near = pre.detach() > self.threshold.detach() - self.cfg.bandwidth / 2
+        if self._sparse_enough(near):
+            return self._sparse_forward(inp, inp.x - self.b_pre, pre.detach(), near)
         z = JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
         x_hat = self.decode(z)
         mse = (x_hat - inp.y).pow(2).sum(-1).mean()
@@ -196,6 +201,38 @@ class JumpReLUTrainingSAE(JumpReLUSAE, PenaltySAE):
             below = (self.threshold.detach() - pre).relu() * self.decoder_norms()
             losses["pre_act"] = cfg.pre_act_coefficient * below.sum(-1).mean()
         return self._output(inp, x_hat, z, losses)
+
+    def _sparse_forward(self, inp: TrainStepInput, xc: Tensor, pre: Tensor, near: Tensor) -> TrainStepOutput:
+        """The dense path's loss and gradients from the pairs `near` [B, d_sae] only. Elsewhere z is 0 and the
+        STE kernels are 0, so only the pre-activation loss reaches the other pairs: its pre gradient there is
+        -mu ||W_dec[i]|| / B at every pair below theta, written as that constant over all pairs (a column sum,
+        one matvec) minus its value at the near pairs not below theta."""
+        cfg, n_tokens = self.cfg, pre.shape[0]
+        tokens, latents = near.nonzero(as_tuple=True)  # token-major
+        pairs = kernels.Pairs.of_tokens(latents, tokens, n_tokens)
+        vals = self._gather(xc, pre, pairs)
+        theta = self.threshold[latents]
+        z = JumpReLUFunction.apply(vals, theta, cfg.bandwidth)  # the band's pairs below theta decode as 0
+        x_hat = self._decode_sparse(pairs, z) + self.b_dec
+        mse = (x_hat - inp.y).pow(2).sum(-1).mean()
+        norms = self.decoder_norms()
+        if cfg.sparsity_loss == "tanh":
+            sparsity = (cfg.tanh_scale * z * norms[latents]).tanh()
+        else:
+            sparsity = StepFunction.apply(vals, theta, cfg.bandwidth, cfg.l0_pre_gradient)
+        losses = {"mse": mse, cfg.sparsity_loss: self._lambda(inp) * sparsity.sum() / n_tokens}
+        if cfg.pre_act_coefficient > 0:
+            # sum_b ReLU(theta - pre) = sum_b (theta - pre) - sum_near min(theta - pre, 0)
+            colsum = xc.sum(0) @ self.W_enc + n_tokens * self.b_enc
+            gap = (theta.detach() - vals).clamp(max=0.0)
+            below = (
+                n_tokens * self.threshold.detach()
+                - colsum
+                - torch.zeros_like(colsum).index_add(0, latents, gap)
+            )
+            losses["pre_act"] = cfg.pre_act_coefficient * (below * norms).sum() / n_tokens
+        fired = torch.bincount(latents[z.detach() > 0], minlength=self.d_sae).to(inp.x.dtype)
+        return self._output_fired(inp, x_hat, fired, losses)
 
 
 register_architecture(training=JumpReLUTrainingSAE, inference=JumpReLUSAE)

@@ -26,10 +26,6 @@ from saeforge.sae.training import PenaltySAE
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
 
-# Above this fraction of active (token, latent) pairs the dense step is used: its GEMMs beat the sparse kernels
-# (saeforge/sae/kernels.py) when about a sixteenth of the latents fire (measured in docs/benchmarks.md).
-SPARSE_MAX_DENSITY = 1 / 16
-
 
 class StandardSAE(SAE):
     """Inference ReLU SAE (SAELens `standard`; the ReLU is `SAE.activation`)."""
@@ -70,7 +66,7 @@ class StandardTrainingSAE(StandardSAE, PenaltySAE):
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         pre = self.pre_acts(inp.x)
         active = pre.detach() > 0
-        if int(active.sum()) <= SPARSE_MAX_DENSITY * active.numel():
+        if self._sparse_enough(active):
             return self._sparse_forward(inp, inp.x - self.b_pre, pre.detach(), active)
         z = self.activation(pre)
         x_hat = self.decode(z)

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
 
 DEFAULT_K = 32
+# The penalty architectures take their sparse step (pairs only, no dense [B, d_sae] gradient or decode) while at
+# most this fraction of the (token, latent) pairs is needed; above it the dense GEMMs win (ReLU+L1 measured: 3.25x
+# at 0.26% active, 1.37x at 6.25%, 0.96x at 12.5%; docs/benchmarks.md).
+SPARSE_MAX_DENSITY = 1 / 16
 
 
 @torch.no_grad()
@@ -339,6 +343,12 @@ class PenaltySAE(TrainingSAE):
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @staticmethod
+    def _sparse_enough(needed: Tensor) -> bool:
+        """Whether the step should take the sparse path, needed [B, d_sae] bool the pairs it would touch."""
+        # count_nonzero: a bool sum() widens to an int64 copy (~1 s and 0.8 GB at B 4096, d_sae 24576)
+        return int(torch.count_nonzero(needed)) <= SPARSE_MAX_DENSITY * needed.numel()
+
     def firing_pre(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
         """(pre [N, d_sae], bias [d_sae], point): latent i fires where pre[:, i] > point; bias shifts pre."""
         return self.pre_acts(x), self.b_enc, 0.0
@@ -352,10 +362,16 @@ class PenaltySAE(TrainingSAE):
         super().init_from_data(x_sample, target_sample)
         if self.cfg.target_l0 is None or not self.cfg.init_firing_rate:
             return
-        pre, bias, point = self.firing_pre(x_sample[:8192].to(self.b_dec.dtype))
-        n = pre.shape[0]
+        sample = x_sample[:8192].to(self.b_dec.dtype)
+        n = sample.shape[0]
         keep = min(max(1, round(n * self.cfg.target_l0 / self.d_sae)), n)
-        top = pre.topk(min(keep + 1, n), dim=0).values  # q: between the keep-th and next largest
+        # q: between the keep-th and next largest; the top keep + 1 of each block of rows, then of those (no
+        # dense [n, d_sae] held: at d_sae 24576 it was the run's peak memory)
+        tops = []
+        for block in sample.split(1024):
+            pre, bias, point = self.firing_pre(block)
+            tops.append(pre.topk(min(keep + 1, pre.shape[0]), dim=0).values)
+        top = torch.cat(tops).topk(min(keep + 1, n), dim=0).values
         q = (top[keep - 1] + top[keep]) / 2 if keep < n else top[-1] - 1e-3
         bias.add_(point - q)
 
@@ -372,7 +388,7 @@ class PenaltySAE(TrainingSAE):
     ) -> TrainStepOutput:
         """The step's output from the reconstruction, latents z [B, d_sae] and loss terms; adapts lambda."""
         with torch.no_grad():
-            fired = (z > 0).sum(0).to(inp.x.dtype)
+            fired = (z > 0).sum(0, dtype=inp.x.dtype)  # an int64 sum of the [B, d_sae] bool costs 4x
         return self._output_fired(inp, x_hat, fired, losses)
 
     def _output_fired(

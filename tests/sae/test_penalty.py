@@ -210,9 +210,9 @@ def test_proportional_gain_damps_the_l0_controller():
 def test_standard_step_equals_the_dense_formula_on_either_path(monkeypatch, max_density, kind):
     """The sparse path (active pairs only) and the dense one give the hand-written loss, reconstruction, firing
     counts and gradients (float64), with tokens that fire nothing and latents that never fire."""
-    from saeforge.sae import standard
+    from saeforge.sae import training
 
-    monkeypatch.setattr(standard, "SPARSE_MAX_DENSITY", max_density)
+    monkeypatch.setattr(training, "SPARSE_MAX_DENSITY", max_density)
     d_sae, B, d_out = 40, 16, (D_IN if kind == "sae" else D_IN + 3)
     layout = {} if kind == "sae" else {"kind": "transcoder", "d_out": d_out}
     sae = create_training_sae(dict(architecture="standard", d_in=D_IN, d_sae=d_sae, seed=0,
@@ -243,5 +243,130 @@ def test_standard_step_equals_the_dense_formula_on_either_path(monkeypatch, max_
     torch.testing.assert_close(out.losses["l1"], l1.detach())
     torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
     assert out.l0.item() == pytest.approx((z > 0).sum().item() / B)
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, ref[name].grad, msg=name)
+
+
+def _perturbed(arch: str, d_sae: int, seed: int, **cfg):
+    sae = create_training_sae(dict(architecture=arch, d_in=D_IN, d_sae=d_sae, seed=0, **cfg)).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return sae, g
+
+
+def _grads(sae) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(),
+        dict(sparsity_loss="l0"),
+        dict(sparsity_loss="l0", l0_pre_gradient=True),
+        dict(pre_act_coefficient=0.0),
+    ],
+    ids=["tanh+pre_act", "l0", "l0-to-pre", "tanh"],
+)
+@pytest.mark.parametrize("kind", ["sae", "transcoder"])
+@pytest.mark.parametrize("max_density", [0.0, 1.0], ids=["dense", "sparse"])
+def test_jumprelu_step_equals_the_dense_formula_on_either_path(monkeypatch, max_density, kind, variant):
+    """The sparse path (firing pairs and the STE band below theta only, the pre-activation loss as a column sum)
+    gives the dense formula's losses, reconstruction, firing counts and gradients (float64), with pairs inside
+    the band on both sides of theta, a token that fires nothing and latents that never fire."""
+    from saeforge.sae import training
+
+    monkeypatch.setattr(training, "SPARSE_MAX_DENSITY", max_density)
+    d_sae, B, eps, mu = 40, 16, 0.4, 0.3
+    d_out = D_IN if kind == "sae" else D_IN + 3
+    layout = {} if kind == "sae" else {"kind": "transcoder", "d_out": d_out}
+    cfg = {"sparsity_coefficient": 0.7, "bandwidth": eps, "pre_act_coefficient": mu, **layout, **variant}
+    sae, g = _perturbed("jumprelu", d_sae, 3, **cfg)
+    with torch.no_grad():
+        sae.b_enc.sub_(1.0)
+        sae.threshold.copy_(0.6 * torch.rand(d_sae, generator=g, dtype=torch.float64))
+    x = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
+    x[3] = sae.b_pre.detach()  # pre = b_enc < 0 everywhere: this token fires nothing
+    y = x if kind == "sae" else torch.randn(B, d_out, generator=g, dtype=torch.float64)
+
+    out = sae.training_forward(TrainStepInput(x=x, target=None if kind == "sae" else y, sparsity_warmup=0.5))
+    out.loss.backward()
+    got = _grads(sae)
+
+    ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    pre = (x - ref["b_dec" if kind == "sae" else "b_in"]) @ ref["W_enc"] + ref["b_enc"]
+    theta, norms, c = ref["threshold"], ref["W_dec"].norm(dim=1), sae.cfg
+    z = JumpReLUFunction.apply(pre, theta, eps)
+    x_hat = z @ ref["W_dec"] + ref["b_dec"]
+    losses = {"mse": (x_hat - y).pow(2).sum(-1).mean()}
+    if c.sparsity_loss == "tanh":
+        losses["tanh"] = 0.35 * (z * norms).tanh().sum(-1).mean()
+    else:
+        losses["l0"] = 0.35 * StepFunction.apply(pre, theta, eps, c.l0_pre_gradient).sum(-1).mean()
+    if c.pre_act_coefficient:
+        losses["pre_act"] = c.pre_act_coefficient * ((theta.detach() - pre).relu() * norms).sum(-1).mean()
+    sum(losses.values()).backward()
+
+    p = pre.detach()
+    band = (p - theta.detach()).abs() < eps / 2
+    assert (band & (p < theta.detach())).sum() >= 5 and (band & (p > theta.detach())).sum() >= 5
+    assert (z[3] == 0).all() and ((z > 0).sum(0) == 0).any() and (z > 0).float().mean() < 1 / 4
+    torch.testing.assert_close(out.x_hat, x_hat.detach())
+    assert out.losses.keys() == losses.keys()
+    for name, value in losses.items():
+        torch.testing.assert_close(out.losses[name], value.detach(), msg=name)
+    torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
+    assert out.l0.item() == pytest.approx((z > 0).sum().item() / B)
+    assert got.keys() == {n for n, r in ref.items() if r.grad is not None}
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, ref[name].grad, msg=name)
+
+
+@pytest.mark.parametrize("max_density", [0.0, 1.0], ids=["dense", "sparse"])
+def test_gated_step_equals_the_paper_formula_on_either_path(monkeypatch, max_density):
+    """The sparse path (open gates only, pi_mag from the gate's values) gives the paper's losses, reconstruction,
+    firing counts and gradients (float64), with a token whose gates are all shut and open gates whose magnitude
+    is negative (they open but do not fire)."""
+    from saeforge.sae import training
+
+    monkeypatch.setattr(training, "SPARSE_MAX_DENSITY", max_density)
+    d_sae, B = 40, 16
+    sae, g = _perturbed("gated", d_sae, 4, sparsity_coefficient=0.7)
+    with torch.no_grad():
+        sae.b_gate.sub_(1.0)
+        sae.b_mag.sub_(1.0)  # some open gates get a negative magnitude
+        sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+    x = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
+    x[3] = sae.b_dec.detach()  # pi_gate = b_gate < 0 everywhere: this token's gates are shut
+
+    out = sae.training_forward(TrainStepInput(x=x, sparsity_warmup=0.5))
+    out.loss.backward()
+    got = _grads(sae)
+
+    ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    xc = x - ref["b_dec"]
+    pi_gate = xc @ ref["W_enc"] + ref["b_gate"]
+    pi_mag = xc @ (ref["W_enc"] * ref["r_mag"].exp()) + ref["b_mag"]
+    z = (pi_gate > 0) * pi_mag.relu()
+    x_hat = z @ ref["W_dec"] + ref["b_dec"]
+    gate_acts = pi_gate.relu()
+    losses = {
+        "mse": (x_hat - x).pow(2).sum(-1).mean(),
+        "l1": 0.35 * (gate_acts * ref["W_dec"].norm(dim=1)).sum(-1).mean(),
+        "aux": (gate_acts @ ref["W_dec"].detach() + ref["b_dec"].detach() - x).pow(2).sum(-1).mean(),
+    }
+    sum(losses.values()).backward()
+
+    opened = pi_gate.detach() > 0
+    assert (opened & (pi_mag.detach() < 0)).sum() >= 3 and (z > 0).sum() >= 10
+    assert not opened[3].any() and opened.float().mean() < 1 / 4
+    torch.testing.assert_close(out.x_hat, x_hat.detach())
+    for name, value in losses.items():
+        torch.testing.assert_close(out.losses[name], value.detach(), msg=name)
+    torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
+    assert out.l0.item() == pytest.approx((z > 0).sum().item() / B)
+    assert got.keys() == {n for n, r in ref.items() if r.grad is not None}
     for name, grad in got.items():
         torch.testing.assert_close(grad, ref[name].grad, msg=name)
