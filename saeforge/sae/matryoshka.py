@@ -68,7 +68,8 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
             "each prefix of the nested groups must reconstruct alone, which on features without hierarchy pulls "
             "the early latents toward blends: on the toy of bench/quality.py (512 flat features, d_sae 512) it "
             "recovered MMCS 0.51 at 4.9 M tokens (batchtopk 0.89, topk 0.94), and at 9.8 M no better than at "
-            "4.9 M (0.44 against 0.41, at an earlier lr), so more tokens are not the fix; for a flat dictionary "
+            "4.9 M (0.44 against 0.41, at an earlier lr), so more tokens are not the fix, nor more latents "
+            "(d_sae 1024: 0.49 with 62% of the latents dead; 2048: 0.56, 80% dead); for a flat dictionary "
             "train batchtopk or topk (docs/architectures.md)"
         )
 
