@@ -1,6 +1,6 @@
 """A penalty architecture's training step (ReLU + L1, JumpReLU, Gated), sparse path against dense, at set fractions
 of firing latents, in one process, interleaved: where the crossover lies that
-`saeforge.sae.training.SPARSE_MAX_DENSITY` encodes.
+each architecture's `sparse_max_density` encodes.
 
     PYTHONPATH=. python bench/penalty_sparse_bench.py --arch standard --densities 0.0026 0.02 0.0625 0.125 --rounds 5
 
@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from saeforge.sae import TrainStepInput, create_training_sae, training
+from saeforge.sae import TrainStepInput, create_training_sae
 
 
 def _step(sae, x: torch.Tensor, max_density: float) -> float:
-    training.SPARSE_MAX_DENSITY = max_density
+    type(sae).sparse_max_density = max_density
     t0 = time.perf_counter()
     out = sae.training_forward(TrainStepInput(x=x, sparsity_warmup=0.0))
     out.loss.backward()

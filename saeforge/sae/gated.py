@@ -68,6 +68,8 @@ class GatedTrainingSAE(GatedSAE, PenaltySAE):
     description = "gated encoder with an L1 penalty on the gate"
     sparsity_settings = (*PenaltySAE.sparsity_settings, "aux_coefficient")
     unit_norm_decoder = True
+    # dense over sparse step: 8.05x at 0.26% open, 2.37x at 6.25%, 1.74x at 12.5%, 0.73x at 25% (docs/benchmarks.md)
+    sparse_max_density = 1 / 8
 
     @staticmethod
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:

@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
 
 DEFAULT_K = 32
-# The penalty architectures take their sparse step (pairs only, no dense [B, d_sae] gradient or decode) while at
-# most this fraction of the (token, latent) pairs is needed; above it the dense GEMMs win (ReLU+L1 measured: 3.25x
-# at 0.26% active, 1.37x at 6.25%, 0.96x at 12.5%; docs/benchmarks.md).
-SPARSE_MAX_DENSITY = 1 / 16
 
 
 @torch.no_grad()
@@ -310,6 +306,10 @@ class PenaltySAE(TrainingSAE):
     family = "penalty"
     config_fields = PenaltyFields
     default_controller_gain: ClassVar[float] = 1.0
+    # The sparse step (pairs only, no dense [B, d_sae] gradient or decode) is taken while at most this fraction
+    # of the (token, latent) pairs is needed; above it the dense GEMMs win. ReLU+L1, dense over sparse: 3.25x at
+    # 0.26% active, 1.37x at 6.25%, 0.96x at 12.5% (bench/penalty_sparse_bench.py; docs/benchmarks.md).
+    sparse_max_density: ClassVar[float] = 1 / 16
     sparsity_settings = (
         "sparsity_coefficient",
         "target_l0",
@@ -343,11 +343,10 @@ class PenaltySAE(TrainingSAE):
     def default_initial_coefficient(cfg: TrainingSAEConfig) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    @staticmethod
-    def _sparse_enough(needed: Tensor) -> bool:
+    def _sparse_enough(self, needed: Tensor) -> bool:
         """Whether the step should take the sparse path, needed [B, d_sae] bool the pairs it would touch."""
         # count_nonzero: a bool sum() widens to an int64 copy (~1 s and 0.8 GB at B 4096, d_sae 24576)
-        return int(torch.count_nonzero(needed)) <= SPARSE_MAX_DENSITY * needed.numel()
+        return int(torch.count_nonzero(needed)) <= self.sparse_max_density * needed.numel()
 
     def firing_pre(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
         """(pre [N, d_sae], bias [d_sae], point): latent i fires where pre[:, i] > point; bias shifts pre."""

@@ -205,14 +205,23 @@ def test_proportional_gain_damps_the_l0_controller():
     assert 6 * 0.85 < sum(damped[-100:]) / 100 < 6 * 1.15
 
 
+def _sparse_calls(monkeypatch, cls) -> list[int]:
+    """Counts the steps that take `cls`'s sparse path."""
+    calls: list[int] = []
+    sparse = cls._sparse_forward
+    monkeypatch.setattr(cls, "_sparse_forward", lambda self, *a: calls.append(1) or sparse(self, *a))
+    return calls
+
+
 @pytest.mark.parametrize("kind", ["sae", "transcoder"])
 @pytest.mark.parametrize("max_density", [0.0, 1.0], ids=["dense", "sparse"])
 def test_standard_step_equals_the_dense_formula_on_either_path(monkeypatch, max_density, kind):
     """The sparse path (active pairs only) and the dense one give the hand-written loss, reconstruction, firing
     counts and gradients (float64), with tokens that fire nothing and latents that never fire."""
-    from saeforge.sae import training
+    from saeforge.sae.standard import StandardTrainingSAE
 
-    monkeypatch.setattr(training, "SPARSE_MAX_DENSITY", max_density)
+    monkeypatch.setattr(StandardTrainingSAE, "sparse_max_density", max_density)
+    sparse_calls = _sparse_calls(monkeypatch, StandardTrainingSAE)
     d_sae, B, d_out = 40, 16, (D_IN if kind == "sae" else D_IN + 3)
     layout = {} if kind == "sae" else {"kind": "transcoder", "d_out": d_out}
     sae = create_training_sae(dict(architecture="standard", d_in=D_IN, d_sae=d_sae, seed=0,
@@ -228,6 +237,7 @@ def test_standard_step_equals_the_dense_formula_on_either_path(monkeypatch, max_
 
     out = sae.training_forward(TrainStepInput(x=x, target=None if kind == "sae" else y, sparsity_warmup=0.5))
     out.loss.backward()
+    assert len(sparse_calls) == (max_density == 1.0)
     got = {n: p.grad.clone() for n, p in sae.named_parameters()}
 
     ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
@@ -276,9 +286,10 @@ def test_jumprelu_step_equals_the_dense_formula_on_either_path(monkeypatch, max_
     """The sparse path (firing pairs and the STE band below theta only, the pre-activation loss as a column sum)
     gives the dense formula's losses, reconstruction, firing counts and gradients (float64), with pairs inside
     the band on both sides of theta, a token that fires nothing and latents that never fire."""
-    from saeforge.sae import training
+    from saeforge.sae.jumprelu import JumpReLUTrainingSAE
 
-    monkeypatch.setattr(training, "SPARSE_MAX_DENSITY", max_density)
+    monkeypatch.setattr(JumpReLUTrainingSAE, "sparse_max_density", max_density)
+    sparse_calls = _sparse_calls(monkeypatch, JumpReLUTrainingSAE)
     d_sae, B, eps, mu = 40, 16, 0.4, 0.3
     d_out = D_IN if kind == "sae" else D_IN + 3
     layout = {} if kind == "sae" else {"kind": "transcoder", "d_out": d_out}
@@ -293,6 +304,7 @@ def test_jumprelu_step_equals_the_dense_formula_on_either_path(monkeypatch, max_
 
     out = sae.training_forward(TrainStepInput(x=x, target=None if kind == "sae" else y, sparsity_warmup=0.5))
     out.loss.backward()
+    assert len(sparse_calls) == (max_density == 1.0)
     got = _grads(sae)
 
     ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
@@ -329,9 +341,10 @@ def test_gated_step_equals_the_paper_formula_on_either_path(monkeypatch, max_den
     """The sparse path (open gates only, pi_mag from the gate's values) gives the paper's losses, reconstruction,
     firing counts and gradients (float64), with a token whose gates are all shut and open gates whose magnitude
     is negative (they open but do not fire)."""
-    from saeforge.sae import training
+    from saeforge.sae.gated import GatedTrainingSAE
 
-    monkeypatch.setattr(training, "SPARSE_MAX_DENSITY", max_density)
+    monkeypatch.setattr(GatedTrainingSAE, "sparse_max_density", max_density)
+    sparse_calls = _sparse_calls(monkeypatch, GatedTrainingSAE)
     d_sae, B = 40, 16
     sae, g = _perturbed("gated", d_sae, 4, sparsity_coefficient=0.7)
     with torch.no_grad():
@@ -343,6 +356,7 @@ def test_gated_step_equals_the_paper_formula_on_either_path(monkeypatch, max_den
 
     out = sae.training_forward(TrainStepInput(x=x, sparsity_warmup=0.5))
     out.loss.backward()
+    assert len(sparse_calls) == (max_density == 1.0)
     got = _grads(sae)
 
     ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
