@@ -27,9 +27,10 @@ from torch import Tensor, nn
 
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.penalty import PenaltySAE
 from saeforge.sae.rates import capped, penalty_lr
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, Scales, _affine
+from saeforge.sae.training import Scales, _affine
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.penalty import PenaltySAE
 from saeforge.sae.rates import capped, penalty_lr
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE, Scales
+from saeforge.sae.training import Scales
 from saeforge.sparsity import setting
 
 if TYPE_CHECKING:

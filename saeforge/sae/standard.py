@@ -19,9 +19,9 @@ from torch import Tensor
 
 from saeforge.sae import kernels
 from saeforge.sae.base import SAE, TrainStepInput, TrainStepOutput
+from saeforge.sae.penalty import PenaltySAE
 from saeforge.sae.rates import scaled_lr
 from saeforge.sae.registry import register_architecture
-from saeforge.sae.training import PenaltySAE
 
 if TYPE_CHECKING:
     from saeforge.sae.config import TrainingSAEConfig
