@@ -213,6 +213,30 @@ def _sparse_calls(monkeypatch, cls) -> list[int]:
     return calls
 
 
+def _step(sae, x, target, took_sparse: bool, sparse_calls: list[int]):
+    """One training step's output and gradients, checked to have taken the path asked for; and detached copies
+    of the parameters for the reference formula."""
+    out = sae.training_forward(TrainStepInput(x=x, target=target, sparsity_warmup=0.5))
+    out.loss.backward()
+    assert len(sparse_calls) == took_sparse
+    got = {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+    return out, got, {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+
+
+def _assert_step_equals(out, got, ref, x_hat, z, losses) -> None:
+    """The step's reconstruction, loss terms, firing counts and gradients equal the reference's (whose losses
+    have been backpropagated into ref)."""
+    torch.testing.assert_close(out.x_hat, x_hat.detach())
+    assert out.losses.keys() == losses.keys()
+    for name, value in losses.items():
+        torch.testing.assert_close(out.losses[name], value.detach(), msg=name)
+    torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
+    assert out.l0.item() == pytest.approx((z > 0).sum().item() / z.shape[0])
+    assert got.keys() == {n for n, r in ref.items() if r.grad is not None}
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, ref[name].grad, msg=name)
+
+
 @pytest.mark.parametrize("kind", ["sae", "transcoder"])
 @pytest.mark.parametrize("max_density", [0.0, 1.0], ids=["dense", "sparse"])
 def test_standard_step_equals_the_dense_formula_on_either_path(monkeypatch, max_density, kind):
@@ -235,26 +259,18 @@ def test_standard_step_equals_the_dense_formula_on_either_path(monkeypatch, max_
     x[3] = sae.b_pre.detach()  # pre = b_enc < 0 everywhere: this token fires nothing
     y = x if kind == "sae" else torch.randn(B, d_out, generator=g, dtype=torch.float64)
 
-    out = sae.training_forward(TrainStepInput(x=x, target=None if kind == "sae" else y, sparsity_warmup=0.5))
-    out.loss.backward()
-    assert len(sparse_calls) == (max_density == 1.0)
-    got = {n: p.grad.clone() for n, p in sae.named_parameters()}
-
-    ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    target = None if kind == "sae" else y
+    out, got, ref = _step(sae, x, target, max_density == 1.0, sparse_calls)
     z = ((x - ref["b_dec" if kind == "sae" else "b_in"]) @ ref["W_enc"] + ref["b_enc"]).relu()
     x_hat = z @ ref["W_dec"] + ref["b_dec"]
-    mse = (x_hat - y).pow(2).sum(-1).mean()
-    l1 = 0.35 * (z * ref["W_dec"].norm(dim=1)).sum(-1).mean()
-    (mse + l1).backward()
+    losses = {
+        "mse": (x_hat - y).pow(2).sum(-1).mean(),
+        "l1": 0.35 * (z * ref["W_dec"].norm(dim=1)).sum(-1).mean(),
+    }
+    sum(losses.values()).backward()
 
     assert (z[3] == 0).all() and ((z > 0).sum(0) == 0).any() and (z > 0).float().mean() < 1 / 4
-    torch.testing.assert_close(out.x_hat, x_hat.detach())
-    torch.testing.assert_close(out.losses["mse"], mse.detach())
-    torch.testing.assert_close(out.losses["l1"], l1.detach())
-    torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
-    assert out.l0.item() == pytest.approx((z > 0).sum().item() / B)
-    for name, grad in got.items():
-        torch.testing.assert_close(grad, ref[name].grad, msg=name)
+    _assert_step_equals(out, got, ref, x_hat, z, losses)
 
 
 def _perturbed(arch: str, d_sae: int, seed: int, **cfg):
@@ -264,10 +280,6 @@ def _perturbed(arch: str, d_sae: int, seed: int, **cfg):
         for p in sae.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
     return sae, g
-
-
-def _grads(sae) -> dict[str, torch.Tensor]:
-    return {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize(
@@ -302,12 +314,7 @@ def test_jumprelu_step_equals_the_dense_formula_on_either_path(monkeypatch, max_
     x[3] = sae.b_pre.detach()  # pre = b_enc < 0 everywhere: this token fires nothing
     y = x if kind == "sae" else torch.randn(B, d_out, generator=g, dtype=torch.float64)
 
-    out = sae.training_forward(TrainStepInput(x=x, target=None if kind == "sae" else y, sparsity_warmup=0.5))
-    out.loss.backward()
-    assert len(sparse_calls) == (max_density == 1.0)
-    got = _grads(sae)
-
-    ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    out, got, ref = _step(sae, x, None if kind == "sae" else y, max_density == 1.0, sparse_calls)
     pre = (x - ref["b_dec" if kind == "sae" else "b_in"]) @ ref["W_enc"] + ref["b_enc"]
     theta, norms, c = ref["threshold"], ref["W_dec"].norm(dim=1), sae.cfg
     z = JumpReLUFunction.apply(pre, theta, eps)
@@ -325,15 +332,7 @@ def test_jumprelu_step_equals_the_dense_formula_on_either_path(monkeypatch, max_
     band = (p - theta.detach()).abs() < eps / 2
     assert (band & (p < theta.detach())).sum() >= 5 and (band & (p > theta.detach())).sum() >= 5
     assert (z[3] == 0).all() and ((z > 0).sum(0) == 0).any() and (z > 0).float().mean() < 1 / 4
-    torch.testing.assert_close(out.x_hat, x_hat.detach())
-    assert out.losses.keys() == losses.keys()
-    for name, value in losses.items():
-        torch.testing.assert_close(out.losses[name], value.detach(), msg=name)
-    torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
-    assert out.l0.item() == pytest.approx((z > 0).sum().item() / B)
-    assert got.keys() == {n for n, r in ref.items() if r.grad is not None}
-    for name, grad in got.items():
-        torch.testing.assert_close(grad, ref[name].grad, msg=name)
+    _assert_step_equals(out, got, ref, x_hat, z, losses)
 
 
 @pytest.mark.parametrize("max_density", [0.0, 1.0], ids=["dense", "sparse"])
@@ -354,12 +353,7 @@ def test_gated_step_equals_the_paper_formula_on_either_path(monkeypatch, max_den
     x = torch.randn(B, D_IN, generator=g, dtype=torch.float64)
     x[3] = sae.b_dec.detach()  # pi_gate = b_gate < 0 everywhere: this token's gates are shut
 
-    out = sae.training_forward(TrainStepInput(x=x, sparsity_warmup=0.5))
-    out.loss.backward()
-    assert len(sparse_calls) == (max_density == 1.0)
-    got = _grads(sae)
-
-    ref = {n: p.detach().clone().requires_grad_() for n, p in sae.named_parameters()}
+    out, got, ref = _step(sae, x, None, max_density == 1.0, sparse_calls)
     xc = x - ref["b_dec"]
     pi_gate = xc @ ref["W_enc"] + ref["b_gate"]
     pi_mag = xc @ (ref["W_enc"] * ref["r_mag"].exp()) + ref["b_mag"]
@@ -376,11 +370,4 @@ def test_gated_step_equals_the_paper_formula_on_either_path(monkeypatch, max_den
     opened = pi_gate.detach() > 0
     assert (opened & (pi_mag.detach() < 0)).sum() >= 3 and (z > 0).sum() >= 10
     assert not opened[3].any() and opened.float().mean() < 1 / 4
-    torch.testing.assert_close(out.x_hat, x_hat.detach())
-    for name, value in losses.items():
-        torch.testing.assert_close(out.losses[name], value.detach(), msg=name)
-    torch.testing.assert_close(out.fired, (z > 0).sum(0).double())
-    assert out.l0.item() == pytest.approx((z > 0).sum().item() / B)
-    assert got.keys() == {n for n, r in ref.items() if r.grad is not None}
-    for name, grad in got.items():
-        torch.testing.assert_close(grad, ref[name].grad, msg=name)
+    _assert_step_equals(out, got, ref, x_hat, z, losses)
