@@ -55,7 +55,7 @@ def main() -> None:
         pre0 = pre0 - point
     rows = []
     for density in a.densities:
-        with torch.no_grad():  # shift b_enc so that `density` of the pairs are active
+        with torch.no_grad():  # shift the firing bias so that `density` of the pairs fire
             cut = pre0.flatten().kthvalue(int(pre0.numel() * (1 - density))).values
             bias -= cut
             pre, _, point = sae.firing_pre(x)
