@@ -54,7 +54,7 @@ def main() -> None:
     sae.init_from_data(x)
     xc = (x - sae.b_dec).detach()
     pre = sae._pre_no_grad(xc)
-    flat = sae._select(pre, Collectives())
+    flat = sae._select(xc, pre, Collectives())[0]
     width = int(torch.bincount(flat.tokens, minlength=a.B).max())
     slot = torch.arange(len(flat.latents)) - flat.offsets[flat.tokens]
     idx = torch.zeros(a.B, width, dtype=torch.long)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from bench.harness import PhaseClock, Timing, time_calls
 from bench.reference import PLAIN
-from saeforge.sae import create_training_sae, kernels
+from saeforge.sae import create_training_sae, kernels, screen
 from saeforge.sae.base import TrainStepInput
 from saeforge.train.optim import Adam
 
@@ -163,6 +163,10 @@ def _instrument(model: torch.nn.Module, clock: PhaseClock) -> list[tuple[object,
             setattr(model, name, clock.wrap(phase, getattr(model, name)))
     patches.append((kernels, "topk_select", kernels.topk_select))
     kernels.topk_select = clock.wrap("top-k selection", kernels.topk_select)
+    # a screened step (screen: auto on a CPU with native bf16): the bf16 GEMM, the candidates' exact values and
+    # the certificate; its top-(k + margin) of the bf16 product still counts as top-k selection
+    patches.append((screen, "screened_topk", screen.screened_topk))
+    screen.screened_topk = clock.wrap("bf16 screen", screen.screened_topk)
     return patches
 
 

@@ -10,6 +10,9 @@ per-token rule with theta = tau keeps exactly what the batch rule keeps, and a l
     training:  z = ReLU(pre) * [ReLU(pre) is among the k*B largest of the batch]
     inference: z = ReLU(pre) * [pre > theta]
     loss = mean_b ||x - x_hat||^2 + alpha * AuxK       (AuxK, unit-norm decoder, init: as TopK)
+
+Each row's offers (its 2k largest pre-activations, `_select`) come from the dense fp32 GEMM or, where the `screen`
+setting takes it (`TopKFamilySAE._screens`), from the certified bf16 screen, which finds the same exact top 2k.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
-from saeforge.sae import kernels
+from saeforge.sae import kernels, screen
 from saeforge.sae.base import Collectives, TrainStepInput, TrainStepOutput
 from saeforge.sae.registry import register_architecture
 from saeforge.sae.training import Scales, TopKFamilySAE
@@ -72,37 +75,60 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
     def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.double().expand(self.d_sae).clone()}
 
-    @torch.no_grad()
-    def _select(self, pre: Tensor, collectives: Collectives) -> kernels.Pairs:
-        """Batch top-k over all ranks: pre [B, d_sae] -> the kept (token, latent) pairs, n ~ k * B of them
-        (any number per token, zero included), token-major.
+    @property
+    def _screened_k(self) -> int:
+        return 2 * self.cfg.k
 
-        Exact without a top-k over the whole batch: each row offers its m = 2k largest pre-activations, and tau,
-        the (k * B_global)-th largest offer, is the batch threshold unless a row's smallest offer is itself
-        >= tau (it might hold more above tau); such rows then offer every entry >= tau and tau is recomputed.
+    @torch.no_grad()
+    def _select(
+        self, xc: Tensor, pre: Tensor | None, collectives: Collectives
+    ) -> tuple[kernels.Pairs, Tensor]:
+        """Batch top-k over all ranks: xc [B, d_in] and its pre-activations pre [B, d_sae] (None: a screened
+        step) -> (the kept (token, latent) pairs, n ~ k * B of them, any number per token, zero included,
+        token-major; their pre-activations [n]).
+
+        Exact without a top-k over the whole batch: each row offers its m = 2k largest pre-activations (a
+        screened step finds them through `screen.screened_topk`), and tau, the (k * B_global)-th largest offer,
+        is the batch threshold unless a row's smallest offer is itself >= tau (it might hold more above tau);
+        such rows then offer every entry >= tau (their dense rows) and tau is recomputed.
         Also moves the threshold estimate towards the smallest kept activation of the global batch.
         """
-        n_rows, d_sae = pre.shape
+        n_rows, d_sae = xc.shape[0], self.W_enc.shape[1]  # this shard's latents under tensor parallelism
         n_keep = self.cfg.k * n_rows * collectives.world_size  # equal slices on every data-parallel rank
-        vals, idx = kernels.topk_select(pre, min(2 * self.cfg.k, d_sae))
+        if pre is None:
+            sel = screen.screened_topk(
+                xc, self.W_enc.detach(), self.b_enc.detach(), min(2 * self.cfg.k, d_sae)
+            )
+            vals, idx = sel.values, sel.indices
+        else:
+            vals, idx = kernels.topk_select(pre, min(2 * self.cfg.k, d_sae))
         tau = _kth_largest(collectives.all_gather_cat(vals.flatten()), n_keep)
         last = vals.amin(1)
         saturated = ((last >= tau) & (last > 0)).nonzero().squeeze(1)
         if vals.shape[1] < d_sae and int(collectives.all_reduce_sum(saturated.new_tensor(len(saturated)))):
-            width = max(vals.shape[1], int((pre[saturated] >= tau).sum(1).max())) if len(saturated) else 0
+            if pre is not None:
+                dense = pre[saturated]
+                width = max(vals.shape[1], int((dense >= tau).sum(1).max())) if len(saturated) else 0
+                offers = dense.topk(width, dim=1)
+            else:  # every latent that may reach tau, exactly, whatever the rounding of a few-row GEMM
+                offers = screen.rows_above(
+                    xc[saturated], self.W_enc.detach(), self.b_enc.detach(), tau.expand(len(saturated))
+                )
+                width = offers[0].shape[1]
             wide_vals = torch.full(
-                (n_rows, max(width, vals.shape[1])), -torch.inf, dtype=pre.dtype, device=pre.device
+                (n_rows, max(width, vals.shape[1])), -torch.inf, dtype=vals.dtype, device=vals.device
             )
             wide_idx = torch.zeros(wide_vals.shape, dtype=idx.dtype, device=idx.device)
             wide_vals[:, : vals.shape[1]], wide_idx[:, : vals.shape[1]] = vals, idx
             if len(saturated):
-                wide_vals[saturated], wide_idx[saturated] = pre[saturated].topk(width, dim=1)
+                wide_vals[saturated] = -torch.inf
+                wide_vals[saturated, : offers[0].shape[1]], wide_idx[saturated, : offers[0].shape[1]] = offers
             vals, idx = wide_vals, wide_idx
             tau = _kth_largest(collectives.all_gather_cat(vals[vals > -torch.inf]), n_keep)
         keep = (vals >= tau) & (vals > 0)
         local_min = torch.where(keep, vals, torch.inf).min().reshape(1)
         self._update_threshold(collectives.all_gather_cat(local_min).min())
-        return kernels.Pairs.masked(idx, keep)
+        return kernels.Pairs.masked(idx, keep), vals[keep]
 
     @torch.no_grad()
     def _update_threshold(self, smallest: Tensor) -> None:
@@ -118,9 +144,9 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         y = inp.y
         xc = inp.x - self.b_pre
-        pre = self._pre_no_grad(xc)
-        pairs = self._select(pre, inp.collectives)
-        vals = self._gather(xc, pre, pairs).relu()
+        pre = None if self._screens(inp.dead_mask) else self._pre_no_grad(xc)
+        pairs, kept = self._select(xc.detach(), pre, inp.collectives)
+        vals = self._gather(xc, kept, pairs, selected=True).relu()
         x_hat = self._decode_sparse(pairs, vals) + self.b_dec
         mse = (x_hat - y).pow(2).sum(-1).mean()
         auxk = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)

@@ -80,9 +80,9 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         y = inp.y
         xc = inp.x - self.b_pre
-        pre = self._pre_no_grad(xc)
-        pairs = self._select(pre, inp.collectives)
-        vals = self._gather(xc, pre, pairs).relu()
+        pre = None if self._screens(inp.dead_mask) else self._pre_no_grad(xc)
+        pairs, kept = self._select(xc.detach(), pre, inp.collectives)
+        vals = self._gather(xc, kept, pairs, selected=True).relu()
         n_groups = len(self.prefix_ends)
         group = torch.bucketize(pairs.latents, torch.tensor(self.prefix_ends, device=y.device), right=True)
         order, by_group = pairs.regroup(group, n_groups)

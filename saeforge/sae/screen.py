@@ -1,29 +1,41 @@
-"""A certified low-precision screen for TopK pre-activations: bf16 GEMM, exact fp32 for the candidates only.
+"""A certified low-precision screen for TopK pre-activations: bf16 GEMM, exact values for the candidates only.
 
-The exact TopK step needs pre = xc @ W_enc + b_enc [B, d_sae] in fp32 only to find each row's k largest entries,
-and their values. The screen finds them from a cheaper product and proves it found the right ones:
+The exact TopK step needs pre = xc @ W_enc + b_enc [B, d_sae] only to find each row's k largest entries, and
+their values. The screen finds them from a cheaper product and proves it found the right ones:
 
     s   = bf16(xc) @ bf16(W_enc) + bf16(b_enc)             [B, d_sae] in bf16 (oneDNN: fp32 accumulation)
     C   = top-(k + margin) of s per row                     candidates; t = the (k + margin + 1)-th value of s
-    v   = exact fp32 <xc[b], W_enc[:, j]> + b_enc[j], j in C   (latent-major dot products, kernels._pair_dots)
-    top = the k largest of v                                the answer, when the row is certified
+    v   = fp32 <xc[b], W_enc[:, j]> + b_enc[j], j in C      (latent-major dot products, kernels._pair_dots)
+    top = the k largest of v                                the answer, once certified
 
-Error bound (per element, real arithmetic y = xc . w_j + b_j; u = 2^-8 bf16 unit roundoff, g = (d_in + 1) 2^-24):
-with dx = xc - bf16(xc) and dW = W_enc - bf16(W_enc) known exactly,
-    |s_j - y_j| <= |xc| |dW_j| + |dx| |bf16(w_j)| + u |b_j| + g (|xc| |w_j|' + |b_j|) + u/(1-u) |s_j|
-              <= E + u/(1-u) |s_j|,   E = ||xc|| max_j ||dW_j|| + ||dx|| max_j ||bf16(w_j)|| + u max|b| + g(...)
-(Cauchy-Schwarz on each product; the sums of |.| products are bounded by norms). A non-candidate j has s_j <= t,
-so y_j <= f(t) + E with f(t) = t + u/(1-u)|t| increasing. fp32 evaluation (the candidates' v here, the dense
-reference's GEMM) is within d = g (||xc|| max||w_j|| + max|b|) of y. The row's selection equals the exact fp32
-TopK's whenever
+The contract is the TopK of the real-arithmetic pre-activations y = xc . w_j + b_j (the one every fp32 kernel
+approximates; two fp32 kernels that sum in another order can disagree only where y's k-th and (k+1)-th lie
+within their rounding of each other).
 
-    v_(k) - 2d > max(v_(k+1) + 2d, f(t) + E + d)
+Error bounds (u = 2^-8 bf16 unit roundoff, g(n, u) = n u / (1 - n u), w = max_j ||w_j||). fp32 evaluation is
+within d = g(d_in + 1, 2^-24) (||xc|| w + max|b|) of y. The bias rides in the GEMM as an input dimension of ones.
+With dx = xc - bf16(xc) measured and |bf16(a) - a| <= u |a| per element, Cauchy-Schwarz bounds the screen:
+    |s_j - y_j| <= ||xc|| u w + ||dx|| (1 + u) w + u max|b| + g(d_in + 1, 2^-24)(1 + u)((1 + u) ||xc|| w + max|b|)
+                   + (d_in + 1) 2^-126 (1 + max|xc| + w)  +  u/(1-u) |s_j|  =  E + u/(1-u) |s_j|
+(the 2^-126 term covers inputs and products flushed to zero as subnormals; bf16 x bf16 products are exact in
+fp32, the bf16 output's rounding is the last term).
+A non-candidate has s_j <= t, so y_j <= f(t) + E with f(t) = t + u/(1-u)|t| increasing. A row is
 
-(the k-th candidate clears both the best rejected candidate and every non-candidate, with both evaluations'
-errors). Rows that fail fall back to the exact fp32 row (counted). The values returned are fp32 dot products of
-the selected latents (equal to the dense GEMM's up to fp32 rounding, d).
+- *screened* when v_(k) - d > f(t) + E: at least k candidates have y >= v_(k) - d, above every non-candidate,
+  so the real top k are candidates;
+- *certified in fp32* when also v_(k) - v_(k+1) > 2d: the top k of v are the top k of y;
+- otherwise a *near tie*: candidates within 2d of the boundary (v in [v_(k+1) - 2d, v_(k) + 2d]) are recomputed
+  in float64 (those above it are in the top k, those below it out), and the top k of the float64 values decide,
+  certified when their boundary gap exceeds float64's own bound (2 g(d_in + 1, 2^-53)(...)).
 
-`screened_topk` is the fast path; `exact_topk` is the eager reference it is tested against (tests/sae/test_screen.py).
+Rows that are not screened, and near ties that float64 does not separate either, fall back to their dense fp32
+rows (counted), read as a screen whose error is d: that settles them the same way, so the answer does not depend
+on the bf16 product's rounding (which varies with the thread count); rows even they leave open (real ties:
+duplicated latents) take the dense row's top k. The values returned are the fp32 dot products v of the selected
+latents (the dense GEMM's up to fp32 rounding, d), each row in ascending latent order.
+
+`screened_topk` is the fast path; `exact_topk` is the eager reference (tests/sae/test_screen.py checks both
+against float64 TopK, and the values and gradients against the dense ones).
 """
 
 from __future__ import annotations
@@ -41,14 +53,16 @@ U_FP32 = 2.0**-24
 
 @dataclass
 class ScreenResult:
-    """values, indices [B, k] (any order within a row); fallback: rows recomputed exactly (not certified);
-    near_ties: those of them whose screen did hold every non-candidate below the k-th candidate, failing only
-    because the k-th and (k+1)-th exact values lie within fp32's own error bound of each other (no margin helps)."""
+    """values, indices [B, k] (ascending latent within a row); fallback: rows that took their dense fp32 row (not
+    screened, or a real tie); near_ties: rows whose k-th and (k+1)-th fp32 values lie within fp32's own error
+    bound of each other, decided in float64 (module docstring); rescreened: rows the margin did not screen that a
+    wider candidate set did."""
 
     values: Tensor
     indices: Tensor
     fallback: int
     near_ties: int = 0
+    rescreened: int = 0
 
 
 def exact_topk(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> ScreenResult:
@@ -64,42 +78,177 @@ def _candidate_values(xc: Tensor, W_enc: Tensor, b_enc: Tensor, idx: Tensor) -> 
     return dots.view(idx.shape) + b_enc[idx]
 
 
+def _gamma(n: int, u: float) -> float:
+    return n * u / (1 - n * u)
+
+
+def _float64_values(xc: Tensor, W_rows: Tensor, b_enc: Tensor, rows: Tensor, latents: Tensor) -> Tensor:
+    """float64 <xc[rows[p]], W_rows[latents[p]]> + b_enc[latents[p]] for a few pairs p -> [p] float64."""
+    out = torch.empty(len(rows), dtype=torch.float64, device=xc.device)
+    for i in range(0, len(rows), 4096):  # [4096, d_in] float64 blocks: bounded memory
+        r, j = rows[i : i + 4096], latents[i : i + 4096]
+        out[i : i + 4096] = (xc[r].double() * W_rows[j].double()).sum(1) + b_enc[j].double()
+    return out
+
+
+def _float64_topk(xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """For the few rows nothing else settles (real ties): the top k of float64 pre-activations over every
+    latent, computed in blocks of latents; fp32 values of the chosen latents."""
+    blocks = zip(W_enc.split(4096, 1), b_enc.split(4096), strict=True)
+    pre = torch.cat([xc.double() @ W.double() + b.double() for W, b in blocks], 1)
+    idx = pre.topk(k, dim=1).indices
+    return _candidate_values(xc, W_enc, b_enc, idx), idx
+
+
+def rows_above(xc: Tensor, W_enc: Tensor, b_enc: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
+    """Every latent of rows xc [R, d_in] whose pre-activation may reach level [R] (real arithmetic), with its
+    exact fp32 value: (values, indices) [R, w], ascending latent, padded with -inf (index 0). A superset found
+    from the dense fp32 rows (whose rounding varies with the thread count) with fp32's bound to spare, so every
+    latent whose value is >= level is in it whatever the rounding, with the same value."""
+    dense = torch.addmm(b_enc, xc, W_enc)
+    slack = (
+        2 * _gamma(xc.shape[1] + 1, U_FP32) * (xc.norm(dim=1) * W_enc.norm(dim=0).max() + b_enc.abs().max())
+    )
+    rows, latents = (dense >= (level - slack)[:, None]).nonzero(as_tuple=True)  # row-major: ascending latent
+    counts = torch.bincount(rows, minlength=len(xc))
+    width = max(int(counts.max()), 1) if len(rows) else 1
+    slot = torch.arange(len(rows), device=xc.device) - (counts.cumsum(0) - counts)[rows]
+    values = torch.full((len(xc), width), -torch.inf, dtype=xc.dtype, device=xc.device)
+    indices = torch.zeros((len(xc), width), dtype=torch.long, device=xc.device)
+    pairs = kernels.Pairs.of_tokens(latents, rows, len(xc))
+    exact = kernels._pair_dots(pairs, xc, kernels._rows_of(W_enc)) + b_enc[latents]
+    values[rows, slot], indices[rows, slot] = exact, latents
+    return values, indices
+
+
+@dataclass
+class _Rows:
+    """What every pass over a subset of rows shares: the screen product s [B, d_sae], the exact operands and each
+    row's bounds (delta: fp32 evaluation; E: the screen's additive error; u: the relative rounding of s, bf16's,
+    or 0 for the dense fp32 rows read as a screen whose error is delta)."""
+
+    s: Tensor
+    xc: Tensor
+    W_enc: Tensor
+    b_enc: Tensor
+    delta: Tensor
+    E: Tensor
+    d64: Tensor
+    u: float = U_BF16
+
+
+def _certify(
+    c: _Rows, rows: Tensor, k: int, width: int, values: Tensor, indices: Tensor
+) -> tuple[Tensor, Tensor, int]:
+    """One pass over `rows` with the top `width` screen values as candidates (the width-th is t): writes the
+    certified rows' selection into values/indices [B, k]; returns (rows not screened, real ties, near ties)."""
+    n_rows = len(rows)
+    s_top, s_idx = kernels.topk_select(c.s[rows] if n_rows < len(c.s) else c.s, width)
+    t, last = s_top.float().min(1)  # every non-candidate is <= t
+    cand = s_idx[torch.ones_like(s_idx, dtype=torch.bool).scatter_(1, last[:, None], False)]
+    cand = cand.view(n_rows, width - 1)
+    xc = c.xc[rows]
+    v = _candidate_values(xc, c.W_enc, c.b_enc, cand)
+    top_v, pos = v.topk(k + 1, dim=1)
+    hi, lo, delta = top_v[:, k - 1], top_v[:, k], c.delta[rows]
+    screened = hi - delta > t + c.u / (1 - c.u) * t.abs() + c.E[rows]
+    values[rows], indices[rows] = top_v[:, :k], cand.gather(1, pos[:, :k])
+    near = (screened & (hi - lo <= 2 * delta)).nonzero().squeeze(1)
+    tied = near[:0]
+    if len(near):  # decide the latents within 2 delta of the boundary in float64 (module docstring)
+        vn, cn, dn = v[near], cand[near], delta[near, None]
+        band = (vn >= lo[near, None] - 2 * dn) & (vn <= hi[near, None] + 2 * dn)
+        key = torch.where(vn > hi[near, None] + 2 * dn, torch.inf, -torch.inf).double()
+        r, j = band.nonzero(as_tuple=True)
+        key[r, j] = _float64_values(xc, kernels._rows_of(c.W_enc), c.b_enc, near[r], cn[r, j])
+        kv, kp = key.topk(k + 1, dim=1)
+        values[rows[near]], indices[rows[near]] = vn.gather(1, kp[:, :k]), cn.gather(1, kp[:, :k])
+        tied = rows[near[kv[:, k - 1] - kv[:, k] <= 2 * c.d64[rows[near]]]]
+    return rows[~screened], tied, len(near)
+
+
+def default_margin(k: int) -> int:
+    """Extra candidates per row: k + 64, the fastest of those measured for k 64 and 128 (docs/benchmarks.md)."""
+    return k + 64
+
+
+def worth_screening(k: int, d_sae: int) -> bool:
+    """Whether a top-k over d_sae latents leaves the screen anything to skip (else it is the dense product)."""
+    return k + default_margin(k) + 1 < d_sae
+
+
+@torch.no_grad()
+def real_topk(
+    xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, margin: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """(values, indices) [R, k], ascending latent: the real-arithmetic top k of rows xc [R, d_in] from their
+    dense fp32 product read as a screen whose error is fp32's own (d), so the answer is the same whatever the
+    thread count, which the bits of a few-row GEMM are not; real ties take the float64 top k."""
+    d_in, d = xc.shape[1], W_enc.shape[1]
+    width = min(k + (default_margin(k) if margin is None else max(margin, 1)) + 1, d)
+    if width < k + 2:
+        values, indices = _float64_topk(xc, W_enc, b_enc, k)
+    else:
+        x_norm, w_max, b_max = xc.norm(dim=1), W_enc.norm(dim=0).max(), b_enc.abs().max()
+        delta = _gamma(d_in + 1, U_FP32) * (x_norm * w_max + b_max)
+        d64 = _gamma(d_in + 1, 2.0**-53) * (x_norm.double() * float(w_max) + float(b_max))
+        dense = _Rows(torch.addmm(b_enc, xc, W_enc), xc, W_enc, b_enc, delta, delta, d64, u=0.0)
+        values = torch.empty(len(xc), k, dtype=xc.dtype, device=xc.device)
+        indices = torch.empty(len(xc), k, dtype=torch.long, device=xc.device)
+        left, tied, _ = _certify(dense, torch.arange(len(xc), device=xc.device), k, width, values, indices)
+        if len(rest := torch.cat([left, tied])):
+            values[rest], indices[rest] = _float64_topk(xc[rest], W_enc, b_enc, k)
+    indices, order = indices.sort(1)
+    return values.gather(1, order), indices
+
+
 @torch.no_grad()
 def screened_topk(
     xc: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, margin: int | None = None
 ) -> ScreenResult:
-    """Top-k of xc [B, d_in] @ W_enc [d_in, d_sae] + b_enc [d_sae] per row, equal to `exact_topk`'s selection,
-    found through a bf16 screen (module docstring). margin: extra candidates per row (default k, at least 1)."""
+    """Top-k of xc [B, d_in] @ W_enc [d_in, d_sae] + b_enc [d_sae] per row, the real-arithmetic TopK's selection,
+    found through a bf16 screen (module docstring). margin: extra candidates per row (default `default_margin`).
+    Rows the margin does not screen are screened again with four and then sixteen times the margin, from the
+    same bf16 product; what that leaves (and real ties) takes its dense fp32 row."""
     n_rows, d_in = xc.shape
     d_sae = W_enc.shape[1]
-    margin = k if margin is None else max(margin, 1)
-    width = min(k + margin + 1, d_sae)
-    if width <= k + 1:
+    margin = default_margin(k) if margin is None else max(margin, 1)
+    if k + margin + 1 >= d_sae:
         return exact_topk(xc, W_enc, b_enc, k)
-    xb, Wb, bb = xc.bfloat16(), W_enc.bfloat16(), b_enc.bfloat16()
-    s_top, s_idx = kernels.topk_select(torch.addmm(bb, xb, Wb), width)
-    s_top = s_top.float()
-    t = s_top.min(1).values  # the (k + margin + 1)-th screen value: every non-candidate is <= t
-    rank = s_top.argsort(1, descending=True)
-    cand = s_idx.gather(1, rank[:, : width - 1])
-    v = _candidate_values(xc, W_enc, b_enc, cand)
-    top_v, pos = v.topk(k + 1, dim=1)
-    gamma = (d_in + 1) * U_FP32 / (1 - (d_in + 1) * U_FP32)
-    x_norm = xc.norm(dim=1)
-    w_max = W_enc.norm(dim=0).max()
-    b_max = b_enc.abs().max()
-    dW_max = (W_enc - Wb.float()).norm(dim=0).max()
-    wb_max = Wb.float().norm(dim=0).max()
-    dx_norm = (xc - xb.float()).norm(dim=1)
-    delta = gamma * (x_norm * w_max * (1 + U_BF16) ** 2 + b_max)
-    E = x_norm * dW_max + dx_norm * wb_max + U_BF16 * b_max + delta
-    f_t = t + U_BF16 / (1 - U_BF16) * t.abs()
-    kth = top_v[:, k - 1] - 2 * delta
-    screened = kth > f_t + E + delta  # every non-candidate is below the k-th candidate
-    certified = screened & (kth > top_v[:, k] + 2 * delta)
-    values, indices = top_v[:, :k].contiguous(), cand.gather(1, pos[:, :k])
-    bad = (~certified).nonzero().squeeze(1)
+    # s = [bf16(xc), 1] @ [bf16(W_enc); bf16(b_enc)]: the bias rides in the GEMM as one more input dimension
+    xa = torch.ones(n_rows, d_in + 1, dtype=torch.bfloat16, device=xc.device)
+    xa[:, :d_in] = xc
+    Wa = torch.empty(d_sae, d_in + 1, dtype=torch.bfloat16, device=xc.device)
+    Wa[:, :d_in], Wa[:, d_in] = W_enc.t(), b_enc
+    x_norm, w_max, b_max = xc.norm(dim=1), W_enc.norm(dim=0).max(), b_enc.abs().max()
+    g32 = _gamma(d_in + 1, U_FP32)
+    # per element |bf16(w) - w| <= u |w|, so ||dW_j|| <= u max||w_j|| and ||bf16(w_j)|| <= (1 + u) max||w_j||
+    c = _Rows(
+        s=xa @ Wa.t(),
+        xc=xc,
+        W_enc=W_enc,
+        b_enc=b_enc,
+        delta=g32 * (x_norm * w_max + b_max),
+        E=x_norm * U_BF16 * w_max
+        + (xc - xa[:, :d_in].float()).norm(dim=1) * (1 + U_BF16) * w_max
+        + U_BF16 * b_max
+        + g32 * (1 + U_BF16) * (x_norm * (1 + U_BF16) * w_max + b_max)
+        + (d_in + 1) * 2.0**-126 * (1 + xc.abs().amax(1) + w_max),  # subnormals flushed to zero
+        d64=_gamma(d_in + 1, 2.0**-53) * (x_norm.double() * float(w_max) + float(b_max)),
+    )
+    values = torch.empty(n_rows, k, dtype=xc.dtype, device=xc.device)
+    indices = torch.empty(n_rows, k, dtype=torch.long, device=xc.device)
+    rows, ties, n_near, n_wider = torch.arange(n_rows, device=xc.device), [], 0, 0
+    for m in (margin, 4 * margin, 16 * margin):
+        if not len(rows) or k + m + 1 >= d_sae:
+            break
+        rows, tied, near = _certify(c, rows, k, k + m + 1, values, indices)
+        ties.append(tied)
+        n_near += near
+        n_wider = len(rows) if m == margin else n_wider
+    bad = torch.cat([rows, *ties])
     if len(bad):
-        exact = exact_topk(xc[bad], W_enc, b_enc, k)
-        values[bad], indices[bad] = exact.values, exact.indices
-    return ScreenResult(values, indices, len(bad), int((screened & ~certified).sum()))
+        values[bad], indices[bad] = real_topk(xc[bad], W_enc, b_enc, k, margin)
+    # one order for one answer (ascending latent): the pairs' order is the decode's summation order
+    indices, order = indices.sort(1)
+    return ScreenResult(values.gather(1, order), indices, len(bad), n_near, n_wider - len(rows))

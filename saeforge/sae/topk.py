@@ -9,16 +9,16 @@ AuxK: the k_aux (default d_in // 2) largest pre-activations among dead latents r
 x - x_hat. Decoder rows are unit norm (the gradient component parallel to each row is removed before the step,
 rows are renormalised after it); W_enc starts as W_dec.T; b_dec starts at the geometric median of a sample.
 Selection runs without autograd; `kernels.gather_preacts` and `kernels.sparse_decode` carry the gradient through
-the k selected latents only. `screen: bf16` finds the top k through the certified bf16 screen instead of the
-dense fp32 pre-activations (`saeforge.sae.screen`: the same latents, fp32 values; steps with dead latents, which
-AuxK reads from the dense pre-activations, stay exact).
+the k selected latents only.
+
+The `screen` setting (`TopKFamilySAE._screens`) may find the top k through the certified bf16 screen instead of
+the dense fp32 pre-activations (`saeforge.sae.screen`: the real-arithmetic TopK, with fp32 values).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
 from torch import Tensor
 
 from saeforge.sae import kernels, screen
@@ -46,16 +46,8 @@ class TopKSAE(SAE):
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
 
-class ScreenFields(BaseModel):
-    screen: Literal["off", "bf16"] = Field(
-        default="off",
-        description="topk: select through the certified bf16 screen (exact selection; docs/benchmarks.md)",
-    )
-
-
 class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
     architecture = "topk"
-    config_fields = ScreenFields
     inference_architecture = "topk"
     description = "top-k latents per token, AuxK loss on dead latents"
 
@@ -65,7 +57,7 @@ class TopKTrainingSAE(TopKSAE, TopKFamilySAE):
     def training_forward(self, inp: TrainStepInput) -> TrainStepOutput:
         y = inp.y
         xc = inp.x - self.b_pre
-        if self.cfg.screen == "bf16" and (inp.dead_mask is None or not bool(inp.dead_mask.any())):
+        if self._screens(inp.dead_mask):
             sel = screen.screened_topk(xc.detach(), self.W_enc.detach(), self.b_enc.detach(), self.cfg.k)
             # the screen runs on one rank's whole SAE (never latent-sharded), so its pairs are padded
             pre, pairs = None, kernels.Pairs.padded(sel.indices)

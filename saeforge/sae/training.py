@@ -17,13 +17,13 @@ pre-activation units and do not change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from saeforge.sae import kernels, registry
+from saeforge.sae import kernels, registry, screen
 from saeforge.sae.base import SAE, SAEConfig, TrainStepInput, TrainStepOutput
 from saeforge.sae.rates import capped, topk_lr
 from saeforge.sparsity import setting
@@ -270,6 +270,19 @@ class TopKFields(BaseModel):
     """Config fields of the TopK family."""
 
     k_aux: int | None = setting("k_aux")
+    screen: Literal["auto", "off", "bf16"] = Field(
+        default="auto",
+        description=(
+            "topk/batchtopk/matryoshka: select through the certified bf16 screen, which finds the exact "
+            "(real-arithmetic) top k from a bf16 GEMM (docs/benchmarks.md); auto: on a CPU with native bf16, "
+            "in an fp32 step, while at most half the latents are dead; off: the dense fp32 GEMM"
+        ),
+    )
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here (a CPU whose oneDNN has avx512_bf16 or AMX)."""
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class TopKFamilySAE(TrainingSAE):
@@ -337,6 +350,26 @@ class TopKFamilySAE(TrainingSAE):
     def aux_coefficient(self) -> float:
         return 1.0 / 32 if self.cfg.aux_coefficient is None else self.cfg.aux_coefficient
 
+    @property
+    def _screened_k(self) -> int:
+        """How many largest pre-activations per row the screen finds (BatchTopK: the 2k each row offers)."""
+        return self.cfg.k
+
+    def _screens(self, dead_mask: Tensor | None) -> bool:
+        """Whether this step selects through the bf16 screen (`screen`): `bf16` always, `auto` in an fp32 step
+        on a CPU with native bf16, neither while more than half the latents are dead (their columns, which AuxK
+        then reads alone, would cost more than the dense GEMM); a screened step passes pre=None to `_auxk`."""
+        mode, W = self.cfg.screen, self.W_enc
+        if mode == "off" or (dead_mask is not None and 2 * int(dead_mask.sum()) > self.d_sae):
+            return False
+        if not screen.worth_screening(self._screened_k, W.shape[1]):
+            return False  # the screen would compute the dense product anyway
+        return mode == "bf16" or (
+            W.dtype == torch.float32
+            and not torch.is_autocast_enabled(W.device.type)
+            and _native_bf16(W.device)
+        )
+
     def _pairs(self, idx: Tensor) -> kernels.Pairs:
         """A per-token selection idx [B, w] (TopK, AuxK) as pairs: w for every token."""
         return kernels.Pairs.padded(idx)
@@ -355,15 +388,34 @@ class TopKFamilySAE(TrainingSAE):
         dead = dead_mask.to(pre.device).nonzero().squeeze(1)
         return dead[kernels.topk_select(pre.index_select(1, dead), min(self.k_aux, n_dead))[1]]
 
+    @torch.no_grad()
+    def _dead_topk_direct(self, xc: Tensor, dead_mask: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """(values, indices) [B, min(k_aux, dead)] of each token's largest pre-activations among dead latents,
+        from their columns of W_enc alone (no dense pre-activations); None when no latent is dead."""
+        n_dead = 0 if dead_mask is None else int(dead_mask.sum())
+        if n_dead == 0:
+            return None
+        dead = dead_mask.to(xc.device).nonzero().squeeze(1)
+        W, b = self.W_enc.detach()[:, dead], self.b_enc.detach()[dead]
+        values, j = screen.real_topk(xc.detach(), W, b, min(self.k_aux, n_dead))
+        return values, dead[j]
+
     def _auxk(self, xc: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor | None) -> Tensor:
         """AuxK (Gao et al. 2024, A.2): the top-k_aux dead latents reconstruct the detached residual x - x_hat.
 
         Returns aux_coefficient * mean_b ||residual - sum_j z_aux W_dec[idx_aux]||^2 (0 when nothing is dead).
         """
-        idx = self._dead_topk(pre, dead_mask)
-        if idx is None:
-            return residual.new_zeros(())
-        pairs = self._pairs(idx)
-        vals = self._gather(xc, pre, pairs).relu()
+        if pre is None:  # a screened step: only the dead latents' columns, exactly
+            top = self._dead_topk_direct(xc, dead_mask)
+            if top is None:
+                return residual.new_zeros(())
+            pairs = self._pairs(top[1])
+            vals = self._gather(xc, top[0].reshape(-1), pairs, selected=True).relu()
+        else:
+            idx = self._dead_topk(pre, dead_mask)
+            if idx is None:
+                return residual.new_zeros(())
+            pairs = self._pairs(idx)
+            vals = self._gather(xc, pre, pairs).relu()
         e_hat = self._decode_sparse(pairs, vals)
         return self.aux_coefficient * (residual - e_hat).pow(2).sum(-1).mean()

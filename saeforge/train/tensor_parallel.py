@@ -134,6 +134,10 @@ class LatentShard:
             return None
         return self._topk(pre.masked_fill(~dead_mask, -math.inf), min(self.k_aux, n_dead))[1]
 
+    def _screens(self, dead_mask: Tensor | None) -> bool:
+        """The bf16 screen selects over one rank's whole SAE: a shard (screen: auto) takes the dense GEMM."""
+        return False
+
     def _pairs(self, idx: Tensor) -> Pairs:
         """Only the pairs of this shard's latents (another shard's are -1 in idx)."""
         return Pairs.masked(idx, idx >= 0)
@@ -187,10 +191,10 @@ def check_shardable(resolved: list[Any], tensor_parallel: int) -> None:
                 f"{where}: tensor_parallel {tensor_parallel} shards the latents of {', '.join(SHARDABLE)} SAEs, "
                 f"not {arch if kind == 'sae' else kind + 's'}; train this one with tensor_parallel: 1"
             )
-        if getattr(r.sae_cfg, "screen", "off") != "off":
+        if getattr(r.sae_cfg, "screen", "off") == "bf16":
             raise ConfigError(
                 f"{where}.options.screen: the bf16 screen selects over one rank's latents; "
-                "set screen: off to train with tensor_parallel > 1"
+                "set screen: auto (a shard then takes the dense GEMM) or off to train with tensor_parallel > 1"
             )
         if r.d_sae % tensor_parallel:
             raise ConfigError(

@@ -341,22 +341,33 @@ def test_topk_sae_step_matches_dense_reference_with_auxk():
         torch.testing.assert_close(fast[name], p.grad, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
+@pytest.mark.parametrize("screened", [False, True])
 @pytest.mark.parametrize("case", ["random", "saturated", "few_positive"])
-def test_batchtopk_selection_matches_flat_topk(case):
-    """BatchTopK's row-wise exact selection keeps the same (token, latent) set as one top-(k*B) over the batch."""
+def test_batchtopk_selection_matches_flat_topk(case, screened):
+    """BatchTopK's row-wise exact selection keeps the same (token, latent) set as one top-(k*B) over the batch,
+    whether each row's offers come from the dense pre-activations or from the bf16 screen (pre=None)."""
     from saeforge.sae import create_training_sae
     from saeforge.sae.base import Collectives
 
-    B, d_sae, k = 48, 2048, 8
-    sae = create_training_sae({"architecture": "batchtopk", "d_in": 8, "d_sae": d_sae, "k": k})
+    B, d_in, d_sae, k = 48, 32, 2048, 8
+    sae = create_training_sae({"architecture": "batchtopk", "d_in": d_in, "d_sae": d_sae, "k": k})
     g = torch.Generator().manual_seed(7)
-    pre = torch.randn(B, d_sae, generator=g)
+    xc = torch.randn(B, d_in, generator=g)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
     if case == "saturated":
-        pre[3] += 6.0  # one token holds far more than 2k of the batch's top k*B
-        pre[5, :40] = 9.0
+        xc[3] *= 6.0  # one token holds far more than 2k of the batch's top k*B
     if case == "few_positive":
-        pre = pre - 3.5
-    pairs = sae._select(pre, Collectives())
+        with torch.no_grad():
+            sae.b_enc.sub_(3.5)
+    real = (xc.double() @ sae.W_enc.double() + sae.b_enc.double()).float()
+    pre = sae._pre_no_grad(xc)
+    pairs, kept = sae._select(xc, None if screened else pre, Collectives())
+    torch.testing.assert_close(kept, pre[pairs.tokens, pairs.latents])
+    pre = real if screened else pre  # the screen's contract is the real-arithmetic top k
+    if case == "saturated":
+        assert int((pairs.tokens == 3).sum()) > 2 * k  # the widened row took part
 
     acts = pre.relu()
     tau = acts.flatten().topk(k * B).values[-1]
