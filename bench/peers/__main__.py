@@ -56,6 +56,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="timed steps per worker per repeat")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=4,
+        help="distinct batches of synthetic activations, cycled (the bf16 screen's margin depends on the data: "
+        "epochs over a few noise batches crowd the top pre-activations; docs/benchmarks.md)",
+    )
     add_run_args(p, threads=0, threads_help="torch threads per worker (default: torch's)")
     return p.parse_args(argv)
 
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "archs": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        npy, store = write_data(a, Path(tmp))
+        npy, store = write_data(a, Path(tmp), a.batches)
         for arch in a.archs.split(","):
             results["archs"][arch] = bench_arch(a, arch, pythons, npy, store, Path(tmp))
             if a.json:
