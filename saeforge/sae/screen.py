@@ -82,6 +82,15 @@ def _gamma(n: int, u: float) -> float:
     return n * u / (1 - n * u)
 
 
+def _evaluation_bounds(xc: Tensor, W_enc: Tensor, b_enc: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row of xc: (d, d64, ||xc||, max_j ||w_j||), d and d64 bounding how far an fp32 / float64 evaluation
+    of any pre-activation xc . w_j + b_j lies from the real value: g(d_in + 1, u) (||xc|| max||w_j|| + max|b|)."""
+    d_in, x_norm, w_max, b_max = xc.shape[1], xc.norm(dim=1), W_enc.norm(dim=0).max(), b_enc.abs().max()
+    delta = _gamma(d_in + 1, U_FP32) * (x_norm * w_max + b_max)
+    d64 = _gamma(d_in + 1, 2.0**-53) * (x_norm.double() * float(w_max) + float(b_max))
+    return delta, d64, x_norm, w_max
+
+
 def _float64_values(xc: Tensor, W_rows: Tensor, b_enc: Tensor, rows: Tensor, latents: Tensor) -> Tensor:
     """float64 <xc[rows[p]], W_rows[latents[p]]> + b_enc[latents[p]] for a few pairs p -> [p] float64."""
     out = torch.empty(len(rows), dtype=torch.float64, device=xc.device)
@@ -106,9 +115,7 @@ def rows_above(xc: Tensor, W_enc: Tensor, b_enc: Tensor, level: Tensor) -> tuple
     from the dense fp32 rows (whose rounding varies with the thread count) with fp32's bound to spare, so every
     latent whose value is >= level is in it whatever the rounding, with the same value."""
     dense = torch.addmm(b_enc, xc, W_enc)
-    slack = (
-        2 * _gamma(xc.shape[1] + 1, U_FP32) * (xc.norm(dim=1) * W_enc.norm(dim=0).max() + b_enc.abs().max())
-    )
+    slack = 2 * _evaluation_bounds(xc, W_enc, b_enc)[0]
     rows, latents = (dense >= (level - slack)[:, None]).nonzero(as_tuple=True)  # row-major: ascending latent
     counts = torch.bincount(rows, minlength=len(xc))
     width = max(int(counts.max()), 1) if len(rows) else 1
@@ -184,14 +191,12 @@ def real_topk(
     """(values, indices) [R, k], ascending latent: the real-arithmetic top k of rows xc [R, d_in] from their
     dense fp32 product read as a screen whose error is fp32's own (d), so the answer is the same whatever the
     thread count, which the bits of a few-row GEMM are not; real ties take the float64 top k."""
-    d_in, d = xc.shape[1], W_enc.shape[1]
+    d = W_enc.shape[1]
     width = min(k + (default_margin(k) if margin is None else max(margin, 1)) + 1, d)
     if width < k + 2:
         values, indices = _float64_topk(xc, W_enc, b_enc, k)
     else:
-        x_norm, w_max, b_max = xc.norm(dim=1), W_enc.norm(dim=0).max(), b_enc.abs().max()
-        delta = _gamma(d_in + 1, U_FP32) * (x_norm * w_max + b_max)
-        d64 = _gamma(d_in + 1, 2.0**-53) * (x_norm.double() * float(w_max) + float(b_max))
+        delta, d64 = _evaluation_bounds(xc, W_enc, b_enc)[:2]
         dense = _Rows(torch.addmm(b_enc, xc, W_enc), xc, W_enc, b_enc, delta, delta, d64, u=0.0)
         values = torch.empty(len(xc), k, dtype=xc.dtype, device=xc.device)
         indices = torch.empty(len(xc), k, dtype=torch.long, device=xc.device)
@@ -220,21 +225,21 @@ def screened_topk(
     xa[:, :d_in] = xc
     Wa = torch.empty(d_sae, d_in + 1, dtype=torch.bfloat16, device=xc.device)
     Wa[:, :d_in], Wa[:, d_in] = W_enc.t(), b_enc
-    x_norm, w_max, b_max = xc.norm(dim=1), W_enc.norm(dim=0).max(), b_enc.abs().max()
-    g32 = _gamma(d_in + 1, U_FP32)
+    delta, d64, x_norm, w_max = _evaluation_bounds(xc, W_enc, b_enc)
+    b_max, g32 = b_enc.abs().max(), _gamma(d_in + 1, U_FP32)
     # per element |bf16(w) - w| <= u |w|, so ||dW_j|| <= u max||w_j|| and ||bf16(w_j)|| <= (1 + u) max||w_j||
     c = _Rows(
         s=xa @ Wa.t(),
         xc=xc,
         W_enc=W_enc,
         b_enc=b_enc,
-        delta=g32 * (x_norm * w_max + b_max),
+        delta=delta,
         E=x_norm * U_BF16 * w_max
         + (xc - xa[:, :d_in].float()).norm(dim=1) * (1 + U_BF16) * w_max
         + U_BF16 * b_max
         + g32 * (1 + U_BF16) * (x_norm * (1 + U_BF16) * w_max + b_max)
         + (d_in + 1) * 2.0**-126 * (1 + xc.abs().amax(1) + w_max),  # subnormals flushed to zero
-        d64=_gamma(d_in + 1, 2.0**-53) * (x_norm.double() * float(w_max) + float(b_max)),
+        d64=d64,
     )
     values = torch.empty(n_rows, k, dtype=xc.dtype, device=xc.device)
     indices = torch.empty(n_rows, k, dtype=torch.long, device=xc.device)
