@@ -263,24 +263,32 @@ def _check_topk(pre, k):
     assert (indices.sort(1).values.diff(dim=1) > 0).all(), "indices repeat within a row"
 
 
-def test_topk_select_random_rows():
+DTYPES_2_AND_4_BYTES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES_2_AND_4_BYTES)
+def test_topk_select_random_rows(dtype):
+    """2-byte dtypes gather and scatter as int16 bits (the screen's bf16 product): same answer as torch.topk."""
     g = torch.Generator().manual_seed(0)
     assert (kernels._group_size(1024, 8), kernels._group_size(1000, 8), kernels._group_size(100, 8)) == (
         16,
         8,
         0,
     )
-    _check_topk(torch.randn(64, 1024, generator=g), 8)
-    _check_topk(torch.randn(64, 1000, generator=g), 8)
-    _check_topk(torch.randn(64, 4096, generator=g), 16)
-    _check_topk(torch.randn(8, 24576, generator=g) + torch.randn(24576, generator=g), 64)
+    _check_topk(torch.randn(64, 1024, generator=g).to(dtype), 8)
+    _check_topk(torch.randn(64, 1000, generator=g).to(dtype), 8)
+    _check_topk(torch.randn(64, 4096, generator=g).to(dtype), 16)
+    _check_topk((torch.randn(8, 24576, generator=g) + torch.randn(24576, generator=g)).to(dtype), 64)
 
 
-def test_topk_select_crowded_groups_ties_and_masks():
+@pytest.mark.parametrize("dtype", DTYPES_2_AND_4_BYTES)
+def test_topk_select_crowded_groups_ties_and_masks(dtype):
     g = torch.Generator().manual_seed(1)
     d_sae, k = 2048, 8
     groups = d_sae // kernels._group_size(d_sae, k)
-    pre = torch.randn(40, d_sae, generator=g)
+    pre = torch.randn(50, d_sae, generator=g)
+    # rows 40-49: every entry negative (a group's best taken out must leave its second best, not zero)
+    pre[40:] = -pre[40:].abs() - 1
     # rows 0-9: one strided group holds the 6 largest entries (forces the exact fallback)
     for r in range(10):
         pre[r, r + groups * torch.arange(6)] = 10.0 + torch.rand(6, generator=g)
@@ -290,7 +298,7 @@ def test_topk_select_crowded_groups_ties_and_masks():
     pre[20:30, 100:] = float("-inf")
     # rows 30-39: group maxima tie with second entries
     pre[30:40, 3] = pre[30:40, 3 + groups] = 7.0
-    _check_topk(pre, k)
+    _check_topk(pre.to(dtype), k)
 
 
 def test_topk_select_narrow_rows_use_reference():
