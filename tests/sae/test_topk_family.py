@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from saeforge.sae import Collectives, TrainStepInput, create_training_sae, kernels
+from saeforge.sae.matryoshka import DEFAULT_PREFIX_WEIGHT
 
 B, D_IN, D_SAE, K = 24, 8, 40, 3
 
@@ -35,7 +36,7 @@ def _dense_selected(pre: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (pre * mask).relu()
 
 
-def _reference(sae, x, dead, arch):
+def _reference(sae, x, dead, arch, prefix_weight=1.0):
     """Dense float64 reimplementation: loss terms, x_hat, and the batch threshold candidate."""
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     if arch == "topk":
@@ -50,7 +51,8 @@ def _reference(sae, x, dead, arch):
     if arch == "matryoshka":
         for end in (4, 8, 16, 40):
             x_hat = z[:, :end] @ sae.W_dec[:end] + sae.b_dec
-            losses[f"mse_prefix_{end}"] = (x - x_hat).pow(2).sum(-1).mean()
+            weight = 1.0 if end == D_SAE else prefix_weight
+            losses[f"mse_prefix_{end}"] = weight * (x - x_hat).pow(2).sum(-1).mean()
     x_hat = z @ sae.W_dec + sae.b_dec
     losses.setdefault("mse", (x - x_hat).pow(2).sum(-1).mean())
     residual = (x - x_hat).detach()
@@ -64,13 +66,26 @@ def _reference(sae, x, dead, arch):
     return losses, x_hat, kept.min()
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
-def test_values_and_gradients_match_dense_reference(arch):
+@pytest.mark.parametrize(
+    ("arch", "prefix_weight"),
+    [
+        ("topk", None),
+        ("batchtopk", None),
+        ("matryoshka", None),
+        ("matryoshka", 1.0),
+        ("matryoshka", 0.3),
+        ("matryoshka", 0.0),
+    ],
+)
+def test_values_and_gradients_match_dense_reference(arch, prefix_weight):
     x, dead = _inputs()
     cfg = {"group_sizes": [4, 4, 8, 24]} if arch == "matryoshka" else {}
+    if prefix_weight is not None:
+        cfg["prefix_weight"] = prefix_weight
     sae, ref = _sae(arch, **cfg), _sae(arch, **cfg)
     out = sae.training_forward(TrainStepInput(x=x, dead_mask=dead))
-    ref_losses, ref_x_hat, ref_min = _reference(ref, x, dead, arch)
+    weight = DEFAULT_PREFIX_WEIGHT if prefix_weight is None else prefix_weight
+    ref_losses, ref_x_hat, ref_min = _reference(ref, x, dead, arch, weight)
     if arch == "matryoshka":
         del ref_losses["mse"]
     assert set(out.losses) == set(ref_losses)
@@ -218,3 +233,17 @@ def test_topk_init_encoder_is_decoder_transpose_with_unit_rows():
     sae = create_training_sae(dict(architecture="topk", d_in=D_IN, d_sae=D_SAE, k=K))
     torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
+
+
+def test_matryoshka_prefix_weight_zero_is_batchtopk():
+    """prefix_weight 0 leaves only the whole SAE's reconstruction: BatchTopK's loss and gradients exactly."""
+    x, dead = _inputs()
+    mat = _sae("matryoshka", group_sizes=[4, 4, 8, 24], prefix_weight=0.0)
+    btk = _sae("batchtopk")
+    out_m = mat.training_forward(TrainStepInput(x=x, dead_mask=dead))
+    out_b = btk.training_forward(TrainStepInput(x=x, dead_mask=dead))
+    torch.testing.assert_close(out_m.loss, out_b.loss, rtol=1e-12, atol=1e-14)
+    out_m.loss.backward()
+    out_b.loss.backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(mat, name).grad, getattr(btk, name).grad, rtol=1e-10, atol=1e-13)
