@@ -59,12 +59,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--batches",
         type=int,
-        default=4,
-        help="distinct batches of synthetic activations, cycled (the bf16 screen's margin depends on the data: "
-        "epochs over a few noise batches crowd the top pre-activations; docs/benchmarks.md)",
+        default=0,
+        help="distinct batches of synthetic activations, cycled; 0 (default): one per step a worker takes "
+        "(warmup + steps x repeats), so no batch is seen twice, as in a training run (epochs over a few noise "
+        "batches crowd the bf16 screen's top pre-activations; docs/benchmarks.md)",
     )
     add_run_args(p, threads=0, threads_help="torch threads per worker (default: torch's)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.batches = a.batches or a.warmup + a.steps * a.repeats
+    return a
 
 
 def add_run_args(p: argparse.ArgumentParser, threads: int, threads_help: str) -> None:
@@ -245,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": a.warmup,
             "steps": a.steps,
             "repeats": a.repeats,
+            "batches": a.batches,
         },
         "peers": pythons,
         "archs": {},

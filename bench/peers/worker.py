@@ -210,7 +210,37 @@ BUILDERS = {
 }
 
 
-def _serve_steps(step: Callable, batches: list[torch.Tensor], device: torch.device) -> None:
+class _Batches:
+    """Batch i of an .npy [n, batch, d_in] float32, read from the file when asked (plain reads: a memory map's
+    touched pages would count in the worker's resident set, so its peak would grow with --batches)."""
+
+    def __init__(self, path: str):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            self.shape, _, dtype = read(f)
+            self.offset = f.tell()
+        assert dtype == np.float32, dtype
+        self.path, self.nbytes = path, self.shape[1] * self.shape[2] * 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        out = torch.empty(self.shape[1], self.shape[2], dtype=torch.float32)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + i * self.nbytes)
+            f.readinto(out.numpy())
+        return out
+
+
+def _serve_steps(step: Callable, batches: _Batches, device: torch.device) -> None:
+    """Steps on the batches, cycled; each is read in before its step's clock starts, so a worker holds one
+    batch at a time whatever --batches is (and its peak memory is its library's)."""
     _send({"ready": True, "rss_mb": _rss_mb()})
     i = 0
     for line in sys.stdin:
@@ -219,7 +249,7 @@ def _serve_steps(step: Callable, batches: list[torch.Tensor], device: torch.devi
             break
         times = []
         for _ in range(int(cmd[1])):
-            x = batches[i % len(batches)]
+            x = batches[i % len(batches)].to(device)
             i += 1
             t0 = time.perf_counter()
             step(x)
@@ -300,15 +330,14 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    arr = np.load(a.batches, mmap_mode="r")
+    arr = _Batches(a.batches)
     a.batch, a.d_in = arr.shape[1], arr.shape[2]
     if a.lib == "saeforge":
         _serve_saeforge(a, device)
         return
     torch.manual_seed(0)
     step = BUILDERS[a.lib](a, device)
-    batches = [torch.from_numpy(np.array(arr[i])).to(device) for i in range(arr.shape[0])]
-    _serve_steps(step, batches, device)
+    _serve_steps(step, arr, device)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,18 @@ def test_phase_floors_follow_the_shape():
     doubled = phase_floors({**shape, "B": 8192}, gflops=204.0, gbytes_per_s=20.0)
     assert math.isclose(doubled["encoder matmul"], 2 * floors["encoder matmul"])
     assert doubled["optimizer"] == floors["optimizer"]
+
+
+def test_peer_worker_reads_each_batch_of_the_shared_file(tmp_path):
+    """The peer harness's workers read batch i of the coordinator's .npy by plain file reads (no memory map, so
+    their resident set does not grow with --batches): the same rows as numpy's loader."""
+    import numpy as np
+
+    from bench.peers.worker import _Batches
+
+    arr = np.random.default_rng(0).standard_normal((5, 7, 3)).astype(np.float32)
+    np.save(tmp_path / "b.npy", arr)
+    batches = _Batches(str(tmp_path / "b.npy"))
+    assert len(batches) == 5 and batches.shape == (5, 7, 3)
+    for i in (4, 0, 2):
+        np.testing.assert_array_equal(batches[i].numpy(), arr[i])
