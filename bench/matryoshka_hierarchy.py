@@ -21,7 +21,7 @@ import json
 
 import torch
 
-from bench.quality import parse_sets, run_one
+from bench.quality import PoolSource, measure, parse_sets, run_one
 
 D_IN, PARENTS, CHILDREN, FLAT = 128, 64, 3, 320
 P_PARENT, P_CHILD = 0.05, 0.8
@@ -55,24 +55,13 @@ class HierarchyToy:
         return c @ self.features + 0.01 * torch.randn(n, D_IN, generator=g), c
 
 
-class PoolSource:
-    def __init__(self, pool: torch.Tensor, batch_size: int):
-        self.pool, self.batch_size, self.d_in = pool, batch_size, pool.shape[1]
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(0)
-        while True:
-            yield self.pool[torch.randint(len(self.pool), (self.batch_size,), generator=g)]
-
-
 @torch.no_grad()
-def measure(sae, toy: HierarchyToy, x: torch.Tensor, codes: torch.Tensor) -> dict[str, float]:
+def absorption(sae, toy: HierarchyToy, x: torch.Tensor, codes: torch.Tensor) -> dict[str, float]:
+    """The absorption rate (module docstring) and the best-match cosines of parents, children and flat features."""
     z = sae.encode(x)
-    x_hat = sae.decode(z)
     dec = sae.W_dec.double()
     dec = dec / dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cos = toy.features.double() @ dec.T  # [512, d_sae]
-    best = cos.max(1)
+    best = (toy.features.double() @ dec.T).max(1)  # per feature: best cosine and its latent
     n_h = PARENTS * (1 + CHILDREN)
     rates = []
     for p in range(PARENTS):
@@ -82,13 +71,9 @@ def measure(sae, toy: HierarchyToy, x: torch.Tensor, codes: torch.Tensor) -> dic
             rates.append(float((z[both, best.indices[p]] <= 0).float().mean()))
     return {
         "absorption": sum(rates) / len(rates),
-        "mmcs": float(best.values.mean()),
         "mmcs_parents": float(best.values[:PARENTS].mean()),
         "mmcs_children": float(best.values[PARENTS:n_h].mean()),
         "mmcs_flat": float(best.values[n_h:].mean()),
-        "fvu": float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
-        "l0": float((z > 0).sum(1).float().mean()),
-        "dead": float(((z > 0).sum(0) == 0).float().mean()),
     }
 
 
@@ -109,7 +94,8 @@ def main() -> None:
     extra = parse_sets(a.set)
     trained, secs = run_one(a.arch, PoolSource(pool, 4096), a.tokens, 4096, a.d_sae, extra)
     row = {"arch": a.arch, "set": extra, "tag": a.tag, "tokens": a.tokens, "d_sae": a.d_sae}
-    row |= {"seconds": round(secs, 1), **measure(trained.sae, toy, held, codes)}
+    row |= {"seconds": round(secs, 1), **absorption(trained.sae, toy, held, codes)}
+    row |= measure(trained.sae, held, toy.features)
     print(json.dumps(row))
     with open(a.out_jsonl, "a") as f:
         f.write(json.dumps(row) + "\n")

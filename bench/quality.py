@@ -44,19 +44,26 @@ def toy_pool(n: int, cfg: SyntheticConfig) -> torch.Tensor:
     return pool
 
 
-class ToySource:
-    """Endless [batch_size, d_in] batches drawn uniformly (seed 0) from a pool of `pool` toy-problem tokens.
+class PoolSource:
+    """Endless [batch_size, d_in] batches drawn uniformly (seed 0) from pool [n, d_in]."""
 
-    Sampling the toy problem costs more than a training step at d_sae 512 on this CPU, so each run draws from one
-    pool generated once per process (2^20 tokens: ~5 passes at 4.9 M tokens, every run the same batches)."""
-
-    def __init__(self, batch_size: int, pool: int = 2**20, cfg: SyntheticConfig = TOY):
-        self.pool, self.batch_size, self.d_in = toy_pool(pool, cfg), batch_size, cfg.d_in
+    def __init__(self, pool: torch.Tensor, batch_size: int):
+        self.pool, self.batch_size, self.d_in = pool, batch_size, pool.shape[1]
 
     def __iter__(self):
         g = torch.Generator().manual_seed(0)
         while True:
             yield self.pool[torch.randint(len(self.pool), (self.batch_size,), generator=g)]
+
+
+class ToySource(PoolSource):
+    """Batches from a pool of `pool` toy-problem tokens.
+
+    Sampling the toy problem costs more than a training step at d_sae 512 on this CPU, so each run draws from one
+    pool generated once per process (2^20 tokens: ~5 passes at 4.9 M tokens, every run the same batches)."""
+
+    def __init__(self, batch_size: int, pool: int = 2**20, cfg: SyntheticConfig = TOY):
+        super().__init__(toy_pool(pool, cfg), batch_size)
 
 
 @torch.no_grad()
