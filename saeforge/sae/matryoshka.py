@@ -109,7 +109,7 @@ class MatryoshkaTrainingSAE(BatchTopKTrainingSAE):
         x_hat = self.b_dec.expand_as(y)
         for part, end in zip(parts, self.prefix_ends, strict=True):
             x_hat = x_hat + part
-            weight = 1.0 if end == self.d_sae else self.cfg.prefix_weight
+            weight = 1.0 if end == self.prefix_ends[-1] else self.cfg.prefix_weight
             losses[f"mse_prefix_{end}"] = weight * (x_hat - y).pow(2).sum(-1).mean()
         losses["auxk"] = self._auxk(xc, pre, (y - x_hat).detach(), inp.dead_mask)
         return self._output(y, x_hat, pairs, vals, losses)
