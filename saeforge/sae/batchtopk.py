@@ -11,8 +11,10 @@ per-token rule with theta = tau keeps exactly what the batch rule keeps, and a l
     inference: z = ReLU(pre) * [pre > theta]
     loss = mean_b ||x - x_hat||^2 + alpha * AuxK       (AuxK, unit-norm decoder, init: as TopK)
 
-Each row's offers (its 2k largest pre-activations, `_select`) come from the dense fp32 GEMM or, where the `screen`
-setting takes it (`TopKFamilySAE._screens`), from the certified bf16 screen, which finds the same exact top 2k.
+The kept pairs come from the dense fp32 GEMM (each row offers its 2k largest, `_select`) or, where the `screen`
+setting takes it (`TopKFamilySAE._screens`), from the certified bf16 screen over the whole batch
+(`screen.screened_batch_topk`: exact values for about 2kB candidates, not the dense kB x d_sae); a batch that screen
+does not certify takes each row's exact top 2k through the row-wise screen. All three keep the same pairs.
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
         """
         n_rows, d_sae = xc.shape[0], self.W_enc.shape[1]  # this shard's latents under tensor parallelism
         n_keep = self.cfg.k * n_rows * collectives.world_size  # equal slices on every data-parallel rank
+        if pre is None and (
+            sel := screen.screened_batch_topk(
+                xc, self.W_enc.detach(), self.b_enc.detach(), n_keep, collectives
+            )
+        ):
+            smallest = sel.values.min() if len(sel.values) else xc.new_tensor(torch.inf)
+            self._update_threshold(collectives.all_gather_cat(smallest.reshape(1)).min())
+            return kernels.Pairs.of_tokens(sel.latents, sel.tokens, n_rows), sel.values
         if pre is None:
             sel = screen.screened_topk(
                 xc, self.W_enc.detach(), self.b_enc.detach(), min(2 * self.cfg.k, d_sae)

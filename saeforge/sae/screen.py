@@ -34,6 +34,12 @@ on the bf16 product's rounding (which varies with the thread count); rows even t
 duplicated latents) take the dense row's top k. The values returned are the fp32 dot products v of the selected
 latents (the dense GEMM's up to fp32 rounding, d), each row in ascending latent order.
 
+BatchTopK needs no row's top k, only the batch's n_keep largest: `screened_batch_topk` takes every entry whose
+screen value may reach one level L for the whole batch (s >= f^-1(L - E_b) in row b), so a non-candidate's fp32
+value is below cap = max_b L + d_b, and the n_keep-th largest candidate value tau is the batch's own once cap <= tau.
+With L estimated a little below tau, the candidates are about 2 k per row, where the row-wise screen takes 4 k plus
+its margin (the top 2k of every row that BatchTopK's exact row-wise rule offers).
+
 `screened_topk` is the fast path; `exact_topk` is the eager reference (tests/sae/test_screen.py checks both
 against float64 TopK, and the values and gradients against the dense ones).
 """
@@ -41,11 +47,16 @@ against float64 TopK, and the values and gradients against the dense ones).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from saeforge.sae import kernels
+
+if TYPE_CHECKING:
+    from saeforge.distributed import Collectives
 
 U_BF16 = 2.0**-8
 U_FP32 = 2.0**-24
@@ -174,6 +185,33 @@ def _certify(
     return rows[~screened], tied, len(near)
 
 
+def _screen(xc: Tensor, W_enc: Tensor, b_enc: Tensor) -> _Rows:
+    """The bf16 screen product s [B, d_sae] of xc [B, d_in] and every row's bounds (module docstring)."""
+    n_rows, d_in = xc.shape
+    d_sae = W_enc.shape[1]
+    # s = [bf16(xc), 1] @ [bf16(W_enc); bf16(b_enc)]: the bias rides in the GEMM as one more input dimension
+    xa = torch.ones(n_rows, d_in + 1, dtype=torch.bfloat16, device=xc.device)
+    xa[:, :d_in] = xc
+    Wa = torch.empty(d_sae, d_in + 1, dtype=torch.bfloat16, device=xc.device)
+    Wa[:, :d_in], Wa[:, d_in] = W_enc.t(), b_enc
+    delta, d64, x_norm, w_max = _evaluation_bounds(xc, W_enc, b_enc)
+    b_max, g32 = b_enc.abs().max(), _gamma(d_in + 1, U_FP32)
+    # per element |bf16(w) - w| <= u |w|, so ||dW_j|| <= u max||w_j|| and ||bf16(w_j)|| <= (1 + u) max||w_j||
+    return _Rows(
+        s=xa @ Wa.t(),
+        xc=xc,
+        W_enc=W_enc,
+        b_enc=b_enc,
+        delta=delta,
+        E=x_norm * U_BF16 * w_max
+        + (xc - xa[:, :d_in].float()).norm(dim=1) * (1 + U_BF16) * w_max
+        + U_BF16 * b_max
+        + g32 * (1 + U_BF16) * (x_norm * (1 + U_BF16) * w_max + b_max)
+        + (d_in + 1) * 2.0**-126 * (1 + xc.abs().amax(1) + w_max),  # subnormals flushed to zero
+        d64=d64,
+    )
+
+
 def default_margin(k: int) -> int:
     """Extra candidates per row: k + 64, the fastest of those measured for k 64 and 128 (docs/benchmarks.md)."""
     return k + 64
@@ -215,32 +253,11 @@ def screened_topk(
     found through a bf16 screen (module docstring). margin: extra candidates per row (default `default_margin`).
     Rows the margin does not screen are screened again with four and then sixteen times the margin, from the
     same bf16 product; what that leaves (and real ties) takes its dense fp32 row."""
-    n_rows, d_in = xc.shape
-    d_sae = W_enc.shape[1]
+    n_rows, d_sae = xc.shape[0], W_enc.shape[1]
     margin = default_margin(k) if margin is None else max(margin, 1)
     if k + margin + 1 >= d_sae:
         return exact_topk(xc, W_enc, b_enc, k)
-    # s = [bf16(xc), 1] @ [bf16(W_enc); bf16(b_enc)]: the bias rides in the GEMM as one more input dimension
-    xa = torch.ones(n_rows, d_in + 1, dtype=torch.bfloat16, device=xc.device)
-    xa[:, :d_in] = xc
-    Wa = torch.empty(d_sae, d_in + 1, dtype=torch.bfloat16, device=xc.device)
-    Wa[:, :d_in], Wa[:, d_in] = W_enc.t(), b_enc
-    delta, d64, x_norm, w_max = _evaluation_bounds(xc, W_enc, b_enc)
-    b_max, g32 = b_enc.abs().max(), _gamma(d_in + 1, U_FP32)
-    # per element |bf16(w) - w| <= u |w|, so ||dW_j|| <= u max||w_j|| and ||bf16(w_j)|| <= (1 + u) max||w_j||
-    c = _Rows(
-        s=xa @ Wa.t(),
-        xc=xc,
-        W_enc=W_enc,
-        b_enc=b_enc,
-        delta=delta,
-        E=x_norm * U_BF16 * w_max
-        + (xc - xa[:, :d_in].float()).norm(dim=1) * (1 + U_BF16) * w_max
-        + U_BF16 * b_max
-        + g32 * (1 + U_BF16) * (x_norm * (1 + U_BF16) * w_max + b_max)
-        + (d_in + 1) * 2.0**-126 * (1 + xc.abs().amax(1) + w_max),  # subnormals flushed to zero
-        d64=d64,
-    )
+    c = _screen(xc, W_enc, b_enc)
     values = torch.empty(n_rows, k, dtype=xc.dtype, device=xc.device)
     indices = torch.empty(n_rows, k, dtype=torch.long, device=xc.device)
     rows, ties, n_near, n_wider = torch.arange(n_rows, device=xc.device), [], 0, 0
@@ -257,3 +274,112 @@ def screened_topk(
     # one order for one answer (ascending latent): the pairs' order is the decode's summation order
     indices, order = indices.sort(1)
     return ScreenResult(values.gather(1, order), indices, len(bad), n_near, n_wider - len(rows))
+
+
+@dataclass
+class BatchSelection:
+    """The batch rule's kept pairs: values [n] (their fp32 pre-activations), tokens [n] (non-decreasing),
+    latents [n] (ascending within a token); candidates: the pairs whose exact values were computed."""
+
+    values: Tensor
+    tokens: Tensor
+    latents: Tensor
+    candidates: int
+
+
+def _at_least(s: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, latents) of the entries of s [B, d] (bf16) >= level [B] (bf16), row-major. Positive bf16 values
+    order as their int16 bits and every negative one is below them, so for positive levels the maxima of strided
+    groups of 8 latents (one vectorised pass) rule out most of s before any entry is compared."""
+    n_rows, d = s.shape
+    if not (d % 8 == 0 and bool((level > 0).all())):
+        return (s >= level[:, None]).nonzero(as_tuple=True)
+    bits, lb = s.view(torch.int16).view(n_rows, 8, d // 8), level.view(torch.int16)
+    r, g = (bits.amax(1) >= lb[:, None]).nonzero(as_tuple=True)
+    hit, i = (bits[r, :, g] >= lb[r, None]).nonzero(as_tuple=True)
+    key = r[hit] * d + g[hit] + i * (d // 8)
+    key = torch.from_numpy(np.sort(key.numpy())) if key.device.type == "cpu" else key.sort().values
+    return key // d, key % d
+
+
+@torch.no_grad()
+def screened_batch_topk(
+    xc: Tensor, W_enc: Tensor, b_enc: Tensor, n_keep: int, collectives: Collectives
+) -> BatchSelection | None:
+    """BatchTopK's rule through the bf16 screen, over the whole batch at once: every (token, latent) whose fp32
+    pre-activation v is positive and among the n_keep largest of the batch (every rank's slice), or None where
+    the screen does not certify that (the caller then takes the row-wise path).
+
+    A level L is estimated from a fixed random sample of s: the value (1 + rho) n_keep entries of the batch
+    reach. The candidates at that level (`_candidates`) are certified or not (`_certified`); a level that fails
+    is lowered once (a larger rho), and a batch whose values spread so flat that the candidates would outnumber
+    8 (1 + rho) n_keep is left to the row-wise path.
+    """
+    c = _screen(xc, W_enc, b_enc)
+    flat = c.s.view(-1)
+    gen = torch.Generator(device=flat.device).manual_seed(
+        0
+    )  # the same sample every step: a cost, not a result
+    sample = flat[
+        torch.randint(flat.numel(), (min(flat.numel(), 1 << 20),), generator=gen, device=flat.device)
+    ]
+    sample = sample.float()
+    share = n_keep / int(collectives.all_reduce_sum(torch.tensor(flat.numel(), device=xc.device)))
+    for rho in (1 / 8, 1.0):
+        rank = min(sample.numel(), max(1, round(share * (1 + rho) * sample.numel())))
+        level = collectives.all_gather_cat(sample.topk(rank).values[-1:]).min().double()
+        rows, latents, cap = _candidates(c, level, collectives)
+        if (
+            int(collectives.all_reduce_sum(torch.tensor(len(rows), device=xc.device)))
+            > 8 * (1 + rho) * n_keep
+        ):
+            return None
+        if sel := _certified(c, rows, latents, cap, n_keep, collectives):
+            return sel
+    return None
+
+
+def _candidates(c: _Rows, level: Tensor, collectives: Collectives) -> tuple[Tensor, Tensor, float]:
+    """The entries that may reach `level` (real arithmetic): (rows, latents) row-major, every entry with s >= t_b,
+    t_b the bf16 at or below f^-1(level - E_b), f(t) = t + u/(1-u)|t| (module docstring), and cap: a non-candidate
+    has y < f(t_b) + E_b <= level, so its fp32 value v < cap = max over every rank's rows of f(t_b) + E_b + d_b."""
+    E, d = c.E.double(), c.delta.double()
+    t = _bf16_below(_f_inv(level - E))
+    rows, latents = _at_least(c.s, t)
+    cap = float(collectives.all_gather_cat((_f(t.double()) + E + d).max().reshape(1)).max())
+    return rows, latents, cap
+
+
+def _certified(
+    c: _Rows, rows: Tensor, latents: Tensor, cap: float, n_keep: int, collectives: Collectives
+) -> BatchSelection | None:
+    """The batch rule over the candidates (rows, latents) with their exact fp32 values v, when it is the batch's:
+    tau, the n_keep-th largest v of every rank's candidates (-inf with fewer), is the batch's own n_keep-th
+    largest when cap <= tau, every non-candidate being below it; cap <= 0 suffices when tau <= 0, as nothing at or
+    below 0 is kept. None otherwise."""
+    pairs = kernels.Pairs.of_tokens(latents, rows, len(c.xc))
+    v = kernels._pair_dots(pairs, c.xc, kernels._rows_of(c.W_enc)) + c.b_enc[latents]
+    every = collectives.all_gather_cat(v)
+    tau = float(every.kthvalue(len(every) - n_keep + 1).values) if len(every) >= n_keep else -torch.inf
+    if cap > max(tau, 0.0):
+        return None
+    keep = (v >= tau) & (v > 0)
+    return BatchSelection(v[keep], rows[keep], latents[keep], len(rows))
+
+
+_U = U_BF16 / (1 - U_BF16)  # the screen's relative rounding: |s - y| <= E + _U |s|
+
+
+def _f(t: Tensor) -> Tensor:
+    """The largest real value an entry whose screen value is t may have, less E: t + _U |t| (increasing)."""
+    return t + _U * t.abs()
+
+
+def _f_inv(z: Tensor) -> Tensor:
+    return torch.where(z >= 0, z / (1 + _U), z / (1 - _U))
+
+
+def _bf16_below(z: Tensor) -> Tensor:
+    """The largest bf16 values <= z (float64)."""
+    t = z.to(torch.bfloat16)
+    return torch.where(t.double() > z, torch.nextafter(t, t.new_tensor(-torch.inf)), t)

@@ -349,12 +349,13 @@ def test_topk_sae_step_matches_dense_reference_with_auxk():
         torch.testing.assert_close(fast[name], p.grad, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
-@pytest.mark.parametrize("screened", [False, True])
-@pytest.mark.parametrize("case", ["random", "saturated", "few_positive"])
-def test_batchtopk_selection_matches_flat_topk(case, screened):
-    """BatchTopK's row-wise exact selection keeps the same (token, latent) set as one top-(k*B) over the batch,
-    whether each row's offers come from the dense pre-activations or from the bf16 screen (pre=None)."""
-    from saeforge.sae import create_training_sae
+@pytest.mark.parametrize("path", ["dense", "screened", "screened_rows"])
+@pytest.mark.parametrize("case", ["random", "saturated", "few_positive", "clustered"])
+def test_batchtopk_selection_matches_flat_topk(case, path, monkeypatch):
+    """BatchTopK keeps the same (token, latent) set as one top-(k*B) over the batch, whether from the dense
+    pre-activations, from the bf16 screen over the whole batch, or (where that screen does not certify its
+    answer) from each row's offers through the row-wise screen (pre=None)."""
+    from saeforge.sae import create_training_sae, screen
     from saeforge.sae.base import Collectives
 
     B, d_in, d_sae, k = 48, 32, 2048, 8
@@ -369,11 +370,24 @@ def test_batchtopk_selection_matches_flat_topk(case, screened):
     if case == "few_positive":
         with torch.no_grad():
             sae.b_enc.sub_(3.5)
+    if case == "clustered":  # the batch's top values 1e-4 apart, far inside bf16's resolution (2^-8)
+        with torch.no_grad():
+            sae.W_enc.mul_(1e-3)
+            sae.b_enc.copy_(1.0 + 1e-4 * torch.randperm(d_sae, generator=g).float())
+    batch_screen, answers = screen.screened_batch_topk, []
+    monkeypatch.setattr(
+        screen,
+        "screened_batch_topk",
+        lambda *a: answers.append(None if path == "screened_rows" else batch_screen(*a)) or answers[-1],
+    )
     real = (xc.double() @ sae.W_enc.double() + sae.b_enc.double()).float()
     pre = sae._pre_no_grad(xc)
-    pairs, kept = sae._select(xc, None if screened else pre, Collectives())
+    pairs, kept = sae._select(xc, None if path != "dense" else pre, Collectives())
     torch.testing.assert_close(kept, pre[pairs.tokens, pairs.latents])
-    pre = real if screened else pre  # the screen's contract is the real-arithmetic top k
+    assert len(answers) == (path != "dense")
+    if path == "screened":  # certified, except where the values cluster within the screen's error
+        assert (answers[0] is None) == (case == "clustered")
+    pre = real if path != "dense" else pre  # the screen's contract is the real-arithmetic top k
     if case == "saturated":
         assert int((pairs.tokens == 3).sum()) > 2 * k  # the widened row took part
 

@@ -188,3 +188,75 @@ def test_auto_screens_fp32_cpu_steps_with_native_bf16_only():
     btk = {**spec, "architecture": "batchtopk", "screen": "bf16"}
     assert create_training_sae({**btk, "d_sae": 160})._screens(None)
     assert not create_training_sae({**btk, "d_sae": 76})._screens(None)
+
+
+def _batch_rule(x, W, b, n_keep):
+    """The batch rule in float64: the (token, latent) pairs among the n_keep largest and positive; the level."""
+    real = x.double() @ W.double() + b.double()
+    tau = real.flatten().topk(n_keep).values[-1]
+    return set(map(tuple, ((real >= tau) & (real > 0)).nonzero().tolist())), float(tau), real
+
+
+@pytest.mark.parametrize("problem", ["spread", "clustered", "cancelling"])
+def test_the_batch_screen_at_any_level_is_exact_or_refuses(problem):
+    """The batch form of the screen, tried at levels swept across the batch threshold tau (3 screen errors E
+    either side): every answer it certifies is the real-arithmetic batch rule; every level at or below tau - 2 d
+    certifies (d: fp32's evaluation bound), levels a bf16 step above tau refuse. Clustered: 64 latents of
+    nearly one direction, so the batch's top values lie far closer together than the bf16 product resolves.
+    Cancelling: two input dimensions of +-4000 terms that cancel, so the screen errs by many of its own steps
+    at the batch threshold (an entry may fall below one whose real value is lower)."""
+    from saeforge.distributed import Collectives
+    from saeforge.sae import screen
+
+    x, W, b = _problem(1, B=64, d_in=96, d_sae=768)
+    if problem == "clustered":
+        W[:, :64] = W[:, :1] + 2e-3 * W[:, :64]
+        x += 2 * W[:, 0]
+    if problem == "cancelling":
+        g = torch.Generator().manual_seed(5)
+        x[:, :2] += 2000.0
+        W[0], W[1] = (
+            2 + 1e-3 * torch.randn(W.shape[1], generator=g),
+            -2 - 1e-3 * torch.randn(W.shape[1], generator=g),
+        )
+    n_keep = 4 * len(x)
+    expected, tau, real = _batch_rule(x, W, b, n_keep)
+    c = screen._screen(x, W, b)
+    d, E = float(c.delta.max()), float(c.E.max())
+    assert float((c.s.double() - real).abs().max()) > 1e2 * d  # the screen's rounding is what is at stake
+    refused = []
+    for level in tau + E * torch.linspace(-3, 3, 241, dtype=torch.float64):
+        rows, latents, cap = screen._candidates(c, level, Collectives())
+        sel = screen._certified(c, rows, latents, cap, n_keep, Collectives())
+        refused.append(sel is None)
+        if sel is None:
+            assert level > tau - 2 * d
+            continue
+        assert set(zip(sel.tokens.tolist(), sel.latents.tolist(), strict=True)) == expected, float(level)
+        torch.testing.assert_close(sel.values.double(), real[sel.tokens, sel.latents], rtol=1e-5, atol=1e-5)
+        assert level * (1 - 2**-7) <= tau
+    assert refused[-1] and not refused[0]
+    # and at the level the screen estimates itself: certified (spread), and the same answer whenever it is;
+    # where E dwarfs tau (cancelling) the candidates would be most of the batch, and it leaves them to the rows
+    sel = screen.screened_batch_topk(x, W, b, n_keep, Collectives())
+    assert (sel is None) == (problem == "cancelling") or problem == "clustered"
+    if sel is not None:
+        assert set(zip(sel.tokens.tolist(), sel.latents.tolist(), strict=True)) == expected
+        assert sel.candidates < 3 * n_keep or problem == "clustered"
+
+
+def test_entries_at_least_a_level_match_the_plain_comparison():
+    """`_at_least`'s int16 group-maxima path (positive levels) and its plain path (any level) return exactly
+    the entries of a bf16 product >= each row's level, row-major: levels that equal entries, negative entries
+    and -0.0 included."""
+    from saeforge.sae import screen
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(40, 256, generator=g).to(torch.bfloat16)
+    s[0, :8] = -0.0
+    s[1, 5] = s[1, 200] = 1.5
+    for level in (s[:, 7].abs() + 0.25, s.float().amax(1), torch.full((40,), 1.5), s[:, 3].float() - 0.5):
+        level = level.to(torch.bfloat16)
+        level[1] = 1.5
+        rows, latents = screen._at_least(s, level)
+        assert torch.equal(torch.stack([rows, latents], 1), (s >= level[:, None]).nonzero())

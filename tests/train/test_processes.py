@@ -251,6 +251,7 @@ def test_two_gloo_ranks_match_one_process(store, tmp_path):
         activations=str(store), tokens=B * 10, batch_size=B, log_every=5, device="cpu", dead_tokens=B * 2,
         saes=[dict(name="tk", architecture="topk", k=4, d_sae=64, k_aux=8),
               dict(name="bt", architecture="batchtopk", k=4, d_sae=48),
+              dict(name="bs", architecture="batchtopk", k=4, d_sae=256, options={"screen": "bf16"}),
               dict(name="jr", architecture="jumprelu", d_sae=32, target_l0=6),
               dict(name="mt", architecture="matryoshka", k=4, d_sae=32, group_sizes=[8, 8, 16]),
               dict(name="gt", architecture="gated", d_sae=32, target_l0=6),
