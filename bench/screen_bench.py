@@ -7,6 +7,11 @@ layers.3.resid_post --tokens 16384 --out DIR`). The SAE is saeforge's TopK at in
 the pre-activations are, so both are reported). `--margins 64,256,1024` also counts the fallback rate at
 other margins; `near_tie_rate` is the share of rows whose k-th and (k+1)-th fp32 values lie within fp32's own
 error bound of each other (decided in float64), `rescreened_rate` the share the margin left to a wider pass.
+
+`--architecture batchtopk` trains BatchTopK instead and times its batch rule three ways: over the whole batch
+through the screen (`screened_batch_topk`), from each row's 2k offers through the row-wise screen (its
+fallback), and from the dense fp32 GEMM's offers; it counts the batches of the store the batch screen certifies
+and checks its pairs against the float64 batch rule.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from bench.harness import machine_info  # noqa: E402
-from saeforge.sae.screen import exact_topk, screened_topk  # noqa: E402
+from saeforge.distributed import Collectives  # noqa: E402
+from saeforge.sae.screen import exact_topk, screened_batch_topk, screened_topk  # noqa: E402
 
 
 def _interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
@@ -77,6 +83,54 @@ def measure(x: torch.Tensor, sae, k: int, margin: int, repeats: int) -> dict:
     }
 
 
+def _float64_batch_rule(xc: torch.Tensor, W: torch.Tensor, b: torch.Tensor, n_keep: int) -> set:
+    real = xc.double() @ W.double() + b.double()
+    tau = real.flatten().topk(n_keep).values[-1]
+    return set(map(tuple, ((real >= tau) & (real > 0)).nonzero().tolist()))
+
+
+def measure_batch(xs: list[torch.Tensor], sae, k: int, repeats: int) -> dict:
+    """xs: batches [B, d_in] of raw activations; sae an exported BatchTopK SAE. Times BatchTopK's selection on
+    the first batch (the batch screen, the row-wise screen's 2k offers, the dense GEMM's 2k offers, and the two
+    GEMMs), interleaved; over every batch, whether the batch screen certified and how many candidates it took."""
+    W, b = sae.W_enc.detach().t().contiguous().t(), sae.b_enc.detach()
+    xcs = [(x - sae.b_dec).detach() for x in xs]
+    xc, n_keep = xcs[0], k * len(xs[0])
+    xb, Wb = xc.bfloat16(), W.bfloat16()
+    fns = {
+        "batch_screen": lambda: screened_batch_topk(xc, W, b, n_keep, Collectives()),
+        "rowwise_screen_offers": lambda: screened_topk(xc, W, b, 2 * k),
+        "dense_offers": lambda: exact_topk(xc, W, b, 2 * k),
+        "gemm_fp32": lambda: torch.addmm(b, xc, W),
+        "gemm_bf16": lambda: xb @ Wb,
+    }
+    times = _interleaved(fns, repeats)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    batches = []
+    for x in xcs:
+        sel = screened_batch_topk(x, W, b, k * len(x), Collectives())
+        batches.append(
+            {
+                "certified": sel is not None,
+                "candidates_per_row": sel.candidates / len(x) if sel else None,
+                "kept_per_row": len(sel.values) / len(x) if sel else None,
+                "equal_to_float64_batch_rule": (
+                    set(zip(sel.tokens.tolist(), sel.latents.tolist(), strict=True))
+                    == _float64_batch_rule(x, W, b, k * len(x))
+                    if sel
+                    else None
+                ),
+            }
+        )
+    return {
+        "seconds": {n: {"median": med[n], "min": min(t), "max": max(t)} for n, t in times.items()},
+        "batch_screen_over_rowwise": med["rowwise_screen_offers"] / med["batch_screen"],
+        "batch_screen_over_dense": med["dense_offers"] / med["batch_screen"],
+        "certified_batches": sum(r["certified"] for r in batches),
+        "batches": batches,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from saeforge.activations.store import ActivationStore
     from saeforge.train import TrainConfig, train
@@ -87,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=64)
     p.add_argument("--margin", type=int, default=None, help="default: the library's (k + 64)")
     p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--architecture", choices=("topk", "batchtopk"), default="topk")
     p.add_argument("--train-steps", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -97,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     store = ActivationStore.open(a.store)
-    x = store.shard(0)["activations"][: a.batch].float()
+    acts = store.shard(0)["activations"].float()
+    x = acts[: a.batch]
     out = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(a).items()}, "saes": {}}
     for steps in (1, a.train_steps):
         with tempfile.TemporaryDirectory() as tmp:
@@ -109,10 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                     "out": tmp,
                     "plots": False,
                     "final_checkpoint": False,
-                    "saes": [{"name": "topk", "architecture": "topk", "d_sae": a.d_sae, "k": a.k}],
+                    "saes": [{"name": "sae", "architecture": a.architecture, "d_sae": a.d_sae, "k": a.k}],
                 }
             )
             sae = train(cfg)[0].sae
+        if a.architecture == "batchtopk":
+            xs = list(acts[: len(acts) // a.batch * a.batch].split(a.batch))
+            out["saes"][f"after_{steps}_steps"] = measure_batch(xs, sae, a.k, a.repeats)
+            print(
+                json.dumps({f"after_{steps}_steps": out["saes"][f"after_{steps}_steps"]}, indent=1),
+                flush=True,
+            )
+            continue
         out["saes"][f"after_{steps}_steps"] = measure(x, sae, a.k, a.margin, a.repeats)
         by_margin = {
             m: screened_topk((x - sae.b_dec).detach(), sae.W_enc.detach(), sae.b_enc.detach(), a.k, m)

@@ -115,3 +115,29 @@ def test_peer_worker_reads_each_batch_of_the_shared_file(tmp_path):
     assert len(batches) == 5 and batches.shape == (5, 7, 3)
     for i in (4, 0, 2):
         np.testing.assert_array_equal(batches[i].numpy(), arr[i])
+
+
+def test_screen_bench_batch_mode_checks_the_batch_screen_against_float64():
+    """bench.screen_bench's BatchTopK mode reports, per batch, a certified batch screen whose pairs equal the
+    float64 batch rule, and the timings of the three selections."""
+    from types import SimpleNamespace
+
+    from bench.screen_bench import measure_batch
+
+    g = torch.Generator().manual_seed(0)
+    sae = SimpleNamespace(
+        W_enc=torch.randn(32, 1024, generator=g) / 32**0.5,
+        b_enc=torch.randn(1024, generator=g) * 0.1,
+        b_dec=torch.randn(32, generator=g),
+    )
+    xs = [torch.randn(64, 32, generator=g) + sae.b_dec for _ in range(2)]
+    out = measure_batch(xs, sae, k=4, repeats=1)
+    assert out["certified_batches"] == 2
+    assert all(b["equal_to_float64_batch_rule"] and b["kept_per_row"] == 4 for b in out["batches"])
+    assert set(out["seconds"]) == {
+        "batch_screen",
+        "rowwise_screen_offers",
+        "dense_offers",
+        "gemm_fp32",
+        "gemm_bf16",
+    }
