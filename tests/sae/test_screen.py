@@ -260,3 +260,29 @@ def test_entries_at_least_a_level_match_the_plain_comparison():
         level[1] = 1.5
         rows, latents = screen._at_least(s, level)
         assert torch.equal(torch.stack([rows, latents], 1), (s >= level[:, None]).nonzero())
+
+
+def test_the_batch_screen_does_not_depend_on_the_thread_count_or_its_level():
+    """The batch screen's candidates follow the bf16 product's rounding (threads) and its level; the certified
+    pairs and their values, in their order, do not: one answer with 1 and 2 threads and at any level that
+    certifies."""
+    from saeforge.distributed import Collectives
+    from saeforge.sae import screen
+
+    x, W, b = _problem(4, B=256, d_in=64, d_sae=4096)
+    n_keep, threads = 8 * len(x), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = screen.screened_batch_topk(x, W, b, n_keep, Collectives())
+        torch.set_num_threads(max(2, threads))
+        two = screen.screened_batch_topk(x, W, b, n_keep, Collectives())
+    finally:
+        torch.set_num_threads(threads)
+    c = screen._screen(x, W, b)
+    tau = float(one.values.min())
+    lower = screen._certified(c, *screen._candidates(c, torch.tensor(0.8 * tau).double(), Collectives()), n_keep,
+                              Collectives())  # fmt: skip
+    assert lower.candidates > one.candidates
+    for other in (two, lower):
+        for field in ("values", "tokens", "latents"):
+            assert torch.equal(getattr(one, field), getattr(other, field)), field
