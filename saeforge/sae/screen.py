@@ -317,22 +317,17 @@ def screened_batch_topk(
     """
     c = _screen(xc, W_enc, b_enc)
     flat = c.s.view(-1)
-    gen = torch.Generator(device=flat.device).manual_seed(
-        0
-    )  # the same sample every step: a cost, not a result
-    sample = flat[
-        torch.randint(flat.numel(), (min(flat.numel(), 1 << 20),), generator=gen, device=flat.device)
-    ]
-    sample = sample.float()
+    # the same sample every step (it decides a cost, not the answer): 2^20 entries at most
+    gen = torch.Generator(device=flat.device).manual_seed(0)
+    at = torch.randint(flat.numel(), (min(flat.numel(), 1 << 20),), generator=gen, device=flat.device)
+    sample = flat[at].float()
     share = n_keep / int(collectives.all_reduce_sum(torch.tensor(flat.numel(), device=xc.device)))
     for rho in (1 / 8, 1.0):
         rank = min(sample.numel(), max(1, round(share * (1 + rho) * sample.numel())))
         level = collectives.all_gather_cat(sample.topk(rank).values[-1:]).min().double()
         rows, latents, cap = _candidates(c, level, collectives)
-        if (
-            int(collectives.all_reduce_sum(torch.tensor(len(rows), device=xc.device)))
-            > 8 * (1 + rho) * n_keep
-        ):
+        n_candidates = int(collectives.all_reduce_sum(torch.tensor(len(rows), device=xc.device)))
+        if n_candidates > 8 * (1 + rho) * n_keep:
             return None
         if sel := _certified(c, rows, latents, cap, n_keep, collectives):
             return sel
