@@ -164,9 +164,13 @@ def _instrument(model: torch.nn.Module, clock: PhaseClock) -> list[tuple[object,
     patches.append((kernels, "topk_select", kernels.topk_select))
     kernels.topk_select = clock.wrap("top-k selection", kernels.topk_select)
     # a screened step (screen: auto on a CPU with native bf16): the bf16 GEMM, the candidates' exact values and
-    # the certificate; its top-(k + margin) of the bf16 product still counts as top-k selection
+    # the certificate; finding the candidates in the bf16 product (a level, or a top-(k + margin)) still counts
+    # as top-k selection
     patches.append((screen, "screened_topk", screen.screened_topk))
     screen.screened_topk = clock.wrap("bf16 screen", screen.screened_topk)
+    for name in ("_group_max", "_kth_largest", "_at_least"):
+        patches.append((screen, name, getattr(screen, name)))
+        setattr(screen, name, clock.wrap("top-k selection", getattr(screen, name)))
     return patches
 
 

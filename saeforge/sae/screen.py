@@ -4,7 +4,7 @@ The exact TopK step needs pre = xc @ W_enc + b_enc [B, d_sae] only to find each 
 their values. The screen finds them from a cheaper product and proves it found the right ones:
 
     s   = bf16(xc) @ bf16(W_enc) + bf16(b_enc)             [B, d_sae] in bf16 (oneDNN: fp32 accumulation)
-    C   = top-(k + margin) of s per row                     candidates; t = the (k + margin + 1)-th value of s
+    C   = the entries of s >= t per row                     candidates; t = a level about k + 5/8 margin reach
     v   = fp32 <xc[b], W_enc[:, j]> + b_enc[j], j in C      (latent-major dot products, kernels._pair_dots)
     top = the k largest of v                                the answer, once certified
 
@@ -19,7 +19,10 @@ With dx = xc - bf16(xc) measured and |bf16(a) - a| <= u |a| per element, Cauchy-
                    + (d_in + 1) 2^-126 (1 + max|xc| + w)  +  u/(1-u) |s_j|  =  E + u/(1-u) |s_j|
 (the 2^-126 term covers inputs and products flushed to zero as subnormals; bf16 x bf16 products are exact in
 fp32, the bf16 output's rounding is the last term).
-A non-candidate has s_j <= t, so y_j <= f(t) + E with f(t) = t + u/(1-u)|t| increasing. A row is
+The level t of a row is the (k + r)-th largest maximum of its strided groups of 8 latents, so at least k + r
+entries reach it without any top-k over the row (rows it does not screen take their top k + margin of s, t the
+next value, as a second pass). A non-candidate has s_j <= t, so y_j <= f(t) + E with f(t) = t + u/(1-u)|t|
+increasing. A row is
 
 - *screened* when v_(k) - d > f(t) + E: at least k candidates have y >= v_(k) - d, above every non-candidate,
   so the real top k are candidates;
@@ -165,8 +168,37 @@ def _certify(
     t, last = s_top.float().min(1)  # every non-candidate is <= t
     cand = s_idx[torch.ones_like(s_idx, dtype=torch.bool).scatter_(1, last[:, None], False)]
     cand = cand.view(n_rows, width - 1)
-    xc = c.xc[rows]
-    v = _candidate_values(xc, c.W_enc, c.b_enc, cand)
+    v = _candidate_values(c.xc[rows], c.W_enc, c.b_enc, cand)
+    return _settle(c, rows, k, cand, v, t, values, indices)
+
+
+def _level_pass(c: _Rows, k: int, r: int, values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, int]:
+    """The first pass over every row, without a top-k of s: the candidates of row b are its entries >= L_b, the
+    (k + r)-th largest maximum of its strided groups of 8 (`_group_max`), so at least k + r of them (a group whose
+    maximum reaches L_b holds one) and rarely many more; every non-candidate has s < L_b. Returns what `_certify`
+    does."""
+    n_rows, d = c.s.shape
+    rows = torch.arange(n_rows, device=c.s.device)
+    if d % 8 or k + r > d // 8:
+        return rows, rows[:0], 0
+    gm = _group_max(c.s)
+    level = _value(_kth_largest(gm, k + r))
+    at, latents = _at_least(c.s, level, gm)
+    counts = torch.bincount(at, minlength=n_rows)
+    slot = torch.arange(len(at), device=at.device) - (counts.cumsum(0) - counts)[at]
+    exact = kernels._pair_dots(kernels.Pairs.of_tokens(latents, at, n_rows), c.xc, kernels._rows_of(c.W_enc))
+    v = torch.full((n_rows, int(counts.max())), -torch.inf, dtype=c.xc.dtype, device=c.xc.device)
+    cand = torch.zeros(v.shape, dtype=torch.long, device=c.xc.device)
+    v[at, slot], cand[at, slot] = exact + c.b_enc[latents], latents
+    return _settle(c, rows, k, cand, v, level.float(), values, indices)
+
+
+def _settle(
+    c: _Rows, rows: Tensor, k: int, cand: Tensor, v: Tensor, t: Tensor, values: Tensor, indices: Tensor
+) -> tuple[Tensor, Tensor, int]:
+    """The certificate of `rows` from their candidates cand [R, w] (latent ids; padding has v = -inf), their
+    exact fp32 values v [R, w] and t [R], a screen value no non-candidate exceeds: writes the rows' top k of v
+    into values/indices [B, k]; returns (rows not screened, real ties, near ties)."""
     top_v, pos = v.topk(k + 1, dim=1)
     hi, lo, delta = top_v[:, k - 1], top_v[:, k], c.delta[rows]
     screened = hi - delta > t + c.u / (1 - c.u) * t.abs() + c.E[rows]
@@ -178,7 +210,7 @@ def _certify(
         band = (vn >= lo[near, None] - 2 * dn) & (vn <= hi[near, None] + 2 * dn)
         key = torch.where(vn > hi[near, None] + 2 * dn, torch.inf, -torch.inf).double()
         r, j = band.nonzero(as_tuple=True)
-        key[r, j] = _float64_values(xc, kernels._rows_of(c.W_enc), c.b_enc, near[r], cn[r, j])
+        key[r, j] = _float64_values(c.xc, kernels._rows_of(c.W_enc), c.b_enc, rows[near[r]], cn[r, j])
         kv, kp = key.topk(k + 1, dim=1)
         values[rows[near]], indices[rows[near]] = vn.gather(1, kp[:, :k]), cn.gather(1, kp[:, :k])
         tied = rows[near[kv[:, k - 1] - kv[:, k] <= 2 * c.d64[rows[near]]]]
@@ -251,8 +283,9 @@ def screened_topk(
 ) -> ScreenResult:
     """Top-k of xc [B, d_in] @ W_enc [d_in, d_sae] + b_enc [d_sae] per row, the real-arithmetic TopK's selection,
     found through a bf16 screen (module docstring). margin: extra candidates per row (default `default_margin`).
-    Rows the margin does not screen are screened again with four and then sixteen times the margin, from the
-    same bf16 product; what that leaves (and real ties) takes its dense fp32 row."""
+    The first pass takes each row's entries at or above one level (`_level_pass`: about k + 5/8 margin of them,
+    found without a top-k of s); rows it does not screen take the top k + margin, then four and sixteen times
+    the margin, of the same bf16 product; what that leaves (and real ties) takes its dense fp32 row."""
     n_rows, d_sae = xc.shape[0], W_enc.shape[1]
     margin = default_margin(k) if margin is None else max(margin, 1)
     if k + margin + 1 >= d_sae:
@@ -260,14 +293,15 @@ def screened_topk(
     c = _screen(xc, W_enc, b_enc)
     values = torch.empty(n_rows, k, dtype=xc.dtype, device=xc.device)
     indices = torch.empty(n_rows, k, dtype=torch.long, device=xc.device)
-    rows, ties, n_near, n_wider = torch.arange(n_rows, device=xc.device), [], 0, 0
+    # the first pass's level: the (k + 5/8 margin)-th group maximum, the fastest measured (docs/benchmarks.md)
+    rows, tied, n_near = _level_pass(c, k, max(5 * margin // 8, 1), values, indices)
+    ties, n_wider = [tied], len(rows)
     for m in (margin, 4 * margin, 16 * margin):
         if not len(rows) or k + m + 1 >= d_sae:
             break
         rows, tied, near = _certify(c, rows, k, k + m + 1, values, indices)
         ties.append(tied)
         n_near += near
-        n_wider = len(rows) if m == margin else n_wider
     bad = torch.cat([rows, *ties])
     if len(bad):
         values[bad], indices[bad] = real_topk(xc[bad], W_enc, b_enc, k, margin)
@@ -287,16 +321,47 @@ class BatchSelection:
     candidates: int
 
 
-def _at_least(s: Tensor, level: Tensor) -> tuple[Tensor, Tensor]:
-    """(rows, latents) of the entries of s [B, d] (bf16) >= level [B] (bf16), row-major. Positive bf16 values
-    order as their int16 bits and every negative one is below them, so for positive levels the maxima of strided
-    groups of 8 latents (one vectorised pass) rule out most of s before any entry is compared."""
+def _key(bits: Tensor) -> Tensor:
+    """int16 bits of bf16 values -> int16 keys that order as the values do, equal values (+0 and -0) equal keys:
+    a non-negative value's bits, minus a negative one's magnitude bits."""
+    return torch.where(bits >= 0, bits, -(bits & 0x7FFF))
+
+
+def _value(key: Tensor) -> Tensor:
+    """The bf16 values of keys (`_key`'s inverse; a zero key is +0)."""
+    return torch.where(key >= 0, key, (-key) | -0x8000).view(torch.bfloat16)
+
+
+def _group_max(s: Tensor) -> Tensor:
+    """s [B, d] bf16 (d a multiple of 8) -> int16 [B, d // 8]: the key (`_key`) of the largest entry of each
+    strided group of 8 latents {g, g + d/8, ...}. Keys order as bits do among non-negative values and reversed
+    among negative ones, so that is the largest bits of a group holding a non-negative entry, else the key of
+    its smallest bits (two vectorised passes over the int16 view, no key computed per entry)."""
     n_rows, d = s.shape
-    if not (d % 8 == 0 and bool((level > 0).all())):
+    bits = s.view(torch.int16).view(n_rows, 8, d // 8)
+    top = bits.amax(1)
+    return torch.where(top >= 0, top, _key(bits.amin(1)))
+
+
+def _kth_largest(keys: Tensor, n: int) -> Tensor:
+    """keys [B, g] int16 -> [B], each row's n-th largest (numpy's introselect on CPU: 4x torch.topk here)."""
+    if keys.device.type == "cpu":
+        return torch.from_numpy(
+            np.partition(keys.numpy(), keys.shape[1] - n, axis=1)[:, keys.shape[1] - n].copy()
+        )
+    return keys.topk(n, dim=1, sorted=False).values.amin(1)
+
+
+def _at_least(s: Tensor, level: Tensor, gm: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(rows, latents) of the entries of s [B, d] (bf16, no NaN) >= level [B] (bf16), row-major. The maxima of
+    strided groups of 8 latents (`_group_max`, or gm when already computed) rule out most of s before any entry
+    is compared; the comparisons run on keys (`_key`)."""
+    n_rows, d = s.shape
+    if d % 8:
         return (s >= level[:, None]).nonzero(as_tuple=True)
-    bits, lb = s.view(torch.int16).view(n_rows, 8, d // 8), level.view(torch.int16)
-    r, g = (bits.amax(1) >= lb[:, None]).nonzero(as_tuple=True)
-    hit, i = (bits[r, :, g] >= lb[r, None]).nonzero(as_tuple=True)
+    bits, lk = s.view(torch.int16).view(n_rows, 8, d // 8), _key(level.view(torch.int16))
+    r, g = ((_group_max(s) if gm is None else gm) >= lk[:, None]).nonzero(as_tuple=True)
+    hit, i = (_key(bits[r, :, g]) >= lk[r, None]).nonzero(as_tuple=True)
     key = r[hit] * d + g[hit] + i * (d // 8)
     key = torch.from_numpy(np.sort(key.numpy())) if key.device.type == "cpu" else key.sort().values
     return key // d, key % d

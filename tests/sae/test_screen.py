@@ -246,20 +246,55 @@ def test_the_batch_screen_at_any_level_is_exact_or_refuses(problem):
 
 
 def test_entries_at_least_a_level_match_the_plain_comparison():
-    """`_at_least`'s int16 group-maxima path (positive levels) and its plain path (any level) return exactly
-    the entries of a bf16 product >= each row's level, row-major: levels that equal entries, negative entries
-    and -0.0 included."""
+    """`_at_least`'s int16 group-maxima path returns exactly the entries of a bf16 product >= each row's level,
+    row-major: positive, negative and zero levels (+0 and -0, with -0.0 entries), levels that equal entries."""
     from saeforge.sae import screen
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(40, 256, generator=g).to(torch.bfloat16)
     s[0, :8] = -0.0
     s[1, 5] = s[1, 200] = 1.5
-    for level in (s[:, 7].abs() + 0.25, s.float().amax(1), torch.full((40,), 1.5), s[:, 3].float() - 0.5):
+    levels = (s[:, 7].abs() + 0.25, s.float().amax(1), torch.full((40,), 1.5), s[:, 3].float() - 0.5)
+    for level in (*levels, s[:, 9].float(), s.float().amin(1), torch.zeros(40), -torch.zeros(40)):
         level = level.to(torch.bfloat16)
         level[1] = 1.5
         rows, latents = screen._at_least(s, level)
         assert torch.equal(torch.stack([rows, latents], 1), (s >= level[:, None]).nonzero())
+
+
+def test_keys_order_every_bf16_value_as_the_values_do():
+    """Every non-NaN bf16 bit pattern: `_key` orders them as their values, equal values (+0, -0) equal keys,
+    and `_value` inverts it; `_group_max` is the key of each strided group's largest value."""
+    from saeforge.sae import screen
+
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    values = bits.view(torch.bfloat16)
+    bits, values = bits[~values.isnan()], values[~values.isnan()]
+    keys = screen._key(bits)
+    by_value = values.float().argsort(stable=True)
+    assert bool((keys[by_value].diff() >= 0).all())
+    assert torch.equal(keys[by_value].diff() == 0, values.float()[by_value].diff() == 0)
+    assert torch.equal(screen._value(keys).float(), values.float())
+    g = torch.Generator().manual_seed(1)
+    s = (torch.randn(16, 64, generator=g) - 1.5).to(torch.bfloat16)  # most groups hold no positive entry
+    s[0, ::8] = -0.0
+    naive = s.float().view(16, 8, 8).amax(1).to(torch.bfloat16)
+    assert torch.equal(screen._value(screen._group_max(s)).float(), naive.float())
+    assert bool((screen._group_max(s) < 0).any())
+
+
+def test_the_level_pass_screens_rows_whose_top_k_is_mostly_negative():
+    """Trained SAEs' rows hold few positive pre-activations (negative biases): the first pass's level, the
+    (k + r)-th largest group maximum, is then negative. It must screen those rows too, with the real TopK."""
+    x, W, b = _problem(3)
+    b = b - float(
+        (x @ W + b).flatten().kthvalue(int(0.995 * x.shape[0] * W.shape[1])).values
+    )  # 0.5% positive
+    assert float((x @ W + b > 0).sum(1).float().mean()) < 8
+    got = screened_topk(x, W, b, 8)
+    assert torch.equal(got.indices, _float64_topk(x, W, b, 8).sort(1).values)
+    assert got.rescreened == 0 and got.fallback == 0
+    assert int((got.values.amin(1) < 0).sum()) >= len(x) // 3  # the k-th value, and so the level, is negative
 
 
 def test_the_batch_screen_does_not_depend_on_the_thread_count_or_its_level():
