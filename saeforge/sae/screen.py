@@ -182,7 +182,13 @@ def _level_pass(c: _Rows, k: int, r: int, values: Tensor, indices: Tensor) -> tu
     if d % 8 or k + r > d // 8:
         return rows, rows[:0], 0
     gm = _group_max(c.s)
-    level = _value(_kth_largest(gm, k + r))
+    level = _kth_largest(
+        gm, k + r
+    )  # exact where >= 0: those rows' top k + r groups hold non-negative entries
+    if len(below := (level < 0).nonzero().squeeze(1)):
+        _exact_below_zero(c.s, gm, below)
+        level[below] = _kth_largest(gm[below], k + r)
+    level = _value(level)
     at, latents = _at_least(c.s, level, gm)
     counts = torch.bincount(at, minlength=n_rows)
     slot = torch.arange(len(at), device=at.device) - (counts.cumsum(0) - counts)[at]
@@ -333,14 +339,20 @@ def _value(key: Tensor) -> Tensor:
 
 
 def _group_max(s: Tensor) -> Tensor:
-    """s [B, d] bf16 (d a multiple of 8) -> int16 [B, d // 8]: the key (`_key`) of the largest entry of each
-    strided group of 8 latents {g, g + d/8, ...}. Keys order as bits do among non-negative values and reversed
-    among negative ones, so that is the largest bits of a group holding a non-negative entry, else the key of
-    its smallest bits (two vectorised passes over the int16 view, no key computed per entry)."""
+    """s [B, d] bf16 (d a multiple of 8) -> int16 [B, d // 8]: the largest int16 bits of each strided group of 8
+    latents {g, g + d/8, ...}. Non-negative bf16 values order as their bits and every negative one is below
+    them, so that is the key (`_key`) of the group's largest entry where the group holds a non-negative one, and
+    a negative number otherwise: exact against any level >= 0; `_exact_below_zero` makes rows exact for the rest."""
     n_rows, d = s.shape
-    bits = s.view(torch.int16).view(n_rows, 8, d // 8)
-    top = bits.amax(1)
-    return torch.where(top >= 0, top, _key(bits.amin(1)))
+    return s.view(torch.int16).view(n_rows, 8, d // 8).amax(1)
+
+
+def _exact_below_zero(s: Tensor, gm: Tensor, rows: Tensor) -> None:
+    """Makes gm's rows `rows` the keys of every group's largest entry, the groups of negative entries included
+    (among negative values bits order reversed: the key of the smallest bits), in place."""
+    n_rows, d = s.shape
+    low = s.view(torch.int16).view(n_rows, 8, d // 8)[rows].amin(1)
+    gm[rows] = torch.where(gm[rows] >= 0, gm[rows], _key(low))
 
 
 def _kth_largest(keys: Tensor, n: int) -> Tensor:
@@ -355,12 +367,15 @@ def _kth_largest(keys: Tensor, n: int) -> Tensor:
 def _at_least(s: Tensor, level: Tensor, gm: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(rows, latents) of the entries of s [B, d] (bf16, no NaN) >= level [B] (bf16), row-major. The maxima of
     strided groups of 8 latents (`_group_max`, or gm when already computed) rule out most of s before any entry
-    is compared; the comparisons run on keys (`_key`)."""
+    is compared; the comparisons run on keys (`_key`). A gm given must be exact in the rows of negative levels."""
     n_rows, d = s.shape
     if d % 8:
         return (s >= level[:, None]).nonzero(as_tuple=True)
     bits, lk = s.view(torch.int16).view(n_rows, 8, d // 8), _key(level.view(torch.int16))
-    r, g = ((_group_max(s) if gm is None else gm) >= lk[:, None]).nonzero(as_tuple=True)
+    if gm is None:
+        gm = _group_max(s)
+        _exact_below_zero(s, gm, (lk < 0).nonzero().squeeze(1))
+    r, g = (gm >= lk[:, None]).nonzero(as_tuple=True)
     hit, i = (_key(bits[r, :, g]) >= lk[r, None]).nonzero(as_tuple=True)
     key = r[hit] * d + g[hit] + i * (d // 8)
     key = torch.from_numpy(np.sort(key.numpy())) if key.device.type == "cpu" else key.sort().values

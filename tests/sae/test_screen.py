@@ -264,7 +264,8 @@ def test_entries_at_least_a_level_match_the_plain_comparison():
 
 def test_keys_order_every_bf16_value_as_the_values_do():
     """Every non-NaN bf16 bit pattern: `_key` orders them as their values, equal values (+0, -0) equal keys,
-    and `_value` inverts it; `_group_max` is the key of each strided group's largest value."""
+    and `_value` inverts it; `_group_max` is the key of each strided group's largest value where that is
+    non-negative, and `_exact_below_zero` makes it that everywhere in the rows it is given."""
     from saeforge.sae import screen
 
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
@@ -278,9 +279,13 @@ def test_keys_order_every_bf16_value_as_the_values_do():
     g = torch.Generator().manual_seed(1)
     s = (torch.randn(16, 64, generator=g) - 1.5).to(torch.bfloat16)  # most groups hold no positive entry
     s[0, ::8] = -0.0
-    naive = s.float().view(16, 8, 8).amax(1).to(torch.bfloat16)
-    assert torch.equal(screen._value(screen._group_max(s)).float(), naive.float())
-    assert bool((screen._group_max(s) < 0).any())
+    naive = s.float().view(16, 8, 8).amax(1)
+    gm = screen._group_max(s)
+    assert torch.equal(screen._value(gm).float()[naive >= 0], naive[naive >= 0])
+    assert bool((gm[naive < 0] < 0).all()) and bool((naive < 0).any())
+    screen._exact_below_zero(s, gm, torch.arange(1, 16, 2))  # the odd rows become exact keys, the even stay
+    assert torch.equal(screen._value(gm).float()[1::2], naive[1::2])
+    assert torch.equal(gm[::2], screen._group_max(s)[::2])
 
 
 def test_the_level_pass_screens_rows_whose_top_k_is_mostly_negative():
