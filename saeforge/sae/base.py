@@ -169,7 +169,8 @@ class TrainStepOutput:
     x_hat: [B, d_out] reconstruction of the step input's `y` (in the scaled space).
     loss: scalar, the sum of `losses`.
     losses: named scalar terms, e.g. {"mse": ..., "auxk": ...}.
-    fired: [d_sae] number of tokens of the batch on which each latent was active (no grad).
+    fired: [d_sae] number of tokens of the batch on which each latent was active (no grad); it resets the
+        latent's dead clock, so it counts firing as the exported SAE would (BatchTopK: above its threshold).
     l0: scalar, mean active latents per token (no grad).
     """
 

@@ -10,6 +10,7 @@ per-token rule with theta = tau keeps exactly what the batch rule keeps, and a l
     training:  z = ReLU(pre) * [ReLU(pre) is among the k*B largest of the batch]
     inference: z = ReLU(pre) * [pre > theta]
     loss = mean_b ||x - x_hat||^2 + alpha * AuxK       (AuxK, unit-norm decoder, init: as TopK)
+    dead:      no kept value above theta in the dead window (5 batches by default; `_fires`: what the export fires)
 
 The kept pairs come from the dense fp32 GEMM (each row offers its 2k largest, `_select`) or, where the `screen`
 setting takes it (`TopKFamilySAE._screens`), from the certified bf16 screen over the whole batch
@@ -73,6 +74,11 @@ class BatchTopKTrainingSAE(TopKFamilySAE):
     def _extras(self) -> dict[str, Tensor]:
         """For the trainer's logs: the inference threshold estimate."""
         return {"threshold": self.threshold.detach().clone()}
+
+    def _fires(self, vals: Tensor) -> Tensor:
+        """A kept value fires only above the inference threshold theta: a latent the batch rule keeps just under
+        theta would be dead in the exported SAE, so the dead criterion (and AuxK) must see it as dead."""
+        return vals > self.threshold
 
     def _inference_state(self, s: Scales) -> dict[str, Tensor]:
         return {**self._folded(s), "threshold": self.threshold.double().expand(self.d_sae).clone()}

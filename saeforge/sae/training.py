@@ -335,12 +335,15 @@ class TopKFamilySAE(TrainingSAE):
         self, x: Tensor, x_hat: Tensor, pairs: kernels.Pairs, vals: Tensor, losses: dict[str, Tensor]
     ) -> TrainStepOutput:
         """The step's output from x [B, d_in], the reconstruction and the selected pairs with their values [n]:
-        fired counts each latent's pairs with vals > 0, L0 is their number over B."""
+        fired counts each latent's pairs that `_fires` (the dead criterion's), L0 is the number with vals > 0 over B."""
         with torch.no_grad():
-            fired = torch.bincount(pairs.latents[vals > 0], minlength=self.d_sae).to(vals.dtype)
-        return TrainStepOutput(
-            x_hat, sum(losses.values()), losses, fired, fired.sum() / x.shape[0], self._extras()
-        )
+            fired = torch.bincount(pairs.latents[self._fires(vals)], minlength=self.d_sae).to(vals.dtype)
+            l0 = (vals > 0).sum().to(vals.dtype) / x.shape[0]
+        return TrainStepOutput(x_hat, sum(losses.values()), losses, fired, l0, self._extras())
+
+    def _fires(self, vals: Tensor) -> Tensor:
+        """Which selected values [n] count as the latent firing (for the dead criterion): the nonzero ones."""
+        return vals > 0
 
     @property
     def k_aux(self) -> int:

@@ -99,7 +99,9 @@ def test_values_and_gradients_match_dense_reference(arch, prefix_weight):
         torch.testing.assert_close(getattr(sae, name).grad, getattr(ref, name).grad, rtol=1e-9, atol=1e-12)
     if arch != "topk":
         torch.testing.assert_close(sae.threshold, ref_min.to(sae.threshold))
-    assert out.l0.item() == pytest.approx(out.fired.sum().item() / B)
+    # fired counts every kept pair, but for the batch rule the smallest: the first step sets theta to it
+    unfired = 0 if arch == "topk" else 1
+    assert out.fired.sum().item() == pytest.approx(out.l0.item() * B - unfired)
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
@@ -216,6 +218,31 @@ def test_default_threshold_tracks_the_batch_threshold_as_a_naive_ema(arch):
         assert sae.threshold.item() == pytest.approx(ref, rel=1e-6)
     assert abs(sae.threshold.item() / tau - 1) < 0.1
     assert slow.threshold.item() / tau > 1.3
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_batchtopk_counts_a_latent_as_fired_only_above_the_inference_threshold(arch):
+    """A kept value at or under theta would not fire in the exported SAE, so it does not reset the latent's dead
+    clock: fired counts the kept pairs above the updated threshold (a naive float64 EMA of the sorted batch
+    thresholds), while L0 still counts every kept pair. The second batch is shrunk so that its tau falls under
+    the first's and some kept values lie in [tau, theta]."""
+    x, _ = _inputs()
+    cfg = {"group_sizes": [4, 4, 8, 24]} if arch == "matryoshka" else {}
+    sae = _sae(arch, **cfg)
+    taus = []
+    for xs in (x, 0.5 * x):
+        with torch.no_grad():
+            pre = sae._pre_no_grad(xs - sae.b_dec).double()
+        flat = pre.relu().flatten()
+        kept = torch.zeros_like(flat, dtype=torch.bool).scatter(0, flat.topk(K * B).indices, True)
+        kept = (kept & (flat > 0)).view_as(pre)
+        taus.append(pre[kept].min().item())
+        out = sae.training_forward(TrainStepInput(x=xs))
+    theta = 0.5 * taus[0] + 0.5 * taus[1]
+    assert sae.threshold.item() == pytest.approx(theta, rel=1e-9)
+    torch.testing.assert_close(out.fired, (kept & (pre > theta)).sum(0).to(out.fired))
+    assert out.l0.item() == pytest.approx(kept.sum().item() / B)
+    assert 0 < out.fired.sum() < kept.sum()
 
 
 def test_unit_norm_decoder_hooks():
