@@ -143,7 +143,8 @@ class TrainStepInput:
     target: [B, d_out] what the dictionary reconstructs when it is not x (a transcoder's output site), scaled
         like x; None for an SAE (see `y`).
     step: optimiser steps taken so far.
-    dead_mask: [d_sae] bool, latents that have not fired in the last `dead_tokens` tokens (for AuxK), or None.
+    dead_mask: [d_sae] bool, latents that have not fired in the last `dead_tokens` tokens, or (the TopK family)
+        fired there on under `rare_fraction` of the design rate (train/dead.py), for AuxK; or None.
     sparsity_warmup: fraction in [0, 1] of the final sparsity-penalty weight to apply (linear warm-up, set by the
         trainer); architectures without a penalty ignore it.
     collectives: batch-wide reductions across data-parallel ranks (BatchTopK's top k*B over the global batch).
@@ -169,8 +170,8 @@ class TrainStepOutput:
     x_hat: [B, d_out] reconstruction of the step input's `y` (in the scaled space).
     loss: scalar, the sum of `losses`.
     losses: named scalar terms, e.g. {"mse": ..., "auxk": ...}.
-    fired: [d_sae] number of tokens of the batch on which each latent was active (no grad); it resets the
-        latent's dead clock, so it counts firing as the exported SAE would (BatchTopK: above its threshold).
+    fired: [d_sae] number of tokens of the batch on which each latent was active (no grad); the dead clock
+        (train/dead.py) counts it, so it counts firing as the exported SAE would (BatchTopK: above its threshold).
     l0: scalar, mean active latents per token (no grad).
     """
 

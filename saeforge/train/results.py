@@ -57,6 +57,7 @@ def export_results(run: Any) -> list[TrainedSAE]:
             sae_config=m.resolved.sae_cfg.model_dump(mode="json"),
             optim=m.optim,
             dead_tokens=m.resolved.dead_tokens,
+            live_rate=m.resolved.live_rate,
             data=run.data,
             activation_scale=run.saved_scale,
             world_size=run.mesh.dp,
@@ -67,7 +68,7 @@ def export_results(run: Any) -> list[TrainedSAE]:
         if run.layout.kind == "transcoder" and len(run.stores) == 2:
             card["hook_name_out"] = run.stores[1].hook
         card["training"]["tensor_parallel"] = run.mesh.tp
-        card["training"]["state_bytes_per_rank"] = state_bytes(m.model, m.optimizer, m.since_fired)
+        card["training"]["state_bytes_per_rank"] = state_bytes(m.model, m.optimizer, m.clock.state())
         card["final_metrics"] = (
             {k: v for k, v in hist[-1].items() if k not in ("step", "tokens")} if hist else {}
         )

@@ -56,8 +56,9 @@ def shard_file(rank: int, ranks: int) -> str:
 
 
 def member_dims(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """The checkpoint keys of one SAE's latent-indexed tensors (see train/state.py), with their latent dim."""
-    dims = {f"dead/{name}": 0}
+    """The checkpoint keys of one SAE's latent-indexed tensors (see train/state.py), with their latent dim (the
+    dead clock's live/<name> where it is kept)."""
+    dims = {f"dead/{name}": 0, f"live/{name}": 1}
     for key, t in model.state_dict().items():
         if (dim := latent_dim(key, t.ndim)) is not None:
             dims[f"sae/{name}/{key}"] = dim
@@ -77,7 +78,7 @@ def run_tensors(members: list[Any], input_acc: dict[str, Tensor], mesh: Mesh) ->
     dims: dict[str, int] = {}
     for m in members:
         acc = {k: mesh.dp_sum_(v.clone()) for k, v in m.acc.items()}
-        tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.since_fired, acc))
+        tensors.update(state.encode_member(m.name, m.model, m.optimizer, m.clock, acc))
         dims.update(member_dims(m.name, m.model, m.optimizer))
     tensors.update(state.encode_input({k: mesh.dp_sum_(v.clone()) for k, v in input_acc.items()}))
     return tensors, dims

@@ -23,7 +23,9 @@ from saeforge.train.defaults import OptimSettings, resolve_optim
 @dataclass(frozen=True)
 class ResolvedSAE:
     """spec: as written. sae_cfg: what the training SAE is built from. optim: lr, betas, schedule, clipping.
-    dead_tokens: after how many tokens without firing a latent is dead (AuxK trains it; the dead fraction)."""
+    dead_tokens: after how many tokens without firing a latent is dead (AuxK trains it; the dead fraction).
+    live_rate: a latent firing on fewer than live_rate of the tokens of its dead window is dead too
+    (`TrainingSAE.rare_fraction` of the design rate k / d_sae; 0: no such rule; train/dead.py)."""
 
     spec: SAESpec
     sae_cfg: TrainingSAEConfig
@@ -31,6 +33,7 @@ class ResolvedSAE:
     d_sae: int
     optim: OptimSettings
     dead_tokens: int
+    live_rate: float = 0.0
 
     @property
     def name(self) -> str:
@@ -43,6 +46,7 @@ class ResolvedSAE:
             "d_sae": self.d_sae,
             **self.optim.model_dump(mode="json"),
             "dead_tokens": self.dead_tokens,
+            "live_rate": self.live_rate,
         }
 
 
@@ -89,7 +93,7 @@ def resolve_specs(
         sae_cfg = _training_sae_config(spec, i, layout_fields or {"d_in": d_in}, d_sae)
         optim = resolve_optim(spec, sae_cfg.architecture, d_sae, cfg.total_steps)
         dead = dead_tokens(cfg, sae_cfg.architecture)
-        resolved.append(ResolvedSAE(spec, sae_cfg, d_in, d_sae, optim, dead))
+        resolved.append(ResolvedSAE(spec, sae_cfg, d_in, d_sae, optim, dead, live_rate(sae_cfg)))
     return resolved
 
 
@@ -101,6 +105,16 @@ def dead_tokens(cfg: TrainConfig, architecture: str) -> int:
     if cfg.dead_tokens is not None or batches is None:
         return cfg.dead_after
     return min(batches * cfg.batch_size, cfg.dead_after)
+
+
+def live_rate(sae_cfg: TrainingSAEConfig) -> float:
+    """The firing rate per token under which a latent is dead (train/dead.py): the architecture's `rare_fraction`
+    of the design rate k / d_sae (of the whole SAE), or 0 (no such rule)."""
+    fraction = getattr(sae_api.TRAINING_ARCHITECTURES[sae_cfg.architecture], "rare_fraction", None)
+    k = getattr(sae_cfg, "k", None)  # an architecture without k (a test double, a plug-in) has no design rate
+    if fraction is None or k is None:
+        return 0.0
+    return fraction * k / sae_cfg.d_sae
 
 
 def budget_warnings(resolved: list[ResolvedSAE], tokens: int) -> list[str]:

@@ -3,6 +3,7 @@
     sae/<name>/<key>                 the training SAE's state_dict (parameters and buffers)
     optim/<name>/<index>/<key>       Adam state of parameter <index> (exp_avg, exp_avg_sq, step)
     dead/<name>                      [d_sae] int64, tokens since each latent last fired
+    live/<name>                      [W, d_sae] its fire counts in the last W batches, where kept (train/dead.py)
     acc/<name>/<key>                 float64 metric sums since the last record
     acc/input/<key>                  float64 input statistics since the last record (sum [d_in], sum_sq, rows)
     rng/cpu/<rank>, rng/cuda/<rank>  uint8 RNG states of every data-parallel rank
@@ -23,16 +24,17 @@ from torch import Tensor
 from saeforge.errors import ConfigError
 from saeforge.train.config import OPERATIONAL_FIELDS, TrainConfig
 from saeforge.train.data import data_fingerprint
+from saeforge.train.dead import DeadClock
 
 
 def encode_member(
-    name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, since_fired: Tensor, acc: dict
+    name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clock: DeadClock, acc: dict
 ) -> dict[str, Tensor]:
     """One SAE's training state as named tensors."""
     tensors = {f"sae/{name}/{k}": v for k, v in model.state_dict().items()}
     for idx, st in optimizer.state_dict()["state"].items():
         tensors.update({f"optim/{name}/{idx}/{k}": v for k, v in st.items() if isinstance(v, Tensor)})
-    tensors[f"dead/{name}"] = since_fired
+    tensors.update(clock.tensors(name))
     tensors.update({f"acc/{name}/{k}": v for k, v in acc.items()})
     return tensors
 
@@ -42,10 +44,10 @@ def decode_member(
     name: str,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    since_fired: Tensor,
+    clock: DeadClock,
     device: torch.device,
 ) -> dict[str, Tensor]:
-    """Loads one SAE's state from `t` into model, optimizer and since_fired; returns its metric sums."""
+    """Loads one SAE's state from `t` into model, optimizer and the dead clock; returns its metric sums."""
     prefix = f"sae/{name}/"
     model.load_state_dict({k[len(prefix) :]: v for k, v in t.items() if k.startswith(prefix)})
     state_dict = optimizer.state_dict()
@@ -57,7 +59,7 @@ def decode_member(
             state.setdefault(int(idx), {})[key] = v
     state_dict["state"] = state
     optimizer.load_state_dict(state_dict)
-    since_fired.copy_(t[f"dead/{name}"])
+    clock.load(t, name)
     aprefix = f"acc/{name}/"
     return {k[len(aprefix) :]: v.to(device) for k, v in t.items() if k.startswith(aprefix)}
 

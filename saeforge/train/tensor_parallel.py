@@ -299,13 +299,13 @@ class Mesh:
         for g, _ in grads:
             g.mul_(coef)
 
-    def dead_fraction(self, since_fired: Tensor, dead_tokens: int) -> float:
-        dead = self.tp_sum_((since_fired >= dead_tokens).sum().double())
-        return float(dead) / (since_fired.numel() * self.tp)
+    def dead_fraction(self, dead: Tensor) -> float:
+        """The fraction of the whole SAE's latents that are dead, from this shard's mask [d_sae / T]."""
+        return float(self.tp_sum_(dead.sum().double())) / (dead.numel() * self.tp)
 
 
-def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, since_fired: Tensor) -> int:
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, counters: list[Tensor]) -> int:
     """Bytes of one rank's training state of an SAE: parameters, buffers, Adam state and dead counters."""
-    tensors = [*model.parameters(), *model.buffers(), since_fired]
+    tensors = [*model.parameters(), *model.buffers(), *counters]
     tensors += [v for st in optimizer.state.values() for v in st.values() if isinstance(v, Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors)

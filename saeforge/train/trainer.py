@@ -49,6 +49,7 @@ from saeforge.train.data import (
     open_stores,
     source_widths,
 )
+from saeforge.train.dead import DeadClock
 from saeforge.train.defaults import OptimSettings
 from saeforge.train.events import ProgressEvent, StepEvent
 from saeforge.train.layout import DataLayout, Parts, as_parts, site_names
@@ -85,7 +86,7 @@ class _Member:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
-    since_fired: Tensor  # [d_sae] int64, tokens since each latent last fired
+    clock: DeadClock  # which latents are dead (train/dead.py)
     acc: dict[str, Tensor] = field(default_factory=dict)  # float64 metric sums since the last record
     extras: dict[str, Tensor] = field(default_factory=dict)  # the last step's extras (lambda, threshold)
 
@@ -156,8 +157,9 @@ class _Run:
             model = self.mesh.build(r.sae_cfg).to(device=self.device, dtype=self.dtype)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = make_optimizer(r.optim.optimizer, params, r.optim.lr, r.optim.betas, r.optim.eps)
-            since = torch.zeros(r.d_sae // self.mesh.tp, dtype=torch.long, device=self.device)
-            self.members.append(_Member(r, model, opt, params, since))
+            clock = DeadClock(r.d_sae // self.mesh.tp, r.dead_tokens, r.live_rate, self.cfg.batch_size,
+                              self.device)  # fmt: skip
+            self.members.append(_Member(r, model, opt, params, clock))
         self._reset_acc()
 
     def _reset_acc(self) -> None:
@@ -210,7 +212,7 @@ class _Run:
         meta, t = read_checkpoint(self.checkpoint, self.members, self.mesh)
         check_resumable(meta, self.cfg, self.stores, self.checkpoint)
         for m in self.members:
-            m.acc = state.decode_member(t, m.name, m.model, m.optimizer, m.since_fired, self.device)
+            m.acc = state.decode_member(t, m.name, m.model, m.optimizer, m.clock, self.device)
         self.input_acc = state.decode_input(t, self.input_acc, self.device)
         saved = meta["activation_scale"]
         self.scale = tuple(saved) if isinstance(saved, list) else (saved,)
@@ -275,7 +277,7 @@ class _Run:
                 x=x,
                 target=target,
                 step=step,
-                dead_mask=m.since_fired >= m.resolved.dead_tokens,
+                dead_mask=m.clock.mask(step),
                 sparsity_warmup=sparsity_warmup_at(step, m.optim.sparsity_warmup_steps),
                 collectives=self.mesh.collectives,
             )
@@ -300,8 +302,7 @@ class _Run:
         for m, r in zip(self.members, results, strict=True):
             fired = r.pop("fired")
             fired = self.mesh.dp_sum_(fired)
-            m.since_fired += rows
-            m.since_fired.masked_fill_(fired > 0, 0)  # no boolean indexing: it would sync a GPU
+            m.clock.update(step, fired, rows)
             metrics.add_step(m.acc, r)
             self.mesh.average_gradients(m.params)
             m.model.before_optimizer_step()
@@ -319,7 +320,7 @@ class _Run:
         reduced = metrics.reduce_sums(self.input_acc, [m.acc for m in self.members], self.mesh.dp_sum_)
         saes = {}
         for m, values in zip(self.members, reduced, strict=True):
-            values["dead_fraction"] = self.mesh.dead_fraction(m.since_fired, m.resolved.dead_tokens)
+            values["dead_fraction"] = self.mesh.dead_fraction(m.clock.mask(steps_done))
             values["lr"] = lr_at(steps_done - 1, self.total_steps, m.optim)
             saes[m.name] = {**values, **metrics.scalar_extras(m.extras)}
         self._reset_acc()

@@ -85,6 +85,25 @@ def test_dead_tokens_resolve_per_sae(tmp_path, tokens, given, want):
     assert [r.dead_tokens for r in resolve_specs(cfg, 16, "the test data")] == want
 
 
+def test_the_topk_family_resolves_a_live_rate_of_a_64th_of_k_over_d_sae(tmp_path):
+    """live_rate = k / (64 d_sae) for the TopK family (the whole SAE's d_sae), 0 for the penalty SAEs."""
+    archs = ["topk", "batchtopk", "matryoshka", "standard", "jumprelu", "gated"]
+    cfg = TrainConfig.parse(
+        dict(
+            batch_size=64,
+            out=str(tmp_path),
+            tokens=6400,
+            saes=[
+                dict(name=a, architecture=a, d_sae=256)
+                | ({"k": 8} if "topk" in a or a == "matryoshka" else {})
+                for a in archs
+            ],
+        )  # fmt: skip
+    )
+    rates = [r.live_rate for r in resolve_specs(cfg, 16, "the test data")]
+    assert rates == [8 / (64 * 256)] * 3 + [0.0] * 3
+
+
 def _warnings_per_step(tmp_path, caplog, saes: list[dict]) -> list[int]:
     """Trains `saes` for two steps; returns how many trainer warnings had been logged by each step."""
     cfg = TrainConfig(tokens=64 * 2, batch_size=64, out=tmp_path / "run", plots=False, saes=saes)

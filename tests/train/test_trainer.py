@@ -19,6 +19,7 @@ import saeforge.sae as sae_api
 from saeforge.sae import SAEConfig, TrainStepOutput
 from saeforge.sae.jumprelu import JumpReLUSAE
 from saeforge.sae.topk import TopKSAE
+from saeforge.sae.training import TopKFamilySAE
 from saeforge.train import ConfigError, NonFiniteError, TrainConfig, TrainingInterrupted, train
 from saeforge.train.checkpoint import (
     LATEST,
@@ -209,6 +210,63 @@ def test_dead_latents_are_counted_in_tokens(tmp_path, scripted, monkeypatch, bat
     assert any(final) and not all(final)
 
 
+class _CfgK(_Cfg):
+    k: int | None = None
+
+
+class ScriptedCounts(ScriptedFiring):
+    """Latent j fires on (step * (j + 1)) % 4 tokens of batch `step`: 0 to 3."""
+
+    def training_forward(self, inp):
+        out = super().training_forward(inp)
+        out.fired = torch.tensor([float(inp.step * (j + 1) % 4) for j in range(self.cfg.d_sae)])
+        return out
+
+
+@pytest.mark.parametrize("batch_size, floor", [(32, 4), (8, 0)])
+def test_a_latent_firing_under_the_live_rate_over_its_window_is_dead(
+    tmp_path, monkeypatch, batch_size, floor
+):
+    """live_rate = rare_fraction * k / d_sae = 0.5 / 8 and a window of 2 batches: with batches of 32 a latent
+    that fired on fewer than 4 tokens in the last 2 batches is dead too; with batches of 8 the floor is one fire,
+    so only the not-fired rule counts. Against naive bookkeeping of the counts."""
+    monkeypatch.setattr(sae_api, "TrainingSAEConfig", _CfgK)
+    monkeypatch.setattr(sae_api, "TRAINING_ARCHITECTURES", {"scripted": ScriptedCounts})
+    monkeypatch.setattr(sae_api, "create_training_sae", ScriptedCounts)
+    monkeypatch.setattr(ScriptedCounts, "rare_fraction", 0.5, raising=False)
+    monkeypatch.setattr(ScriptedCounts, "dead_batches", 2, raising=False)
+    ScriptedFiring.seen = []
+    steps, d_sae = 40, 8
+    cfg = TrainConfig.parse(
+        dict(
+            tokens=batch_size * steps,
+            batch_size=batch_size,
+            out=str(tmp_path / "run"),
+            log_every=steps,
+            device="cpu",
+            saes=[dict(name="s", architecture="scripted", d_sae=d_sae, k=1)],
+        )
+    )
+    results = train(cfg, source=SyntheticSource(D_IN, batch_size))
+    assert results[0].run_card["training"]["live_rate"] == pytest.approx(0.5 / d_sae)
+
+    def count(step, j):
+        return step * (j + 1) % 4
+
+    def dead(steps_done, j, rare):
+        last = max([s for s in range(steps_done) if count(s, j) > 0], default=-1)  # the start counts as fired
+        not_fired = steps_done - 1 - last >= 2
+        recent = sum(count(s, j) for s in range(max(0, steps_done - 2), steps_done))
+        return not_fired or (rare and steps_done >= 2 and recent < floor)
+
+    for step in range(steps):
+        assert ScriptedFiring.seen[step].tolist() == [dead(step, j, True) for j in range(d_sae)], step
+    final = [dead(steps, j, True) for j in range(d_sae)]
+    assert results[0].metrics["dead_fraction"] == pytest.approx(sum(final) / d_sae)
+    if floor:  # latents firing on 1 to 3 tokens in two batches are dead here, and not by the not-fired rule
+        assert any(dead(s, j, True) != dead(s, j, False) for s in range(steps) for j in range(d_sae))
+
+
 def test_nan_input_stops_naming_step_and_shard_and_keeps_last_good_checkpoint(tmp_path):
     cfg = _cfg(tmp_path, checkpoint_every=3)
     with pytest.raises(
@@ -289,6 +347,29 @@ def test_sigterm_saves_at_step_boundary_and_resume_is_bit_identical(tmp_path):
         ]
 
     assert strip(tmp_path / "a" / "run" / "metrics.jsonl") == strip(tmp_path / "b" / "run" / "metrics.jsonl")
+
+
+def test_the_live_rate_counts_resume_bit_identically(tmp_path, monkeypatch):
+    """With the live rate on (floor 0.5 * 4/64 * 2 * 64 = 4 fires in a 2-batch window), a SIGTERM at step 7
+    and a resume end with the same fire counts, dead clocks and weights as a run straight through."""
+    monkeypatch.setattr(TopKFamilySAE, "rare_fraction", 0.5)
+    saes = [dict(name="topk", architecture="topk", k=4, d_sae=64, seed=1)]
+    straight = _cfg(tmp_path / "a", checkpoint_every=5, dead_tokens=2 * B, saes=saes)
+    train(straight, source=SyntheticSource(D_IN, B))
+    cut = _cfg(tmp_path / "b", checkpoint_every=5, dead_tokens=2 * B, saes=saes)
+
+    def term_at_7(event):
+        if event.step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        train(cut, source=SyntheticSource(D_IN, B), progress=term_at_7)
+    train(cut.model_copy(update={"resume": True}), source=SyntheticSource(D_IN, B))
+    a, b = _final_state(tmp_path / "a" / "run"), _final_state(tmp_path / "b" / "run")
+    assert a["live/topk"].shape == (2, 64) and a["live/topk"].sum() == 2 * B * 4  # k fires per token
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_stateless_source_is_fast_forwarded_on_resume(tmp_path):
